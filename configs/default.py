@@ -1,0 +1,69 @@
+"""Every configuration field jaxdiff reads, with its default. Dataset configs override a few.
+
+Override any field on the command line: ``--config.training.batch_size=64``. An unknown field is
+an error (ml_collections refuses it), and :func:`jaxdiff.config.validate` checks values before any
+compile or write.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # every random key derives from this by fold_in(seed, step, ...)
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "digits"  # digits | mnist | fashion_mnist | cifar10 | any TFDS image dataset name
+    data.image_size = 8  # images are resized to image_size x image_size
+    data.data_dir = ""  # TFDS data_dir, or the folder of idx files / images ("" = library default)
+    data.random_flip = False  # flip half of the images horizontally (never for digits)
+
+    config.model = model = ml_collections.ConfigDict()
+    model.ch = 64  # base channel count; level i has ch * ch_mult[i] channels
+    model.ch_mult = (1, 2)  # one entry per resolution level; image_size must halve len-1 times
+    model.num_res_blocks = 2  # res blocks per level going down (one more going up)
+    model.attn_resolutions = (4,)  # feature-map sizes that get self-attention (the middle always does)
+    model.dropout = 0.0
+    model.num_heads = 1
+    model.groups = 32  # GroupNorm groups (reduced to a divisor of the channel count when needed)
+    model.class_conditional = False  # embed labels (+ a null label for classifier-free guidance)
+    model.remat = False  # rematerialise res blocks in the backward pass (memory for compute)
+
+    config.diffusion = diffusion = ml_collections.ConfigDict()
+    diffusion.num_timesteps = 1000  # T
+    diffusion.schedule = "linear"  # linear | cosine | sigmoid_abar | sigmoid_geodiff
+    diffusion.beta_start = 1e-4  # linear and sigmoid_geodiff only
+    diffusion.beta_end = 0.02
+    diffusion.scale_betas_to_t = False  # linear: multiply both ends by 1000 / T (improved-diffusion)
+    diffusion.target = "eps"  # what the network predicts: eps | x0 | v
+    diffusion.loss_weighting = "none"  # none | min_snr
+    diffusion.min_snr_gamma = 5.0
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 128  # global batch, split over all devices
+    training.num_train_steps = 2000
+    training.optimizer = "adam"  # adam | adamw
+    training.learning_rate = 2e-3
+    training.warmup_steps = 100  # linear warm-up from 0 to learning_rate
+    training.adam_b1 = 0.9
+    training.adam_b2 = 0.999
+    training.adam_eps = 1e-8
+    training.weight_decay = 0.0  # adamw only
+    training.grad_clip_norm = 1.0  # global-norm clipping (0 = off)
+    training.ema_decay = 0.999
+    training.ema_warmup = True  # decay_n = min(ema_decay, (1 + n) / (10 + n)), as TF's num_updates
+    training.label_dropout = 0.1  # class-conditional models: P(label -> null label)
+    training.log_every = 50  # host sync + metrics line every N steps
+    training.checkpoint_every = 500
+    training.sample_every = 1000  # sample grid PNG every N steps (and at the end); 0 = only at the end
+    training.keep_checkpoints = 3
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.sampler = "ddpm"
+    sampling.num_samples = 64
+    sampling.batch_size = 256  # chunk size when generating many samples
+    sampling.variance = "fixed_small"  # fixed_small | fixed_large
+    sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step
+    sampling.use_ema = True
+    sampling.trajectory_every = 100  # trajectory figure: keep every N-th step (0 = no figure)
+    return config
