@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.keep_checkpoints = 3
     training.eval_every = 0  # cheap FID (eval.train_fid_samples, EMA params) every N steps; 0 = off
 
+    config.parallel = parallel = ml_collections.ConfigDict()
+    parallel.num_devices = 0  # devices on the data axis of the mesh (0 = all visible devices)
+
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.sampler = "ddpm"
     sampling.num_samples = 64
