@@ -60,6 +60,11 @@ def validate(config) -> None:
     _positive(s.num_samples, "sampling.num_samples")
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
+    if "eval" in config:
+        from jaxdiff import evaluate  # local: evaluate imports this module
+
+        # the Inception weights file is read only when training will use it (training.eval_every > 0)
+        evaluate.validate_eval(config, check_weights=bool(t.get("eval_every", 0)))
 
 
 def check_workdir(workdir: str) -> str:

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxdiff import classifier as classifier_lib
 from jaxdiff import likelihood, samplers
+from jaxdiff.config import ConfigError
 
 EXTRACTORS = ("classifier", "inception")
 EVAL_STREAM = 101  # fold_in stream id of evaluation keys (train.py's streams are small integers)
@@ -40,8 +41,8 @@ KID_REFERENCE_MAX = 10_000  # reference features kept for KID (a fixed random su
 HELD_OUT_FRACTION = 0.2  # test share carved from a source that has no test split (digits)
 
 
-class EvalError(ValueError):
-    """An evaluation input (config value, checkpoint, weights file) cannot be used."""
+class EvalError(ConfigError):
+    """An evaluation input (config value, sample count, weights file) cannot be used."""
 
 
 # ----------------------------------------------------------------------------- the maths
@@ -416,8 +417,11 @@ def plot_conditional_accuracy(rows: list, classifier_accuracy: float, path: str)
 # ----------------------------------------------------------------------------- config checks
 
 
-def validate_eval(config) -> None:
-    """Raise :class:`EvalError` (one line) for an unusable ``config.eval`` / ``training.eval_every``."""
+def validate_eval(config, check_weights: bool = True) -> None:
+    """Raise :class:`EvalError` (one line) for an unusable ``config.eval`` / ``training.eval_every``.
+
+    With ``check_weights`` and the Inception extractor, the weights file is read and every array's
+    shape checked (no compile)."""
     ev = config.eval
 
     def positive(value, field):
@@ -441,7 +445,7 @@ def validate_eval(config) -> None:
     check_sample_count(ev.num_samples, dim, "eval.num_samples")
     if every:
         check_sample_count(ev.train_fid_samples, dim, "eval.train_fid_samples")
-    if ev.feature_extractor == "inception":
+    if check_weights and ev.feature_extractor == "inception":
         from jaxdiff import inception
 
         try:
@@ -454,11 +458,11 @@ def feature_dim(config) -> int:
     return 2048 if config.eval.feature_extractor == "inception" else config.eval.classifier_features
 
 
-def build_extractor(config, workdir: str, train: tuple, test: tuple, log=print):
+def build_extractor(config, workdir: str, train: tuple, test: tuple, log=print, for_accuracy: bool = True):
     """``(extractor, classifier or None)``: the classifier is trained/cached whenever it is needed
-    (classifier features, or conditional accuracy of a class-conditional model)."""
+    (classifier features, or, with ``for_accuracy``, conditional accuracy of a class-conditional model)."""
     clf = None
-    if config.eval.feature_extractor == "classifier" or config.model.class_conditional:
+    if config.eval.feature_extractor == "classifier" or (for_accuracy and config.model.class_conditional):
         clf = classifier_lib.get_classifier(classifier_spec(config, train), train, test,
                                             classifier_dir(config, workdir), log)
     if config.eval.feature_extractor == "inception":
@@ -502,8 +506,12 @@ def evaluate_params(config, workdir: str, params, model, tables, step: int, log=
     num_classes = int(model.num_classes)
     extractor, clf = build_extractor(config, workdir, train, test, log)
     if make_generate is None:
-        make_generate = lambda w: make_image_generator(model, tables, config.sampling, dc.target,  # noqa: E731
-                                                       image_shape, w)
+        cache: dict = {}
+
+        def make_generate(w):  # one compiled sampler per guidance scale, shared by FID and accuracy
+            if w not in cache:
+                cache[w] = make_image_generator(model, tables, config.sampling, dc.target, image_shape, w)
+            return cache[w]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM), step)
 
     ref_images = train[0] if ev.reference_split == "train" else test[0]
@@ -555,3 +563,96 @@ def evaluate_params(config, workdir: str, params, model, tables, step: int, log=
     write_json(os.path.join(eval_dir, f"metrics_{step:07d}.json"), metrics)
     write_json(os.path.join(eval_dir, "metrics.json"), metrics)
     return metrics
+
+
+def summary_line(m: dict) -> str:
+    """One line naming each number with the protocol it needs (extractor, sample counts)."""
+    out = (f"FID {m['fid']:.3f} KID {m['kid']:.5f} ({m['feature_extractor']} features, {m['num_samples']} EMA "
+           f"samples vs {m['num_reference']} {m['reference_split']} images"
+           f"{'' if m['comparable_with_papers'] else '; not comparable with papers'})")
+    if "bpd" in m:
+        out += f", {m['bpd']:.3f} bits/dim ({m['bpd_num_images']} test images)"
+    if "conditional_accuracy" in m:
+        out += ", conditional accuracy " + " ".join(f"w={w}:{a:.3f}" for w, a in m["conditional_accuracy"].items())
+    return out
+
+
+def run_eval(config, workdir: str, log=print, make_generate: Callable | None = None) -> dict:
+    """``--mode=eval``: all metrics of the latest checkpoint in ``workdir`` (its EMA parameters),
+    written to ``<workdir>/eval/metrics.json`` (see :func:`evaluate_params`).
+
+    Every input is checked first, before anything is compiled or written: the config (including
+    ``eval.*``: sample count above the feature dimension, the Inception weights file and its
+    shapes), then the presence of a checkpoint."""
+    from jaxdiff import checkpoint, config as config_lib
+    from jaxdiff.train import Trainer
+
+    config_lib.validate(config)
+    validate_eval(config, check_weights=True)
+    path = os.path.abspath(workdir or "")
+    if not workdir or not os.path.isdir(os.path.join(path, "checkpoints")):
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {path}/checkpoints: train first with --mode=train and the same --config and "
+            "--workdir, then run --mode=eval")
+    mngr = checkpoint.manager(path, read_only=True)
+    step = mngr.latest_step()
+    if step is None:
+        raise checkpoint.CheckpointError(f"no checkpoint in {path}/checkpoints: train first with --mode=train "
+                                         "and the same --config and --workdir, then run --mode=eval")
+    path = config_lib.check_workdir(path)
+    meta = checkpoint.read_meta(mngr, step)
+    trainer = Trainer(config, meta["channels"], meta["num_classes"])
+    state, _ = checkpoint.restore(mngr, trainer.abstract_state(), step)
+    mngr.close()
+    log(f"eval: checkpoint {step} of {path} (EMA parameters)")
+    return evaluate_params(config, path, state.ema_params, trainer.model, trainer.tables, int(step), log,
+                           make_generate)
+
+
+def make_train_fid_hook(config, workdir: str, model, tables, start_step: int = 0, log=print):
+    """The cheap FID logged while training: ``hook(step, ema_params) -> row`` appending
+    ``{"step", "fid", "fid_samples", "feature_extractor", "seconds"}`` to
+    ``<workdir>/eval/train_fid.jsonl`` (rows after ``start_step`` from an interrupted run are
+    dropped first). ``None`` when ``training.eval_every`` is 0.
+
+    Same protocol as ``--mode=eval`` (EMA parameters, uint8 quantisation, cached training-split
+    reference statistics, same extractor) with ``eval.train_fid_samples`` samples and no KID;
+    FID is biased upwards at small sample counts, so compare these numbers only with each other.
+    Everything is built (classifier trained, reference statistics computed, sampler traced) once,
+    here; each call only samples and extracts features."""
+    ev = config.eval
+    if not config.training.get("eval_every", 0):
+        return None
+    validate_eval(config, check_weights=True)
+    train, test, _ = load_splits(config.data)
+    image_shape = tuple(train[0].shape[1:])
+    extractor, _ = build_extractor(config, workdir, train, test, log, for_accuracy=False)
+    ref = reference_statistics(extractor, train[0] if ev.reference_split == "train" else test[0],
+                               reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
+                                              extractor), ev.batch_size, log)
+    num_classes = int(model.num_classes)
+    generate = make_image_generator(model, tables, config.sampling, config.diffusion.target, image_shape,
+                                    float(ev.fid_guidance_scale) if num_classes else 1.0)
+    labels = balanced_labels(ev.train_fid_samples, num_classes)
+    path = os.path.join(workdir, "eval", "train_fid.jsonl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            rows = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+        with open(path, "w") as f:
+            f.writelines(rows)
+
+    def hook(step: int, params) -> dict:
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM + 1), step)
+        images = generate_uint8(generate, params, labels, ev.batch_size, key)
+        stats = feature_stats(extract_features(extractor, images, ev.batch_size))
+        row = {"step": int(step), "fid": frechet_distance(stats.mu, stats.sigma, ref.stats.mu, ref.stats.sigma),
+               "fid_samples": int(len(images)), "feature_extractor": extractor.name,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        if jax.process_index() == 0:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        return row
+
+    return hook

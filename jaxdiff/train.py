@@ -169,7 +169,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     """Train (or resume training) per ``config`` in ``workdir``; returns the final state.
 
     Writes ``checkpoints/``, ``metrics.jsonl`` (step, loss, grad_norm, learning_rate, steps_per_sec),
-    ``samples_<step>.png``, ``loss.png``. Re-running with the same workdir resumes at the latest checkpoint.
+    ``samples_<step>.png``, ``loss.png``, and with ``training.eval_every`` a cheap FID in
+    ``eval/train_fid.jsonl`` (:func:`jaxdiff.evaluate.make_train_fid_hook`). Re-running with the same workdir resumes at the latest checkpoint.
     """
     from tqdm.auto import tqdm
 
@@ -187,6 +188,9 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     start = int(state.step)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     _truncate_metrics(metrics_path, start)
+    from jaxdiff import evaluate  # local: only needed for the cheap FID
+
+    fid_hook = evaluate.make_train_fid_hook(config, workdir, trainer.model, trainer.tables, start)
 
     stream = data.batch_stream(source, config.seed, start, tc.batch_size,
                                jax.process_index(), jax.process_count())
@@ -212,6 +216,10 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
             if (tc.sample_every and n % tc.sample_every == 0) or n == tc.num_train_steps:
                 sample.write_training_samples(trainer, state, workdir, n)
                 plotting.save_loss_curve(metrics_path, os.path.join(workdir, "loss.png"))
+            if fid_hook and n % tc.eval_every == 0:
+                row = fid_hook(n, state.ema_params)
+                bar.write(f"step {n}: FID {row['fid']:.3f} ({row['fid_samples']} EMA samples, "
+                          f"{row['feature_extractor']} features) -> eval/train_fid.jsonl")
     bar.close()
     mngr.wait_until_finished()
     mngr.close()

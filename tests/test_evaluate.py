@@ -15,7 +15,17 @@ from hypothesis import given, settings, strategies as st
 from configs import default as default_config
 from jaxdiff import classifier as classifier_lib
 from jaxdiff import evaluate, inception
-from jaxdiff.data import load_digits
+from tests.conftest import tiny_config
+
+EVAL_OVERRIDES = {  # tiny_config + a conditional model + an eval setup that runs in seconds
+    "model.class_conditional": True, "model.ch_mult": (1,), "model.attn_resolutions": (), "diffusion.num_timesteps": 20,
+    "diffusion.schedule": "cosine", "training.eval_every": 10,
+    "eval.classifier_ch": 16, "eval.classifier_features": 32, "eval.classifier_steps": 300,
+    "eval.classifier_batch_size": 64, "eval.classifier_learning_rate": 2e-3, "eval.num_samples": 40,
+    "eval.batch_size": 20, "eval.train_fid_samples": 40, "eval.kid_subsets": 5, "eval.kid_subset_size": 20,
+    "eval.bpd_num_images": 40, "eval.bpd_batch_size": 20, "eval.samples_per_class": 2,
+    "eval.guidance_scales": (0.0, 1.0),
+}
 
 
 def random_cov(rng, d, rank=None):
@@ -135,21 +145,25 @@ def test_uint8_quantisation_values():
 
 
 @pytest.fixture(scope="module")
-def digits_splits():
-    src = load_digits(8)
-    perm = np.random.default_rng(0).permutation(len(src))
-    te, tr = np.sort(perm[:360]), np.sort(perm[360:])
-    return (src.images[tr], src.labels[tr]), (src.images[te], src.labels[te])
+def eval_config(tmp_path_factory):
+    config = tiny_config(**EVAL_OVERRIDES)
+    config.eval.classifier_dir = str(tmp_path_factory.mktemp("classifier"))  # shared by every test here
+    return config
 
 
 @pytest.fixture(scope="module")
-def digits_classifier(digits_splits, tmp_path_factory):
+def digits_splits(eval_config):
+    train, test, note = evaluate.load_splits(eval_config.data)
+    assert "holds out 359 of 1797" in note and len(train[1]) + len(test[1]) == 1797
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def digits_classifier(eval_config, digits_splits):
     train, test = digits_splits
-    spec = classifier_lib.ClassifierSpec("digits", (8, 8, 1), 10, len(train[1]), ch=16, features=32, steps=300,
-                                         batch_size=64, learning_rate=2e-3, seed=0)
-    cache = str(tmp_path_factory.mktemp("clf"))
-    clf = classifier_lib.get_classifier(spec, train, test, cache, log=lambda *_: None)
-    return clf, cache
+    spec = evaluate.classifier_spec(eval_config, train)
+    cache = eval_config.eval.classifier_dir
+    return classifier_lib.get_classifier(spec, train, test, cache, log=lambda *_: None), cache
 
 
 STATED_DIGITS_ACCURACY = 0.95
@@ -350,3 +364,62 @@ def test_validate_eval_rejects_bad_input(tmp_path):
     config.eval.train_fid_samples = 64
     with pytest.raises(evaluate.EvalError, match="train_fid_samples"):
         evaluate.validate_eval(config)
+
+
+# ----------------------------------------------------------------------------- --mode=eval end to end
+
+
+
+def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_classifier):
+    from jaxdiff import train
+
+    config = eval_config  # its classifier_dir already holds the trained classifier
+    workdir = str(tmp_path / "run")
+    train.train(config, workdir, progress=False)
+    with open(os.path.join(workdir, "eval", "train_fid.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [10, 20] and all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in rows)
+
+    m = evaluate.run_eval(config, workdir, log=lambda *_: None)
+    with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+        written = json.load(f)
+    assert written["fid"] == m["fid"] and written["checkpoint_step"] == 20
+    assert m["num_samples"] == 40 and m["feature_extractor"] == "classifier" and m["feature_dim"] == 32
+    assert m["params"] == "ema" and m["comparable_with_papers"] is False and m["kid_subset_size"] == 20
+    assert m["fid"] > 0 and np.isfinite(m["kid"])
+    assert m["bpd_num_images"] == 40 and 0 < m["bpd"] < 1e4 and m["bpd_conditioning"] == "null label"
+    assert set(m["conditional_accuracy"]) == {"0", "1"}
+    assert m["classifier_test_accuracy"] == digits_classifier[0].test_accuracy and "holds out" in m["splits"]
+    for suffix in (".json", ".md", ".png"):
+        assert os.path.exists(os.path.join(workdir, "eval", f"conditional_accuracy_0000020{suffix}"))
+    refs = [f for f in os.listdir(os.path.join(workdir, "eval")) if f.startswith("reference_digits_8x8x1_train")]
+    assert len(refs) == 1  # computed once by the training hook, reused by --mode=eval
+    assert "not comparable with papers" in evaluate.summary_line(m)
+
+    # bits/dim of the trained tiny model is below that of the untrained one (same images, same keys)
+    from jaxdiff import likelihood
+    from jaxdiff.train import Trainer
+
+    trainer = Trainer(config, 1, 10)
+    _, test, _ = evaluate.load_splits(config.data)
+    bpd_fn = likelihood.make_bpd_fn(lambda p, x, t: trainer.model.apply({"params": p}, x, t, None),
+                                    trainer.tables, "eps", config.sampling.variance)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), evaluate.EVAL_STREAM), 20)
+    untrained = likelihood.dataset_bpd(bpd_fn, trainer.init().ema_params, test[0][:40], 20, jax.random.fold_in(key, 1))
+    print("bits/dim trained", m["bpd"], "untrained", untrained["bpd"])
+    assert m["bpd"] < untrained["bpd"] - 5 * (m["bpd_stderr"] + untrained["bpd_stderr"]), (m["bpd"], untrained)
+
+
+def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
+    from jaxdiff import checkpoint
+    from tests.conftest import run_main
+
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        evaluate.run_eval(tiny_config(**EVAL_OVERRIDES), str(tmp_path / "empty"))
+    assert not os.path.exists(tmp_path / "empty")
+    r = run_main("--config=configs/digits.py", f"--workdir={tmp_path}", "--mode=eval",
+                 "--config.eval.num_samples=64")
+    assert r.returncode == 2 and "FID is undefined" in r.stderr and "more than 128" in r.stderr
+    r = run_main("--config=configs/digits.py", f"--workdir={tmp_path}", "--mode=eval")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr and "--mode=train" in r.stderr
+    assert os.listdir(tmp_path) == []
