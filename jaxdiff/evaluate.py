@@ -22,7 +22,6 @@ Protocol (docs/evaluation.md states it for readers; every number is written with
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Callable, NamedTuple
@@ -236,7 +235,7 @@ def load_splits(data_config) -> tuple[tuple, tuple, str]:
         k = int(round(n * HELD_OUT_FRACTION))
         te, tr = np.sort(perm[:k]), np.sort(perm[k:])
         note = (f"{data_config.dataset} has no test split: a fixed default_rng(0) permutation holds out "
-                f"{k} of {n} images as the test split")
+                f"{k} of {n} images as the test split (a model trained on the whole source has seen them)")
         return (train[0][tr], train[1][tr]), (train[0][te], train[1][te]), note
     return train, test, f"{data_config.dataset} train/test splits"
 
@@ -316,20 +315,32 @@ def fid_kid(extractor: FeatureExtractor, images: np.ndarray, ref: Reference, bat
 # ----------------------------------------------------------------------------- sampling
 
 
+def check_sampler(sampling_config) -> None:
+    """Evaluation needs a sampler it can drive (before anything is compiled)."""
+    if not hasattr(samplers, "sampler_from_config") and sampling_config.sampler != "ddpm":
+        raise EvalError(f"sampling.sampler={sampling_config.sampler!r}: this jaxdiff evaluates with the 'ddpm' "
+                        "sampler only; pass make_generate to evaluate_params for others")
+
+
+def sampling_steps(sampling_config, tables) -> int:
+    """Network evaluations per sample of the configured sampler."""
+    return int(sampling_config.get("num_steps", 0) or tables.num_timesteps)
+
+
 def make_image_generator(model, tables, sampling_config, target: str, image_shape: tuple,
                          guidance_scale: float = 1.0):
     """A compiled ``generate(params, key, labels) -> images [B, H, W, C] in [-1, 1]``.
 
-    DDPM ancestral sampling (``jaxdiff.samplers.ddpm_sample``, all T steps) with the configured
-    variance and x0 clipping. A class-conditional model (``model.num_classes > 0``) samples
-    ``labels`` with classifier-free guidance ``guidance_scale`` (0 = unconditional, 1 = plain
-    conditional); an unconditional one ignores them. ``x_T = normal(fold_in(key, 0))``, sampler noise
-    from ``fold_in(key, 1)`` (as ``jaxdiff.sample``).
+    The configured sampler (``jaxdiff.samplers``; DDPM ancestral over all T steps where only that one
+    exists) with its variance and x0 clipping. A class-conditional model (``model.num_classes > 0``)
+    samples ``labels`` with classifier-free guidance ``guidance_scale`` (0 = unconditional, 1 =
+    plain conditional); an unconditional one ignores them. ``x_T = normal(fold_in(key, 0))``, sampler
+    noise from ``fold_in(key, 1)`` (as ``jaxdiff.sample``).
     """
     sc = sampling_config
-    if sc.sampler != "ddpm":
-        raise EvalError(f"sampling.sampler={sc.sampler!r}: evaluation drives the 'ddpm' sampler; "
-                        "pass a sampler callable to run_eval for others")
+    check_sampler(sc)
+    from_config = getattr(samplers, "sampler_from_config", None)
+    sampler = from_config(tables, sc, target) if from_config else None
 
     @jax.jit
     def generate(params, key, labels):
@@ -339,6 +350,8 @@ def make_image_generator(model, tables, sampling_config, target: str, image_shap
         else:
             denoise = lambda x, t: apply(x, t, None)  # noqa: E731
         x_T = jax.random.normal(jax.random.fold_in(key, 0), labels.shape + tuple(image_shape), jnp.float32)
+        if sampler is not None:
+            return samplers.run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1)).samples
         return samplers.ddpm_sample(denoise, tables, x_T, jax.random.fold_in(key, 1), target,
                                     sc.variance, sc.clip_x0).samples
 
@@ -520,11 +533,11 @@ def evaluate_params(config, workdir: str, params, model, tables, step: int, log=
                                               extractor), ev.batch_size, log)
     guidance = float(ev.fid_guidance_scale) if num_classes else None
     log(f"eval: generating {ev.num_samples} samples (EMA params, {config.sampling.sampler}, "
-        f"{tables.num_timesteps} steps)")
+        f"{sampling_steps(config.sampling, tables)} steps)")
     images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
                             balanced_labels(ev.num_samples, num_classes), ev.batch_size, jax.random.fold_in(key, 0))
     metrics = {"checkpoint_step": int(step), "params": "ema", "sampler": config.sampling.sampler,
-               "sampling_steps": int(tables.num_timesteps), "variance": config.sampling.variance,
+               "sampling_steps": sampling_steps(config.sampling, tables), "variance": config.sampling.variance,
                "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,
                "quantisation": "uint8(round((clip(x, -1, 1) + 1) * 127.5))",
                "dataset": config.data.dataset, "image_shape": list(image_shape), "splits": split_note,
@@ -589,6 +602,8 @@ def run_eval(config, workdir: str, log=print, make_generate: Callable | None = N
 
     config_lib.validate(config)
     validate_eval(config, check_weights=True)
+    if make_generate is None:
+        check_sampler(config.sampling)
     path = os.path.abspath(workdir or "")
     if not workdir or not os.path.isdir(os.path.join(path, "checkpoints")):
         raise checkpoint.CheckpointError(
@@ -624,6 +639,7 @@ def make_train_fid_hook(config, workdir: str, model, tables, start_step: int = 0
     if not config.training.get("eval_every", 0):
         return None
     validate_eval(config, check_weights=True)
+    check_sampler(config.sampling)
     train, test, _ = load_splits(config.data)
     image_shape = tuple(train[0].shape[1:])
     extractor, _ = build_extractor(config, workdir, train, test, log, for_accuracy=False)
