@@ -7,5 +7,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist
 fi
 source scripts/venv.sh
-.venv/bin/pip install -q -r requirements-test.txt
+.venv/bin/python -m pip install -q -r requirements-test.txt
 exec .venv/bin/python -m pytest -q -n 2 tests "$@"
