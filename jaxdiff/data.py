@@ -121,3 +121,18 @@ def batch_stream(source, seed: int, start_step: int, batch_size: int, process_in
             yield item
     finally:
         stop.set()
+
+
+def preprocess(images, key, random_flip: bool):
+    """uint8 ``[B, H, W, C]`` -> float32 in [-1, 1] (``x / 127.5 - 1``), on device.
+
+    With ``random_flip`` each image is mirrored left-right independently with probability 1/2.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    x = images.astype(jnp.float32) / 127.5 - 1.0
+    if random_flip:
+        flip = jax.random.bernoulli(key, 0.5, (x.shape[0], 1, 1, 1))
+        x = jnp.where(flip, x[:, :, ::-1, :], x)
+    return x
