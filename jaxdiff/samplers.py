@@ -441,7 +441,8 @@ def sampler_from_config(tables: DiffusionTables, sampling_config, target: str) -
 
 def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
                        *, target: str = "eps", num_classes: int = 0, labels=None,
-                       trajectory_every: int | None = None, trajectory_size: int = 16) -> SampleOutput:
+                       trajectory_every: int | None = None, trajectory_size: int = 16,
+                       mesh=None) -> SampleOutput:
     """Generate ``shape[0]`` images of shape ``shape[1:]`` with the sampler ``config.sampling`` names.
 
     ``apply_fn(params, x, t, y)`` is the network (``y`` is ``None`` for an unconditional model, whose
@@ -451,8 +452,10 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     program serves all); chunk ``c`` uses ``k = fold_in(key, c)``: ``x_T ~ N(0, I)`` from
     ``fold_in(k, 0)`` and the sampler's noise from ``fold_in(k, 1)``. The trajectory (every
     ``trajectory_every`` steps, default ``sampling.trajectory_every``) is that of the first
-    ``trajectory_size`` samples. Every check runs before anything is compiled. Returns the samples
-    (NumPy float32 in [-1, 1] up to the sampler's last step), labels and a metadata dict.
+    ``trajectory_size`` samples. With a ``mesh`` (axis ``data``) whose size divides the chunk, each
+    chunk's batch is sharded over its devices (parameters replicated). Every check runs before
+    anything is compiled. Returns the samples (NumPy float32; in [-1, 1] when ``clip_x0``), labels
+    and a metadata dict.
     """
     sc = sampling_config
     num = int(shape[0])
@@ -465,10 +468,16 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     every = int(sc.trajectory_every if trajectory_every is None else trajectory_every)
     chunk = min(int(sc.batch_size), num)
     null_label = num_classes if num_classes else None
+    batch_sharding = None
+    if mesh is not None and mesh.devices.size > 1 and chunk % mesh.devices.size == 0:
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
     @jax.jit
     def generate(params, key, y):
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (chunk,) + tuple(shape[1:]), jnp.float32)
+        if batch_sharding is not None:
+            x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
+            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
         denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, scale, null_label)
         out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), every, trajectory_size)
         return out.samples, out.trajectory_xt, out.trajectory_x0
@@ -490,6 +499,7 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
         "set_alpha_to_one": bool(sc.set_alpha_to_one) if sc.sampler != "ddpm" else None,
         "clip_x0": bool(sc.clip_x0), "guidance_scale": scale if labels is not None else None,
         "conditional": labels is not None, "chunk_size": chunk, "target": target,
+        "devices": int(mesh.devices.size) if batch_sharding is not None else 1,
         "timesteps": [int(t) for t in sampler.timesteps],
     }
     traj_t = np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1) if every else None
