@@ -77,5 +77,6 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.variance = "fixed_small"  # ddpm only: fixed_small | fixed_large
     sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step (eps recomputed from it)
     sampling.use_ema = True
-    sampling.trajectory_every = 100  # trajectory figure: keep every N-th step (0 = no figure)
+    sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers
+    #   still show ~10 frames (0 = no figure)
     return config
