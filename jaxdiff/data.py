@@ -477,6 +477,10 @@ def _network_available(host: str = "storage.googleapis.com", timeout: float = 3.
         return False
 
 
+def _has_tensorflow() -> bool:
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def prepare_tfds(name: str, data_dir: str = "") -> str:
     """Download and prepare TFDS dataset ``name`` as ArrayRecord in ``data_dir``; returns its path.
 
@@ -486,7 +490,7 @@ def prepare_tfds(name: str, data_dir: str = "") -> str:
     where = os.path.dirname(os.path.dirname(str(builder.data_path)))
     howto = (f"run `python -m jaxdiff.data prepare {name} --data_dir DIR` on a machine with internet and "
              f"TensorFlow, copy DIR here and set --config.data.data_dir=DIR; {_offline_hints(name)}")
-    if importlib.util.find_spec("tensorflow") is None:
+    if not _has_tensorflow():
         raise DataError(f"TFDS dataset {name!r} is not prepared in {where} and preparing it needs TensorFlow "
                         f"(`pip install tensorflow-cpu`); or {howto}")
     if not _network_available():
@@ -721,8 +725,9 @@ def batch_stream(source, seed: int, start_step: int, batch_size: int, process_in
 def preprocess(images, key, random_flip: bool):
     """uint8 ``[B, H, W, C]`` -> float32 ``x = images / 127.5 - 1`` in [-1, 1]; with ``random_flip``,
     ``x_i <- x_i[:, ::-1]`` (mirror left-right) for ``f_i ~ Bernoulli(1/2)`` drawn independently per
-    example from ``key``. Pure and jittable; call it inside the train step."""
-    x = jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0
+    example from ``key``. Pure and jittable; call it inside the train step. (XLA turns the division
+    into a multiplication by a rounded reciprocal, so 255 would land one ulp above 1 without the clip.)"""
+    x = jnp.clip(jnp.asarray(images).astype(jnp.float32) / 127.5 - 1.0, -1.0, 1.0)
     if random_flip:
         flip = jax.random.bernoulli(key, 0.5, (x.shape[0],))
         x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
