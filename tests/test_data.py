@@ -272,6 +272,30 @@ def test_tfds_mock_variable_size_images_and_stream(tmp_path):
     assert batch["image"].shape == (8, 8, 8, 3)
 
 
+@pytest.fixture(scope="module")
+def real_tfds_dir(tmp_path_factory):
+    """A real (not mocked) ArrayRecord TFDS dataset 'jaxdiff_tiny': image i is unique, label i."""
+    root = str(tmp_path_factory.mktemp("tfds"))
+    rng = np.random.default_rng(5)
+    splits = {"train": (rng.integers(0, 256, (24, 6, 10, 3), dtype=np.uint8), np.arange(24)),
+              "test": (rng.integers(0, 256, (8, 6, 10, 3), dtype=np.uint8), np.arange(8))}
+    data.write_tfds_dataset("jaxdiff_tiny", root, splits, num_classes=24)
+    return root, splits
+
+
+def test_tfds_real_array_record_by_name(real_tfds_dir):
+    root, splits = real_tfds_dir
+    config = data_config(dataset="jaxdiff_tiny", data_dir=root, image_size=6, cache_max_mb=0)
+    for split in ("train", "test"):
+        src = data.load_source(config, split)
+        assert isinstance(src, data.LazySource) and len(src) == len(splits[split][1]) and src.num_classes == 24
+        images, labels = src[np.arange(len(src))]
+        assert sorted(labels.tolist()) == list(range(len(src)))  # every record once (TFDS shuffles on write)
+        np.testing.assert_array_equal(images, splits[split][0][labels][:, :, 2:8])  # exact PNG round trip + crop
+    with pytest.raises(data.DataError, match="cannot read split 'validation' .*available: train, test"):
+        data.load_source(config, "validation")
+
+
 def test_tfds_bad_names(tmp_path):
     with pytest.raises(data.DataError, match="did you mean 'mnist'"):
         data.load_source(data_config(dataset="mnsit", image_size=28))
