@@ -67,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.sample_every = 1000  # sample grid PNG every N steps (and at the end); 0 = only at the end
     training.keep_checkpoints = 3
 
+    config.parallel = parallel = ml_collections.ConfigDict()
+    parallel.num_devices = 0  # devices on the data axis of the mesh (0 = all visible devices)
+
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.sampler = "ddpm"
     sampling.num_samples = 64
