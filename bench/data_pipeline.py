@@ -130,20 +130,22 @@ def main():
     supply = results["supply"]
     supply["digits 8x8 (memory), B=128"] = supply_rate(data.load_digits(), 128, steps, w)
     supply["Fashion-MNIST idx 28x28 (memory), B=128"] = supply_rate(fashion, 128, steps, w)
-    rgb64 = data.ArraySource(data.resize_uint8(fashion_test.images[:4096], 64, 3), fashion_test.labels[:4096], 10, "rgb64")
+    rgb64 = data.ArraySource(data.resize_uint8(fashion_test.images[:4096], 64, 3), fashion_test.labels[:4096], 10,
+                             "rgb64")
     supply["64x64x3 (memory), B=64"] = supply_rate(rgb64, 64, steps, w)
     tmp_dir = tempfile.TemporaryDirectory()
     tmp = tmp_dir.name
     os.makedirs(os.path.join(tmp, "png"))
     write_png_folder(data.resize_uint8(fashion_test.images[:2048], 32, 3), os.path.join(tmp, "png"))
     for size, b in ((32, 128), (64, 64)):
-        lazy = data.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"), image_size=size, cache_max_mb=0))
+        lazy = data.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"),
+                                            image_size=size, cache_max_mb=0))
         for workers in sorted({1, w}):
             supply[f"PNG folder 32->{size} (decode per batch), B={b}, {workers} thread(s)"] = supply_rate(
                 lazy, b, max(steps // 3, 5), workers)
     small = data.resize_uint8(fashion_test.images[:2048], 32, 3)
-    data.write_tfds_dataset("fashion32_bench", os.path.join(tmp, "tfds"), {"train": (small, fashion_test.labels[:2048])},
-                            num_classes=10)
+    data.write_tfds_dataset("fashion32_bench", os.path.join(tmp, "tfds"),
+                            {"train": (small, fashion_test.labels[:2048])}, num_classes=10)
     for size, b in ((32, 128), (64, 64)):
         arr = data.load_source(data_config(dataset="fashion32_bench", data_dir=os.path.join(tmp, "tfds"),
                                            image_size=size, cache_max_mb=0))
@@ -151,22 +153,23 @@ def main():
             arr, b, max(steps // 3, 5), w)
     for k, v in supply.items():
         print(f"supply {v:12,.0f} examples/s  {k}", flush=True)
-    png28 = data.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"), image_size=28, channels=1,
-                                         cache_max_mb=0))
+    png8 = data.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"), image_size=8,
+                                         channels=1, cache_max_mb=0))
 
     demand = results["demand"]
     dsteps = 2 if args.quick else 5
-    for name, config in (("digits config (8x8, ch 64), B=128", digits.get_config()),
-                         ("fashion_mnist config (28x28, ch 64), B=128", fm)):
-        shape = (config.data.image_size,) * 2 + (1,)
+    for cname, config in (("digits", digits.get_config()), ("fashion_mnist", fm)):
+        s, b = config.data.image_size, config.training.batch_size
+        name = f"train step, {cname} config ({s}x{s}, ch {config.model.ch}), B={b}"
+        shape = (s, s, 1)
         step, params, images, labels = make_train_step(config, shape, 10)
         demand[name] = demand_rate(step, params, images, labels, dsteps)
         print(f"demand {demand[name]:12,.0f} examples/s  {name}", flush=True)
-        if name.startswith("fashion"):
-            results["stall"]["fashion_mnist step fed by Fashion-MNIST idx (memory)"] = stall_fraction(
-                step, params, fashion, 128, dsteps, w)
-            results["stall"]["fashion_mnist step fed by a PNG folder (decode per batch)"] = stall_fraction(
-                step, params, png28, 128, dsteps, w)
+        if cname == "digits":  # the fastest consumer here, so the likeliest to wait for data
+            results["stall"]["digits step fed by digits (memory)"] = stall_fraction(
+                step, params, data.load_digits(), b, 4 * dsteps, w)
+            results["stall"]["digits step fed by a PNG folder, 32->8 (decode per batch)"] = stall_fraction(
+                step, params, png8, b, 4 * dsteps, w)
     tmp_dir.cleanup()
 
     for section in ("supply", "demand"):

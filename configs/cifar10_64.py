@@ -4,7 +4,8 @@ a cosine schedule over T=1000, AdamW at 4e-4, batch 64, 100 epochs.
 
 diffusers' default block types put attention at every level but the first (32, 16 and 8 here) and in
 the middle, with 8 channels per head; jaxdiff's U-Net has one head count for all levels, so 32 heads
-(8 channels per head at the 32x32 level, 32 at 8x8). Horizontal flips as in DDPM's CIFAR-10 recipe. 253,761,283 parameters.
+(8 channels per head at the 32x32 level, 32 at 8x8). Horizontal flips as in DDPM's CIFAR-10
+recipe. 253,761,283 parameters.
 Offline: ``--config.data.dataset=cifar_python --config.data.data_dir=FOLDER`` reads the
 ``cifar-10-python.tar.gz`` download instead of TFDS (see docs/data.md).
 """

@@ -454,7 +454,8 @@ def _offline_hints(name: str) -> str:
     """How else to get ``name`` onto a machine without internet (one sentence, for error messages)."""
     base = name.split(":")[0].split("/")[0]
     if base == "fashion_mnist":
-        return ("or read the idx files: `apt-get install dataset-fashion-mnist` and use --config=configs/fashion_mnist.py "
+        return ("or read the idx files: `apt-get install dataset-fashion-mnist` and use "
+                "--config=configs/fashion_mnist.py "
                 f"(--config.data.dataset=idx --config.data.data_dir={DEBIAN_FASHION_MNIST})")
     if base in ("mnist", "kmnist", "emnist"):
         return ("or read the idx files: copy train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-*.gz "
@@ -533,7 +534,8 @@ def load_tfds(data_config, split: str = "train") -> LazySource:
         elif isinstance(e, NotImplementedError):
             raise DataError(f"TFDS dataset {name!r} in {version_dir} is stored as TFRecord, which has no random "
                             f"access; convert it: `tfds convert_format --dataset_version_dir={version_dir} "
-                            "--out_file_format=array_record` (or prepare it again with file_format=array_record)") from None
+                            "--out_file_format=array_record` (or prepare it again with file_format=array_record)"
+                            ) from None
         else:
             splits = ", ".join(builder.info.splits) or "unknown"
             raise DataError(f"TFDS dataset {name!r} cannot read split {split!r} (available: {splits}): "
@@ -629,7 +631,8 @@ def check_data_config(data_config) -> None:
     """
     d = data_config
     if not isinstance(d.image_size, int) or d.image_size <= 0:
-        raise DataError(f"data.image_size must be a positive integer (28 for MNIST, 32 for CIFAR-10), got {d.image_size!r}")
+        raise DataError("data.image_size must be a positive integer (28 for MNIST, 32 for CIFAR-10), "
+                        f"got {d.image_size!r}")
     if d.channels not in (0, 1, 3):
         raise DataError(f"data.channels must be 0 (the dataset's own), 1 (grayscale) or 3 (RGB), got {d.channels!r}")
     for field in ("num_workers", "prefetch"):
