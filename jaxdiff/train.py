@@ -192,7 +192,7 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
                                jax.process_index(), jax.process_count())
     pending, last_time, last_step = [], time.perf_counter(), start
     bar = tqdm(total=tc.num_train_steps, initial=start, disable=not progress or jax.process_index() != 0,
-               desc="train", unit="step", dynamic_ncols=True)
+               desc="train", unit="step", dynamic_ncols=True, smoothing=0.05)
     with open(metrics_path, "a") as log:
         for n in range(start + 1, tc.num_train_steps + 1):
             state, metrics = trainer.step(state, parallel.global_batch(next(stream), trainer.mesh))
