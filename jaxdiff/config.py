@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from jaxdiff import diffusion, samplers, schedules
+from jaxdiff import data, diffusion, samplers, schedules
 from jaxdiff.unet import check_image_size
 
 
@@ -30,6 +30,10 @@ def validate(config) -> None:
     """Raise :class:`ConfigError` for the first invalid value in ``config``."""
     d, m, f, t, s = config.data, config.model, config.diffusion, config.training, config.sampling
     _positive(d.image_size, "data.image_size")
+    try:
+        data.check_data_config(d)
+    except data.DataError as e:
+        raise ConfigError(str(e)) from None
     try:
         check_image_size(d.image_size, m.ch_mult)
     except ValueError as e:
