@@ -50,8 +50,9 @@ SPACINGS = ("leading", "trailing", "linspace", "uniform", "quad", "logsnr")
 
 class SampleOutput(NamedTuple):
     """Final samples ``[B, H, W, C]`` and, if asked for, the trajectory: the input ``x_t`` of every
-    k-th step with the ``x0`` predicted from it (each ``[num_frames, B, H, W, C]``, first frame the
-    pure noise, last frame the final sample twice), and the table timesteps ``t`` (-1 for the end).
+    k-th step with the ``x0`` predicted from it (each ``[num_frames, n, H, W, C]`` for the first ``n``
+    samples; first frame the pure noise, last frame the final sample twice), and the table timesteps
+    ``t`` of the frames (-1 for the end).
     ``labels`` are the class labels sampled for (``None`` when unconditional); ``metadata`` describes
     the sampler (see :func:`sample_from_config`)."""
 

@@ -10,7 +10,6 @@ variance ``s^2`` up to its discretisation error. Stated tolerances: |mean - mu| 
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -350,8 +349,7 @@ def test_config_validation_rejects_bad_sampling_fields():
     config = default.get_config()
     config.model.class_conditional = True
     config.sampling.update(dict(sampler="dpm_solver++", num_steps=20, labels="3,5", guidance_scale=4.0))
-    config_lib.validate(config)
-    assert isinstance(config.sampling, ml_collections.ConfigDict)
+    config_lib.validate(config)  # a valid guided DPM-Solver++ configuration passes
 
 
 # --------------------------------------------------------------------------- the Gaussian check
