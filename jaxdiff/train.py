@@ -175,8 +175,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     from tqdm.auto import tqdm
 
     config_lib.validate(config)
-    workdir = config_lib.check_workdir(workdir)
     source = data.load_source(config.data, "train")
+    workdir = config_lib.check_workdir(workdir)
     trainer = Trainer(config, source.image_shape[-1], source.num_classes)
     tc = config.training
 
@@ -192,11 +192,11 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
 
     fid_hook = evaluate.make_train_fid_hook(config, workdir, trainer.model, trainer.tables, start)
 
-    stream = data.batch_stream(source, config.seed, start, tc.batch_size,
-                               jax.process_index(), jax.process_count())
+    stream = data.batch_stream(source, config.seed, start, tc.batch_size, jax.process_index(),
+                               jax.process_count(), config.data.prefetch, config.data.num_workers)
     pending, last_time, last_step = [], time.perf_counter(), start
     bar = tqdm(total=tc.num_train_steps, initial=start, disable=not progress or jax.process_index() != 0,
-               desc="train", unit="step", dynamic_ncols=True)
+               desc="train", unit="step", dynamic_ncols=True, smoothing=0.05)
     with open(metrics_path, "a") as log:
         for n in range(start + 1, tc.num_train_steps + 1):
             state, metrics = trainer.step(state, parallel.global_batch(next(stream), trainer.mesh))
