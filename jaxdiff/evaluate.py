@@ -315,13 +315,6 @@ def fid_kid(extractor: FeatureExtractor, images: np.ndarray, ref: Reference, bat
 # ----------------------------------------------------------------------------- sampling
 
 
-def check_sampler(sampling_config) -> None:
-    """Evaluation needs a sampler it can drive (before anything is compiled)."""
-    if not hasattr(samplers, "sampler_from_config") and sampling_config.sampler != "ddpm":
-        raise EvalError(f"sampling.sampler={sampling_config.sampler!r}: this jaxdiff evaluates with the 'ddpm' "
-                        "sampler only; pass make_generate to evaluate_params for others")
-
-
 def sampling_steps(sampling_config, tables) -> int:
     """Network evaluations per sample of the configured sampler."""
     return int(sampling_config.get("num_steps", 0) or tables.num_timesteps)
@@ -331,16 +324,13 @@ def make_image_generator(model, tables, sampling_config, target: str, image_shap
                          guidance_scale: float = 1.0):
     """A compiled ``generate(params, key, labels) -> images [B, H, W, C] in [-1, 1]``.
 
-    The configured sampler (``jaxdiff.samplers``; DDPM ancestral over all T steps where only that one
-    exists) with its variance and x0 clipping. A class-conditional model (``model.num_classes > 0``)
+    The sampler ``config.sampling`` describes (:func:`jaxdiff.samplers.sampler_from_config`).
+    A class-conditional model (``model.num_classes > 0``)
     samples ``labels`` with classifier-free guidance ``guidance_scale`` (0 = unconditional, 1 =
     plain conditional); an unconditional one ignores them. ``x_T = normal(fold_in(key, 0))``, sampler
     noise from ``fold_in(key, 1)`` (as ``jaxdiff.sample``).
     """
-    sc = sampling_config
-    check_sampler(sc)
-    from_config = getattr(samplers, "sampler_from_config", None)
-    sampler = from_config(tables, sc, target) if from_config else None
+    sampler = samplers.sampler_from_config(tables, sampling_config, target)
 
     @jax.jit
     def generate(params, key, labels):
@@ -350,10 +340,7 @@ def make_image_generator(model, tables, sampling_config, target: str, image_shap
         else:
             denoise = lambda x, t: apply(x, t, None)  # noqa: E731
         x_T = jax.random.normal(jax.random.fold_in(key, 0), labels.shape + tuple(image_shape), jnp.float32)
-        if sampler is not None:
-            return samplers.run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1)).samples
-        return samplers.ddpm_sample(denoise, tables, x_T, jax.random.fold_in(key, 1), target,
-                                    sc.variance, sc.clip_x0).samples
+        return samplers.run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1)).samples
 
     return generate
 
@@ -602,8 +589,6 @@ def run_eval(config, workdir: str, log=print, make_generate: Callable | None = N
 
     config_lib.validate(config)
     validate_eval(config, check_weights=True)
-    if make_generate is None:
-        check_sampler(config.sampling)
     path = os.path.abspath(workdir or "")
     if not workdir or not os.path.isdir(os.path.join(path, "checkpoints")):
         raise checkpoint.CheckpointError(
@@ -639,7 +624,6 @@ def make_train_fid_hook(config, workdir: str, model, tables, start_step: int = 0
     if not config.training.get("eval_every", 0):
         return None
     validate_eval(config, check_weights=True)
-    check_sampler(config.sampling)
     train, test, _ = load_splits(config.data)
     image_shape = tuple(train[0].shape[1:])
     extractor, _ = build_extractor(config, workdir, train, test, log, for_accuracy=False)
