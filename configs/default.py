@@ -13,10 +13,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # every random key derives from this by fold_in(seed, step, ...)
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "digits"  # digits | mnist | fashion_mnist | cifar10 | any TFDS image dataset name
-    data.image_size = 8  # images are resized to image_size x image_size
-    data.data_dir = ""  # TFDS data_dir, or the folder of idx files / images ("" = library default)
-    data.random_flip = False  # flip half of the images horizontally (never for digits)
+    # digits (sklearn, embedded) | idx (folder of MNIST-format idx files) | image_folder (one sub-folder
+    # per class, or none) | cifar_python (CIFAR-10/100 python batches) | any TFDS image dataset name
+    data.dataset = "digits"
+    data.image_size = 8  # images are centre-cropped to a square and resized to image_size x image_size
+    data.channels = 0  # 0 = the dataset's own | 1 = grayscale | 3 = RGB
+    data.data_dir = ""  # TFDS data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets), or the local folder
+    data.download = True  # TFDS only: download + prepare when missing (needs internet and TensorFlow)
+    data.image_key = "image"  # TFDS only: the image feature
+    data.label_key = "label"  # TFDS only: the class-label feature (absent = unlabelled)
+    data.random_flip = False  # flip a random half of each batch left-right (never for digits)
+    data.cache_max_mb = 1024  # decode the whole split into host memory when it fits in this many MiB
+    data.num_workers = 2  # host threads reading batches ahead
+    data.prefetch = 4  # batches read ahead of the train step
 
     config.model = model = ml_collections.ConfigDict()
     model.ch = 64  # base channel count; level i has ch * ch_mult[i] channels
@@ -57,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.checkpoint_every = 500
     training.sample_every = 1000  # sample grid PNG every N steps (and at the end); 0 = only at the end
     training.keep_checkpoints = 3
+
+    config.parallel = parallel = ml_collections.ConfigDict()
+    parallel.num_devices = 0  # devices on the data axis of the mesh (0 = all visible devices)
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.sampler = "ddpm"

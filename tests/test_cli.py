@@ -1,0 +1,65 @@
+"""main.py end to end: a smoke run that writes a checkpoint and PNGs, sample mode, bad input."""
+
+import os
+
+import numpy as np
+import pytest
+
+from jaxdiff import config as config_lib
+from tests.conftest import run_main, tiny_config
+
+TINY = ["--config=configs/digits.py", "--config.model.ch=8", "--config.model.num_res_blocks=1",
+        "--config.diffusion.num_timesteps=20", "--config.training.batch_size=16",
+        "--config.training.num_train_steps=6", "--config.training.log_every=3",
+        "--config.training.checkpoint_every=3", "--config.training.sample_every=0",
+        "--config.sampling.num_samples=20", "--config.sampling.batch_size=10",
+        "--config.sampling.trajectory_every=5", "--config.parallel.num_devices=1"]
+
+
+def test_train_then_sample(tmp_path):
+    workdir = str(tmp_path / "run")
+    r = run_main(*TINY, f"--workdir={workdir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    files = set(os.listdir(workdir))
+    assert {"checkpoints", "metrics.jsonl", "loss.png", "samples_0000006.png"} <= files
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+    assert "train: 100%" in r.stderr  # the progress bar
+    r = run_main(*TINY, f"--workdir={workdir}", "--mode=sample")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = np.load(os.path.join(workdir, "sample_ddpm_0000006.npz"))
+    assert out["images"].shape == (20, 8, 8, 1) and out["images"].dtype == np.uint8
+    assert list(out["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert os.path.exists(os.path.join(workdir, "trajectory.png"))
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.dataset=imagenet_typo", "imagenet_typo"),
+    ("--config.data.image_size=9", "data.image_size=9 cannot be downsampled"),
+    ("--config.training.batch_size=0", "training.batch_size must be a positive integer"),
+    ("--config.training.no_such_key=1", "no_such_key"),
+])
+def test_bad_input_is_one_clear_error(tmp_path, override, message):
+    r = run_main(*TINY, override, f"--workdir={tmp_path / 'w'}")
+    assert r.returncode != 0
+    assert message in r.stderr
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_sample_without_checkpoint_and_unwritable_workdir(tmp_path):
+    r = run_main(*TINY, f"--workdir={tmp_path}", "--mode=sample")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(config_lib.ConfigError, match="not writable"):
+        config_lib.check_workdir(str(blocker / "sub"))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("training.num_train_steps", -5, "training.num_train_steps must be a positive integer"),
+    ("diffusion.schedule", "quadratic", "diffusion.schedule='quadratic' is not one of"),
+    ("diffusion.target", "score", "diffusion.target='score'"),
+    ("sampling.variance", "learned", "sampling.variance='learned'"),
+])
+def test_validate_names_the_field(field, value, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(tiny_config(**{field: value}))

@@ -1,0 +1,96 @@
+"""Training: the loss of a tiny model falls, EMA maths, and resume is bit-identical."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff import checkpoint, data, train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    config = tiny_config(**{"model.class_conditional": True})
+    return train.Trainer(config, channels=1, num_classes=10)
+
+
+def test_loss_falls_on_digits(trainer):
+    config = trainer.config
+    source = data.load_source(config.data)
+    state = trainer.init()
+    stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
+    losses = []
+    for _ in range(60):
+        state, metrics = trainer.step(state, next(stream))
+        losses.append(float(metrics["loss"]))
+    assert int(state.step) == 60
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10]), losses
+    # EMA moved towards the parameters but is not equal to them.
+    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.params, state.ema_params)
+    assert 0 < max(jax.tree.leaves(diff))
+
+
+def test_ema_update_and_warmup():
+    ema, params = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
+    out = train.ema_update(ema, params, jnp.float32(0.75))
+    np.testing.assert_allclose(out["w"], 0.25)
+    assert float(train.ema_decay(jnp.int32(0), 0.9999, True)) == pytest.approx(0.1)
+    assert float(train.ema_decay(jnp.int32(10**6), 0.9999, True)) == pytest.approx(0.9999)
+    assert float(train.ema_decay(jnp.int32(0), 0.9999, False)) == pytest.approx(0.9999)
+
+
+def test_warmup_schedule_is_ddpm_linear():
+    tc = tiny_config().training
+    tc.warmup_steps, tc.learning_rate = 10, 1.0
+    lr = train.learning_rate_schedule(tc)
+    assert [float(lr(n)) for n in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
+
+
+def _final_params(workdir, config):
+    trainer = train.Trainer(config, channels=1, num_classes=10)
+    mngr = checkpoint.manager(workdir, read_only=True)
+    state, meta = checkpoint.restore(mngr, trainer.abstract_state())
+    return state, meta
+
+
+def test_resume_is_bit_identical(tmp_path):
+    base = {"model.class_conditional": True, "training.checkpoint_every": 7}
+    full = str(tmp_path / "full")
+    train.train(tiny_config(**base, **{"training.num_train_steps": 16}), full, progress=False)
+    split = str(tmp_path / "split")
+    train.train(tiny_config(**base, **{"training.num_train_steps": 9}), split, progress=False)
+    # A run "killed" after step 9 leaves metric lines past its last checkpoint (step 9 here is the
+    # final checkpoint of the first launch); the resumed launch continues from the checkpoint.
+    resumed = train.train(tiny_config(**base, **{"training.num_train_steps": 16}), split, progress=False)
+    assert int(resumed.step) == 16
+    a, meta = _final_params(full, tiny_config(**base))
+    b, _ = _final_params(split, tiny_config(**base))
+    assert int(a.step) == int(b.step) == 16
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert meta["num_classes"] == 10 and meta["channels"] == 1
+    steps = [json.loads(line)["step"] for line in open(os.path.join(split, "metrics.jsonl"))]
+    assert steps == sorted(set(steps)) and steps[-1] == 16
+    assert sorted(os.listdir(os.path.join(full, "checkpoints"))) == ["14", "16", "7"]
+
+
+def test_restore_errors(tmp_path):
+    trainer = train.Trainer(tiny_config(), channels=1, num_classes=10)
+    mngr = checkpoint.manager(str(tmp_path))
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.restore(mngr, trainer.abstract_state())
+    state = trainer.init()
+    checkpoint.save(mngr, 3, state, trainer.meta())
+    mngr.wait_until_finished()
+    # Damage the saved arrays: restoring must fail with a message that says what to do.
+    for root, _, files in os.walk(tmp_path / "checkpoints" / "3" / "state"):
+        for f in files:
+            if not f.startswith("_"):
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot be restored.*delete that step"):
+        checkpoint.restore(checkpoint.manager(str(tmp_path), read_only=True), trainer.abstract_state())
