@@ -49,22 +49,26 @@ def sides_for(kind: str, net: str, args) -> list[harness.Side]:
     return sides
 
 
-def report(result: dict, flops_key: str = "flops") -> None:
+def report(result: dict) -> None:
+    """Print the table of one run. Model FLOPs per image come from XLA's cost analysis of the
+    jaxdiff program (the smallest count among jaxdiff sides: the same network on both sides);
+    MFU = FLOPs/image x images/s / the side's own measured float32 matmul peak."""
     peaks = result["peaks"]
-    print(f"matmul peak (2048^3 float32): " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
-                                                          for k, v in peaks.items()))
-    flops = next((s.get(flops_key) for s in result["sides"].values() if s.get(flops_key)), None)
+    print("matmul peak (2048^3 float32): " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
+                                                         for k, v in peaks.items()))
+    fpi = min((s["flops_per_image"] for s in result["sides"].values() if s.get("flops_per_image")),
+              default=None)
     for label, s in result["sides"].items():
         peak = peaks.get("torch" if label.startswith("torch") else "jax")
-        line = f"{label:18s} {s['images_per_s']:8.2f} img/s  step {s['step_s'] * 1e3:8.1f} ms"
-        if flops and peak:
-            line += f"  MFU {flops / s['step_s'] / peak * 100:5.1f}%"
+        line = f"{label:18s} {s['images_per_s']:8.3f} img/s  per run {s['step_s'] * 1e3:9.1f} ms"
+        if fpi and peak:
+            line += f"  MFU {fpi * s['images_per_s'] / peak * 100:5.1f}%"
         line += f"  compile {s.get('compile_s', 0):6.1f} s  peak RSS {s.get('peak_rss_mib', 0):7.0f} MiB"
         print(line)
     for k, v in result["ratios"].items():
         print(f"ratio {k}: {v:.3f}x (median of per-round ratios)")
-    if flops:
-        print(f"XLA cost analysis: {flops / 1e9:.2f} GFLOP per unit of work")
+    if fpi:
+        print(f"XLA cost analysis: {fpi / 1e9:.3f} GFLOP per image")
 
 
 def main(argv=None):

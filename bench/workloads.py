@@ -56,68 +56,126 @@ def _compiled_info(compiled, t0: float) -> dict:
     return info
 
 
+def jax_config(net: str, batch: int | None = None):
+    """configs/default.py with the benchmark network, DDPM's optimiser and EMA settings."""
+    from configs import default
+    n = nets.NETS[net]
+    c = default.get_config()
+    c.data.image_size = n["image_size"]
+    for k in ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "dropout"):
+        c.model[k] = n[k]
+    c.training.batch_size = batch or n["train_batch"]
+    c.training.learning_rate, c.training.adam_eps = LR, ADAM_EPS
+    c.training.grad_clip_norm, c.training.ema_decay = CLIP, EMA_DECAY
+    return c
+
+
 def jax_train(net: str, batch: int | None = None) -> Workload:
-    """The jaxdiff training step on ``net`` (``jaxdiff.train`` when present, else an equivalent)."""
+    """``jaxdiff.train.Trainer.step`` (the library's compiled step, state donated) on ``net``."""
     import jax
 
+    from jaxdiff import train
+
     n = nets.NETS[net]
-    batch = batch or n["train_batch"]
-    model = nets.jax_unet(net)
-    step_fn, state = _jax_train_step(model, n, batch)
-    images = jax.device_put(fake_images(net, batch))
+    config = jax_config(net, batch)
+    batch = config.training.batch_size
+    trainer = train.Trainer(config, n["channels"], num_classes=0)
+    state = trainer.init()
+    data = {"image": jax.device_put(fake_images(net, batch)),
+            "label": jax.device_put(np.zeros((batch,), np.int32))}
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, images, 0).compile()
+    compiled = trainer.step.lower(state, data).compile()
     info = _compiled_info(compiled, t0)
-    holder = {"state": state, "i": 0}
+    info["flops_per_image"] = info["flops"] / batch
+    holder = {"state": state}
 
     def run():
-        holder["state"], loss = compiled(holder["state"], images, holder["i"])
-        holder["i"] += 1
-        loss.block_until_ready()
+        holder["state"], metrics = compiled(holder["state"], data)
+        metrics["loss"].block_until_ready()
 
     run()
     info["peak_rss_mib"] = peak_rss_mib()
     return Workload(run, batch, info)
 
 
-def _jax_train_step(model, n, batch):
-    """(jitted step(state, uint8 images, step) -> (state, loss), initial state)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jaxdiff import diffusion
-
-    tables = make_tables()
-    tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adam(LR, eps=ADAM_EPS))
-    shape = (batch, n["image_size"], n["image_size"], n["channels"])
-    params = model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32))["params"]
-    state = (params, jax.tree_util.tree_map(jnp.copy, params), tx.init(params))
-
-    def step(state, images, i):
-        params, ema, opt_state = state
-        key = jax.random.fold_in(jax.random.PRNGKey(0), i)
-        loss_key, drop_key = jax.random.split(key)
-        x0 = images.astype(jnp.float32) / 127.5 - 1.0
-
-        def loss_fn(p):
-            fn = lambda x, t: model.apply({"params": p}, x, t, train=True,  # noqa: E731
-                                          rngs={"dropout": drop_key})
-            return diffusion.diffusion_loss(fn, tables, x0, loss_key)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        ema = jax.tree_util.tree_map(lambda e, p: e + (1.0 - EMA_DECAY) * (p - e), ema, params)
-        return (params, ema, opt_state), loss
-
-    return jax.jit(step, donate_argnums=0), state
-
-
 def make_tables():
     """DDPM's linear schedule over T=1000."""
     from jaxdiff import schedules
     return schedules.make_tables(schedules.linear_betas(1000))
+
+
+def _ddim_timesteps(steps: int) -> np.ndarray:
+    """diffusers' default ``leading`` spacing, descending: ``arange(S) * (T // S)`` reversed."""
+    return (np.arange(steps) * (1000 // steps))[::-1].astype(np.int32)
+
+
+def _bench_ddim_step(tables, clip_x0: bool = True):
+    """DDIM, eta = 0: ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat`` (used only
+    if this jaxdiff has no ``samplers.ddim_step``; the network dominates the cost either way)."""
+    import jax.numpy as jnp
+
+    from jaxdiff import diffusion
+    abar = jnp.asarray(tables.alphas_cumprod, jnp.float32)
+
+    def step(x, t, t_prev, key, out):
+        del key
+        tb = jnp.full((x.shape[0],), t)
+        x0, eps = diffusion.x0_eps_from_output(tables, x, tb, out, "eps", clip_x0)
+        a_prev = jnp.where(t_prev >= 0, abar[jnp.maximum(t_prev, 0)], 1.0)
+        return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps, x0
+
+    return step
+
+
+def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 16,
+               run_steps: int = 0) -> Workload:
+    """jaxdiff sampling: ``samplers.run_sampler`` (one compiled ``lax.scan``) with the EMA-free
+    network. ``run_steps > 0`` times only the first ``run_steps`` of the ``steps`` network calls
+    and counts the images as that fraction of a full run (the scan body is the same every step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxdiff import samplers
+
+    n = nets.NETS[net]
+    model = nets.jax_unet(net)
+    tables = make_tables()
+    shape = (batch, n["image_size"], n["image_size"], n["channels"])
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32))["params"]
+    if sampler == "ddpm":
+        timesteps = np.arange(999, -1, -1, dtype=np.int32)
+        step_fn = samplers.ddpm_step(tables, "eps")
+    elif hasattr(samplers, "ddim_step"):
+        timesteps = _ddim_timesteps(steps)
+        try:
+            step_fn = samplers.ddim_step(tables, "eps")
+        except TypeError:
+            step_fn = samplers.ddim_step(tables, "eps", eta=0.0)
+    else:
+        timesteps = _ddim_timesteps(steps)
+        step_fn = _bench_ddim_step(tables)
+    run = len(timesteps) if not run_steps else min(run_steps, len(timesteps))
+    timed = timesteps[:run]
+
+    def sample(params, x_T, key):
+        denoise = lambda x, t: model.apply({"params": params}, x, t)  # noqa: E731
+        return samplers.run_sampler(step_fn, denoise, timed, x_T, key).samples
+
+    x_T = jax.random.normal(jax.random.PRNGKey(1), shape)
+    key = jax.random.PRNGKey(2)
+    t0 = time.perf_counter()
+    compiled = jax.jit(sample).lower(params, x_T, key).compile()
+    info = _compiled_info(compiled, t0)
+    info["flops"] = info["flops"] / run * len(timesteps)  # per full sampling run
+    info["flops_per_image"] = info["flops"] / batch
+    info["timed_steps"] = f"{run}/{len(timesteps)}"
+
+    def go():
+        compiled(params, x_T, key).block_until_ready()
+
+    go()
+    info["peak_rss_mib"] = peak_rss_mib()
+    return Workload(go, batch * run / len(timesteps), info)
 
 
 # -------------------------------------------------------------------------- PyTorch + diffusers
@@ -169,6 +227,40 @@ def torch_train(net: str, batch: int | None = None, threads: int = 2) -> Workloa
     run()
     info = {"compile_s": 0.0, "first_step_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib()}
     return Workload(run, batch, info)
+
+
+def torch_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 16,
+                 run_steps: int = 0, threads: int = 2) -> Workload:
+    """diffusers sampling: ``UNet2DModel`` + ``DDPMScheduler`` (1000 steps) or ``DDIMScheduler``
+    (eta 0) in the usual ``for t in scheduler.timesteps`` loop under ``torch.inference_mode``."""
+    torch = _torch_setup(threads)
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    n = nets.NETS[net]
+    model = nets.torch_unet(net).eval()
+    kw = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+              clip_sample=True)
+    sched = DDPMScheduler(**kw) if sampler == "ddpm" else DDIMScheduler(**kw)
+    sched.set_timesteps(1000 if sampler == "ddpm" else steps)
+    timesteps = sched.timesteps
+    run = len(timesteps) if not run_steps else min(run_steps, len(timesteps))
+    shape = (batch, n["channels"], n["image_size"], n["image_size"])
+    gen = torch.Generator().manual_seed(0)
+
+    def go():
+        with torch.inference_mode():
+            x = torch.randn(shape, generator=gen)
+            for t in timesteps[:run]:
+                out = model(x, t).sample
+                x = (sched.step(out, t, x, generator=gen).prev_sample if sampler == "ddpm"
+                     else sched.step(out, t, x, eta=0.0).prev_sample)
+        float(x[0, 0, 0, 0])
+
+    t0 = time.perf_counter()
+    go()
+    info = {"compile_s": 0.0, "first_run_s": time.perf_counter() - t0, "peak_rss_mib": peak_rss_mib(),
+            "timed_steps": f"{run}/{len(timesteps)}"}
+    return Workload(go, batch * run / len(timesteps), info)
 
 
 # ------------------------------------------------------------------------------- matmul peak
