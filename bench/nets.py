@@ -3,8 +3,9 @@
 ``cifar10``: the DDPM CIFAR-10 U-Net (ch 128, mult 1-2-2-2, 2 res blocks, attention at 16x16,
 dropout 0.1), 32x32x3, training batch 16, 35,746,307 parameters. ``mnist``: a small U-Net of the
 same family (the layout of configs/mnist.py at half the width: ch 32, mult 1-2-2, 2 res blocks,
-attention at 14x14 and in the middle, dropout 0.1), 28x28x1, training batch 64, 1,623,169 parameters. jaxdiff builds :class:`jaxdiff.unet.UNet`; the reference side builds
-diffusers' ``UNet2DModel`` with the matching blocks (one attention head of the full width, GroupNorm
+attention at 14x14 and in the middle, dropout 0.1), 28x28x1, training batch 64, 1,623,169
+parameters. jaxdiff builds :class:`jaxdiff.unet.UNet`; the reference side builds diffusers'
+``UNet2DModel`` with the matching blocks (one attention head of the full width, GroupNorm
 32 with eps 1e-6, conv downsampling, nearest + conv upsampling).
 """
 

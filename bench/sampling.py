@@ -35,6 +35,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
     p.add_argument("--untuned", action="store_true", help="also time jaxdiff with JAXDIFF_CPU_TUNING=0")
+    p.add_argument("--also-threads", type=int, default=0,
+                   help="also time PyTorch with this many threads (an extra side, for contention)")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     run_steps = args.run_steps if args.run_steps >= 0 else (50 if args.sampler == "ddpm" else 0)
@@ -47,6 +49,9 @@ def main(argv=None):
     sides = [harness.Side("jaxdiff", "jax_sample", kw)]
     if args.untuned:
         sides.append(harness.Side("jaxdiff-untuned", "jax_sample", kw, env={"JAXDIFF_CPU_TUNING": "0"}))
+    if args.also_threads:
+        sides.append(harness.Side(f"torch {args.also_threads} thread(s)", "torch_sample",
+                                  dict(kw, threads=args.also_threads)))
     sides.append(harness.Side("torch+diffusers", "torch_sample", dict(kw, threads=args.threads)))
     result = harness.run_ab(sides, args.rounds, args.reps)
     report(result)

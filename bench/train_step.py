@@ -44,6 +44,9 @@ def sides_for(kind: str, net: str, args) -> list[harness.Side]:
     if args.untuned:
         sides.append(harness.Side("jaxdiff-untuned", f"jax_{kind}", dict(net=net, **extra),
                                   env={"JAXDIFF_CPU_TUNING": "0"}))
+    if args.also_threads:
+        sides.append(harness.Side(f"torch {args.also_threads} thread(s)", f"torch_{kind}",
+                                  dict(net=net, threads=args.also_threads, **extra)))
     torch_kw = dict(net=net, threads=args.threads, **extra)
     sides.append(harness.Side("torch+diffusers", f"torch_{kind}", torch_kw))
     return sides
@@ -52,14 +55,15 @@ def sides_for(kind: str, net: str, args) -> list[harness.Side]:
 def report(result: dict) -> None:
     """Print the table of one run. Model FLOPs per image come from XLA's cost analysis of the
     jaxdiff program (the smallest count among jaxdiff sides: the same network on both sides);
-    MFU = FLOPs/image x images/s / the side's own measured float32 matmul peak."""
+    MFU = FLOPs/image x images/s / the machine's measured float32 matmul peak (best of
+    jax and torch, before and after the timed rounds)."""
     peaks = result["peaks"]
     print("matmul peak (2048^3 float32): " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s"
                                                          for k, v in peaks.items()))
     fpi = min((s["flops_per_image"] for s in result["sides"].values() if s.get("flops_per_image")),
               default=None)
     for label, s in result["sides"].items():
-        peak = peaks.get("torch" if label.startswith("torch") else "jax")
+        peak = max(peaks.values(), default=None)  # the machine's peak: best of both libraries
         line = f"{label:18s} {s['images_per_s']:8.3f} img/s  per run {s['step_s'] * 1e3:9.1f} ms"
         if fpi and peak:
             line += f"  MFU {fpi * s['images_per_s'] / peak * 100:5.1f}%"
@@ -79,6 +83,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=3, help="steps per side per round")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
     p.add_argument("--untuned", action="store_true", help="also time jaxdiff with JAXDIFF_CPU_TUNING=0")
+    p.add_argument("--also-threads", type=int, default=0,
+                   help="also time PyTorch with this many threads (an extra side, for contention)")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
     print(f"train step, net={args.net}, machine: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
