@@ -25,7 +25,7 @@ LR, ADAM_EPS, CLIP, EMA_DECAY = 2e-4, 1e-8, 1.0, 0.9999
 @dataclasses.dataclass
 class Workload:
     run: Callable[[], None]
-    images: int  # images per run()
+    images: float  # images per run() (a fraction of a batch when only part of a sampler is timed)
     info: dict  # compile_s, flops, memory ...
 
 
