@@ -71,11 +71,21 @@ def get_config() -> ml_collections.ConfigDict:
     parallel.num_devices = 0  # devices on the data axis of the mesh (0 = all visible devices)
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.sampler = "ddpm"
+    sampling.sampler = "ddpm"  # ddpm (ancestral, respaced when num_steps < T) | ddim | dpm_solver++ (2M)
+    sampling.num_steps = 0  # network evaluations per sample; 0 = all diffusion.num_timesteps (the
+    #   source documents use ddim with 20; dpm_solver++ is good at 10-20)
+    sampling.spacing = "auto"  # which timesteps: leading | trailing | linspace | uniform | quad | logsnr
+    #   (auto = linspace for ddpm, leading for ddim, logsnr for dpm_solver++)
+    sampling.eta = 0.0  # ddim only: 0 = deterministic, 1 = ancestral (DDPM fixed_small over all T steps)
+    sampling.set_alpha_to_one = True  # ddim / dpm_solver++: the last step ends at abar=1 (else at abar_0)
+    sampling.labels = "auto"  # auto (all for a class-conditional model, else none) | none | all | 3,5,7
+    #   (comma-separated class ids, cycled over the samples)
+    sampling.guidance_scale = 1.0  # classifier-free guidance w: 1 = conditional, 0 = unconditional, >1 stronger
     sampling.num_samples = 64
-    sampling.batch_size = 256  # chunk size when generating many samples
-    sampling.variance = "fixed_small"  # fixed_small | fixed_large
-    sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step
+    sampling.batch_size = 256  # chunk size when generating many samples (guidance doubles the network batch)
+    sampling.variance = "fixed_small"  # ddpm only: fixed_small | fixed_large
+    sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step (eps recomputed from it)
     sampling.use_ema = True
-    sampling.trajectory_every = 100  # trajectory figure: keep every N-th step (0 = no figure)
+    sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers
+    #   still show ~10 frames (0 = no figure)
     return config

@@ -174,8 +174,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     from tqdm.auto import tqdm
 
     config_lib.validate(config)
-    workdir = config_lib.check_workdir(workdir)
     source = data.load_source(config.data, "train")
+    workdir = config_lib.check_workdir(workdir)
     trainer = Trainer(config, source.image_shape[-1], source.num_classes)
     tc = config.training
 
@@ -188,8 +188,8 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     _truncate_metrics(metrics_path, start)
 
-    stream = data.batch_stream(source, config.seed, start, tc.batch_size,
-                               jax.process_index(), jax.process_count())
+    stream = data.batch_stream(source, config.seed, start, tc.batch_size, jax.process_index(),
+                               jax.process_count(), config.data.prefetch, config.data.num_workers)
     pending, last_time, last_step = [], time.perf_counter(), start
     bar = tqdm(total=tc.num_train_steps, initial=start, disable=not progress or jax.process_index() != 0,
                desc="train", unit="step", dynamic_ncols=True, smoothing=0.05)
