@@ -104,29 +104,6 @@ def make_tables():
     return schedules.make_tables(schedules.linear_betas(1000))
 
 
-def _ddim_timesteps(steps: int) -> np.ndarray:
-    """diffusers' default ``leading`` spacing, descending: ``arange(S) * (T // S)`` reversed."""
-    return (np.arange(steps) * (1000 // steps))[::-1].astype(np.int32)
-
-
-def _bench_ddim_step(tables, clip_x0: bool = True):
-    """DDIM, eta = 0: ``x_prev = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev) eps_hat`` (used only
-    if this jaxdiff has no ``samplers.ddim_step``; the network dominates the cost either way)."""
-    import jax.numpy as jnp
-
-    from jaxdiff import diffusion
-    abar = jnp.asarray(tables.alphas_cumprod, jnp.float32)
-
-    def step(x, t, t_prev, key, out):
-        del key
-        tb = jnp.full((x.shape[0],), t)
-        x0, eps = diffusion.x0_eps_from_output(tables, x, tb, out, "eps", clip_x0)
-        a_prev = jnp.where(t_prev >= 0, abar[jnp.maximum(t_prev, 0)], 1.0)
-        return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps, x0
-
-    return step
-
-
 def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 16,
                run_steps: int = 0) -> Workload:
     """jaxdiff sampling: ``samplers.run_sampler`` (one compiled ``lax.scan``) with the EMA-free
@@ -142,24 +119,16 @@ def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 
     tables = make_tables()
     shape = (batch, n["image_size"], n["image_size"], n["channels"])
     params = model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32))["params"]
-    if sampler == "ddpm":
-        timesteps = np.arange(999, -1, -1, dtype=np.int32)
-        step_fn = samplers.ddpm_step(tables, "eps")
-    elif hasattr(samplers, "ddim_step"):
-        timesteps = _ddim_timesteps(steps)
-        try:
-            step_fn = samplers.ddim_step(tables, "eps")
-        except TypeError:
-            step_fn = samplers.ddim_step(tables, "eps", eta=0.0)
-    else:
-        timesteps = _ddim_timesteps(steps)
-        step_fn = _bench_ddim_step(tables)
+    # The library's sampler (DDPM over all 1000 steps, or DDIM eta 0 with diffusers' default
+    # "leading" spacing and set_alpha_to_one), cut to its first `run` positions when asked.
+    full = samplers.make_sampler(tables, sampler, 0 if sampler == "ddpm" else steps, "leading")
+    timesteps = np.asarray(full.timesteps)
     run = len(timesteps) if not run_steps else min(run_steps, len(timesteps))
-    timed = timesteps[:run]
+    timed = full._replace(timesteps=timesteps[:run])
 
     def sample(params, x_T, key):
         denoise = lambda x, t: model.apply({"params": params}, x, t)  # noqa: E731
-        return samplers.run_sampler(step_fn, denoise, timed, x_T, key).samples
+        return samplers.run_sampler(timed, denoise, x_T, key).samples
 
     x_T = jax.random.normal(jax.random.PRNGKey(1), shape)
     key = jax.random.PRNGKey(2)
