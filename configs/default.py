@@ -13,10 +13,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0  # every random key derives from this by fold_in(seed, step, ...)
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "digits"  # digits | mnist | fashion_mnist | cifar10 | any TFDS image dataset name
-    data.image_size = 8  # images are resized to image_size x image_size
-    data.data_dir = ""  # TFDS data_dir, or the folder of idx files / images ("" = library default)
-    data.random_flip = False  # flip half of the images horizontally (never for digits)
+    # digits (sklearn, embedded) | idx (folder of MNIST-format idx files) | image_folder (one sub-folder
+    # per class, or none) | cifar_python (CIFAR-10/100 python batches) | any TFDS image dataset name
+    data.dataset = "digits"
+    data.image_size = 8  # images are centre-cropped to a square and resized to image_size x image_size
+    data.channels = 0  # 0 = the dataset's own | 1 = grayscale | 3 = RGB
+    data.data_dir = ""  # TFDS data_dir ("" = $TFDS_DATA_DIR or ~/tensorflow_datasets), or the local folder
+    data.download = True  # TFDS only: download + prepare when missing (needs internet and TensorFlow)
+    data.image_key = "image"  # TFDS only: the image feature
+    data.label_key = "label"  # TFDS only: the class-label feature (absent = unlabelled)
+    data.random_flip = False  # flip a random half of each batch left-right (never for digits)
+    data.cache_max_mb = 1024  # decode the whole split into host memory when it fits in this many MiB
+    data.num_workers = 2  # host threads reading batches ahead
+    data.prefetch = 4  # batches read ahead of the train step
 
     config.model = model = ml_collections.ConfigDict()
     model.ch = 64  # base channel count; level i has ch * ch_mult[i] channels
@@ -66,11 +75,21 @@ def get_config() -> ml_collections.ConfigDict:
     parallel.shard_min_size = 16384  # ... only arrays with at least this many elements (others replicated)
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.sampler = "ddpm"
+    sampling.sampler = "ddpm"  # ddpm (ancestral, respaced when num_steps < T) | ddim | dpm_solver++ (2M)
+    sampling.num_steps = 0  # network evaluations per sample; 0 = all diffusion.num_timesteps (the
+    #   source documents use ddim with 20; dpm_solver++ is good at 10-20)
+    sampling.spacing = "auto"  # which timesteps: leading | trailing | linspace | uniform | quad | logsnr
+    #   (auto = linspace for ddpm, leading for ddim, logsnr for dpm_solver++)
+    sampling.eta = 0.0  # ddim only: 0 = deterministic, 1 = ancestral (DDPM fixed_small over all T steps)
+    sampling.set_alpha_to_one = True  # ddim / dpm_solver++: the last step ends at abar=1 (else at abar_0)
+    sampling.labels = "auto"  # auto (all for a class-conditional model, else none) | none | all | 3,5,7
+    #   (comma-separated class ids, cycled over the samples)
+    sampling.guidance_scale = 1.0  # classifier-free guidance w: 1 = conditional, 0 = unconditional, >1 stronger
     sampling.num_samples = 64
-    sampling.batch_size = 256  # chunk size when generating many samples
-    sampling.variance = "fixed_small"  # fixed_small | fixed_large
-    sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step
+    sampling.batch_size = 256  # chunk size when generating many samples (guidance doubles the network batch)
+    sampling.variance = "fixed_small"  # ddpm only: fixed_small | fixed_large
+    sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step (eps recomputed from it)
     sampling.use_ema = True
-    sampling.trajectory_every = 100  # trajectory figure: keep every N-th step (0 = no figure)
+    sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers
+    #   still show ~10 frames (0 = no figure)
     return config

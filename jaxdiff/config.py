@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from jaxdiff import diffusion, schedules
+from jaxdiff import data, diffusion, samplers, schedules
 from jaxdiff.unet import check_image_size
 
 
@@ -30,6 +30,10 @@ def validate(config) -> None:
     """Raise :class:`ConfigError` for the first invalid value in ``config``."""
     d, m, f, t, s = config.data, config.model, config.diffusion, config.training, config.sampling
     _positive(d.image_size, "data.image_size")
+    try:
+        data.check_data_config(d)
+    except data.DataError as e:
+        raise ConfigError(str(e)) from None
     try:
         check_image_size(d.image_size, m.ch_mult)
     except ValueError as e:
@@ -68,6 +72,13 @@ def validate(config) -> None:
     _positive(s.num_samples, "sampling.num_samples")
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
+    try:
+        samplers.check_sampling_config(s, f.num_timesteps, bool(m.class_conditional))
+        samplers.spaced_timesteps(f.num_timesteps, s.num_steps or f.num_timesteps,  # quad may repeat steps
+                                  samplers.resolve_spacing(s.sampler, s.spacing),
+                                  schedules.tables_from_config(f).alphas_cumprod)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_workdir(workdir: str) -> str:

@@ -89,3 +89,35 @@ def save_trajectory(traj_xt, traj_x0, timesteps, path: str, max_images: int = 8)
     fig.tight_layout(pad=0.1)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_class_grid(images, labels, path: str, per_class: int = 10, class_names=None) -> np.ndarray:
+    """Per-class grid: one row per class present in ``labels`` (ascending), holding up to
+    ``per_class`` of that class's images (``[N, H, W, C]`` in [-1, 1]); short rows are left blank.
+    Rows are labelled with the class id (or ``class_names[id]``). Returns the uint8 grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    imgs, labels = to_uint8(images), np.asarray(labels)
+    classes = np.unique(labels)
+    if len(classes) == 0:
+        raise ValueError("save_class_grid needs at least one labelled image")
+    cols = max(1, min(per_class, max(int(np.sum(labels == c)) for c in classes)))
+    tiles = np.full((len(classes) * cols,) + imgs.shape[1:], 255, np.uint8)
+    for r, c in enumerate(classes):
+        members = imgs[labels == c][:cols]
+        tiles[r * cols:r * cols + len(members)] = members
+    grid = make_grid(tiles, cols)
+    h = imgs.shape[1]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * cols, 0.3 + 0.6 * len(classes)))
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255,
+              interpolation="nearest")
+    ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(classes))])
+    ax.set_yticklabels([str(class_names[c]) if class_names is not None else f"class {c}" for c in classes],
+                       fontsize=7)
+    ax.set_xticks([])
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.05)
+    plt.close(fig)
+    return grid

@@ -1,95 +1,326 @@
-"""Reverse-process samplers, each one compiled ``jax.lax.scan`` over reversed timesteps.
+"""Reverse-process samplers, each one compiled ``jax.lax.scan`` over a descending timestep sequence.
 
-A sampler is a *step function* ``step(x_t, t, t_prev, key, model_out) -> (x_prev, x0_hat)`` plus the
-descending timestep sequence it walks; :func:`run_sampler` scans it. The network enters only through
-``denoise_fn(x, t) -> output`` (an eps, x0 or v prediction, see ``target``), so guidance or any other
-wrapper composes in front of every sampler.
+A sampler is a :class:`Sampler`: the descending table timesteps ``t_0 > t_1 > ... > t_{S-1}`` at which
+the network is evaluated, and a *step function*
 
-Keys: step ``i`` of the scan draws its noise from ``fold_in(key, i)``; nothing falls back to a fixed key.
+    ``step(x_t, i, t, out, key, state) -> (x_next, x0_hat, state)``
+
+that takes the scan position ``i``, its table index ``t = timesteps[i]``, the network output ``out`` at
+``(x_t, t)`` (an eps, x0 or v prediction), a key and a carried pytree ``state`` (``()`` for one-step
+samplers; DPM-Solver++ keeps its previous ``x0``). The step goes from ``t_i`` to ``t_{i+1}``, and after
+the last position to the end of the chain (``abar = 1``, or ``abar_0`` for DDIM/DPM-Solver++ with
+``set_alpha_to_one=False``). Every per-step coefficient is computed once in float64 NumPy from the
+schedule tables and the sequence and indexed by ``i`` inside the scan. :func:`run_sampler` scans any
+sampler; a new sampler is one function that returns a :class:`Sampler`.
+
+The network enters only through ``denoise_fn(x, t) -> output``, so classifier-free guidance
+(:func:`guided_denoise_fn`) composes in front of every sampler.
+
+Keys: position ``i`` of the scan draws its noise from ``fold_in(key, i)``; chunk ``c`` of a large
+request uses ``fold_in(key, c)``; nothing falls back to a fixed key.
+
+Samplers (the step from abar ``a = abar_t`` to ``a' = abar_{t'}``; ``x0_hat, eps_hat`` from the output):
+  ddpm           ancestral on the (re)spaced chain: ``beta' = 1 - a / a'``,
+                 ``x' = mu~(x0_hat, x_t) + sigma z``, sigma^2 = ``beta' (1 - a') / (1 - a)`` (fixed_small)
+                 or ``beta'`` (fixed_large); with all T steps this is DDPM, otherwise improved-diffusion's
+                 respacing (recomputed betas over the subsequence).
+  ddim           ``x' = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps_hat + sigma z``,
+                 ``sigma = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')``; no noise on the last step.
+  dpm_solver++   DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in ``lambda = log(sqrt(a) / sqrt(1 - a))``:
+                 ``x' = (s'/s) x_t - alpha' expm1(-h) D``, ``h = lambda' - lambda``,
+                 ``D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}``, ``r = h_{i-1} / h_i``; first order
+                 (``D = x0_i``) on the first step and on a last step that ends at ``sigma' = 0``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import diffusion
+from jaxdiff import diffusion, parallel
 from jaxdiff.schedules import DiffusionTables
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
+SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
+SPACINGS = ("leading", "trailing", "linspace", "uniform", "quad", "logsnr")
 
 
 class SampleOutput(NamedTuple):
     """Final samples ``[B, H, W, C]`` and, if asked for, the trajectory: the input ``x_t`` of every
-    k-th step with the ``x0`` predicted from it (each ``[num_frames, B, H, W, C]``, first frame the
-    pure noise, last frame the final sample twice), and the table timesteps ``t`` (-1 for the end)."""
+    k-th step with the ``x0`` predicted from it (each ``[num_frames, n, H, W, C]`` for the first ``n``
+    samples; first frame the pure noise, last frame the final sample twice), and the table timesteps
+    ``t`` of the frames (-1 for the end).
+    ``labels`` are the class labels sampled for (``None`` when unconditional); ``metadata`` describes
+    the sampler (see :func:`sample_from_config`)."""
 
     samples: jax.Array
     trajectory_xt: jax.Array | None = None
     trajectory_x0: jax.Array | None = None
     trajectory_t: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    metadata: dict | None = None
 
 
-def ddpm_step(tables: DiffusionTables, target: str, variance: str = "fixed_small",
-              clip_x0: bool = True):
-    """Ancestral DDPM step: ``x_{t-1} = mu~(x0_hat, x_t) + exp(0.5 log var) z``, no noise at t=0.
+def _no_state(x_T):
+    del x_T
+    return ()
 
-    ``x0_hat`` comes from the network output (clipped to [-1, 1] with ``clip_x0``); ``mu~`` is the
-    posterior mean of q(x_{t-1} | x_t, x0_hat); ``var`` is fixed-small or fixed-large.
+
+class Sampler(NamedTuple):
+    """``timesteps``: descending int table indices ``[S]`` (one network call each); ``step``: see the
+    module docstring; ``init_state(x_T)`` builds the carried state (default ``()``)."""
+
+    timesteps: np.ndarray
+    step: Callable[..., tuple]
+    init_state: Callable[[jax.Array], Any] = _no_state
+
+
+# --------------------------------------------------------------------------- timestep sequences
+
+def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading",
+                     alphas_cumprod: np.ndarray | None = None) -> np.ndarray:
+    """The descending table indices a sampler with ``num_steps`` visits out of ``T = num_timesteps``.
+
+    ``leading``  (diffusers)   ``arange(S) * (T // S)``
+    ``trailing`` (diffusers)   ``round(T - arange(S) * T / S) - 1``   (always starts at T - 1)
+    ``linspace`` (diffusers)   ``round(linspace(0, T - 1, S))``      (improved-diffusion's respacing)
+    ``uniform``  (DDIM paper)  ``range(0, T, T // S)``               (more than S steps if S does not divide T)
+    ``quad``     (DDIM paper)  ``int(linspace(0, sqrt(0.8 T), S) ** 2)``
+    ``logsnr``   (DPM-Solver)  the table index nearest (in log-SNR) to ``S`` points uniform in
+                               ``lambda = log(sqrt(abar / (1 - abar)))`` from ``lambda_{T-1}`` to ``lambda_0``;
+                               needs ``alphas_cumprod``; a repeat moves one index down. DPM-Solver's
+                               recommendation, and far better than the others for it at 10-20 steps.
+    Raises ``ValueError`` for ``S`` outside ``[1, T]``, an unknown spacing, or a spacing that repeats a
+    step (``quad`` with many steps over a short schedule).
     """
-    log_var = diffusion.reverse_log_variance(tables, variance)
+    T, S = int(num_timesteps), int(num_steps)
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown sampling.spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    if not 1 <= S <= T:
+        raise ValueError(f"sampling.num_steps={S} must be between 1 and diffusion.num_timesteps={T}")
+    if spacing == "leading":
+        seq = np.arange(S) * (T // S)
+    elif spacing == "trailing":
+        seq = np.round(T - np.arange(S) * (T / S)).astype(np.int64) - 1
+    elif spacing == "linspace":
+        seq = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
+    elif spacing == "uniform":
+        seq = np.arange(0, T, T // S)
+    elif spacing == "quad":
+        seq = (np.linspace(0, np.sqrt(0.8 * T), S) ** 2).astype(np.int64)
+    else:  # logsnr
+        if alphas_cumprod is None:
+            raise ValueError("sampling.spacing='logsnr' needs the schedule's alphas_cumprod")
+        lam = 0.5 * np.log(alphas_cumprod / (1.0 - alphas_cumprod))  # decreasing in t
+        grid = np.linspace(lam[T - 1], lam[0], S)
+        nearest = np.abs(lam[None, :] - grid[:, None]).argmin(axis=1)  # descending, may repeat
+        seq = np.empty(S, np.int64)
+        for k in range(S):  # keep strictly decreasing and leave room for the remaining steps
+            seq[k] = max(min(nearest[k], seq[k - 1] - 1 if k else T - 1), S - 1 - k)
+    seq = np.sort(np.asarray(seq, np.int64))[::-1]
+    if len(np.unique(seq)) != len(seq) or seq[0] >= T or seq[-1] < 0:
+        raise ValueError(f"sampling.spacing={spacing!r} with num_steps={S} over {T} timesteps repeats "
+                         "timesteps; use fewer steps or another spacing")
+    return seq.astype(np.int32)
 
-    def step(x, t, t_prev, key, out):
-        del t_prev  # DDPM always steps to t - 1.
-        tb = jnp.full((x.shape[0],), t)
-        x0, _ = diffusion.x0_eps_from_output(tables, x, tb, out, target, clip_x0)
-        mean, _, _ = diffusion.q_posterior(tables, x0, x, tb)
-        noise = jax.random.normal(key, x.shape, x.dtype)
-        std = jnp.where(t > 0, jnp.exp(0.5 * diffusion.extract(log_var, tb, x.ndim)), 0.0)
-        return mean + std * noise, x0
 
-    return step
+def _abar_pairs(tables: DiffusionTables, timesteps: np.ndarray, final_abar: float):
+    """float64 ``(abar_t, abar_next)`` per position; ``abar_next`` of the last position is ``final_abar``."""
+    abar = tables.alphas_cumprod[timesteps]
+    return abar, np.append(abar[1:], final_abar)
 
 
-def run_sampler(step_fn, denoise_fn: DenoiseFn, timesteps: np.ndarray, x_T: jax.Array,
-                key: jax.Array, trajectory_every: int = 0) -> SampleOutput:
-    """Scan ``step_fn`` over the descending ``timesteps`` starting from ``x_T``.
+def final_alpha_cumprod(tables: DiffusionTables, set_alpha_to_one: bool) -> float:
+    """The ``abar`` the last step goes to: 1 (``set_alpha_to_one``) or ``abar_0`` (diffusers' option)."""
+    return 1.0 if set_alpha_to_one else float(tables.alphas_cumprod[0])
 
-    ``timesteps[i]`` is the current table index and ``timesteps[i + 1]`` (or -1 after the last) the
-    one stepped to. With ``trajectory_every = k > 0`` every k-th ``(x_t, x0_hat)`` is returned too.
-    """
+
+def _f32(a) -> jax.Array:
+    return jnp.asarray(np.asarray(a, np.float64), jnp.float32)
+
+
+def _check_timesteps(timesteps, num_timesteps: int) -> np.ndarray:
     timesteps = np.asarray(timesteps, np.int32)
-    if timesteps.ndim != 1 or len(timesteps) == 0 or np.any(np.diff(timesteps) >= 0):
-        raise ValueError("sampler timesteps must be a non-empty strictly decreasing sequence")
-    prev = np.append(timesteps[1:], -1).astype(np.int32)
+    if (timesteps.ndim != 1 or len(timesteps) == 0 or np.any(np.diff(timesteps) >= 0)
+            or timesteps[0] >= num_timesteps or timesteps[-1] < 0):
+        raise ValueError(f"sampler timesteps must be a non-empty strictly decreasing sequence in [0, {num_timesteps})")
+    return timesteps
 
-    def body(x, inputs):
-        i, t, t_prev = inputs
+
+# --------------------------------------------------------------------------- samplers
+
+def ddpm_sampler(tables: DiffusionTables, timesteps, target: str = "eps",
+                 variance: str = "fixed_small", clip_x0: bool = True) -> Sampler:
+    """Ancestral sampling on the chain respaced to ``timesteps`` (all T: plain DDPM).
+
+    With ``a = abar_t``, ``a' = abar`` of the next visited step (1 after the last) and
+    ``beta' = 1 - a / a'`` (improved-diffusion's recomputed betas):
+    ``x' = beta' sqrt(a') / (1 - a) x0_hat + (1 - a') sqrt(1 - beta') / (1 - a) x_t + sigma z`` with
+    ``sigma^2 = beta' (1 - a') / (1 - a)`` (fixed_small) or ``beta'`` (fixed_large); no noise on the last step.
+    """
+    if variance not in diffusion.VARIANCES:
+        raise ValueError(f"unknown sampling.variance {variance!r}; choose one of {', '.join(diffusion.VARIANCES)}")
+    timesteps = _check_timesteps(timesteps, tables.num_timesteps)
+    a, a_next = _abar_pairs(tables, timesteps, 1.0)
+    beta = 1.0 - a / a_next
+    var = beta * (1.0 - a_next) / (1.0 - a) if variance == "fixed_small" else beta.copy()
+    var[-1] = 0.0  # no noise on the last step
+    coef_x0 = _f32(beta * np.sqrt(a_next) / (1.0 - a))
+    coef_xt = _f32((1.0 - a_next) * np.sqrt(1.0 - beta) / (1.0 - a))
+    std = _f32(np.sqrt(var))
+
+    def step(x, i, t, out, key, state):
+        x0, _ = diffusion.x0_eps_from_output(tables, x, jnp.full((x.shape[0],), t), out, target, clip_x0)
+        noise = jax.random.normal(key, x.shape, x.dtype)
+        return coef_x0[i] * x0 + coef_xt[i] * x + std[i] * noise, x0, state
+
+    return Sampler(timesteps, step)
+
+
+def ddim_sampler(tables: DiffusionTables, timesteps, target: str = "eps", eta: float = 0.0,
+                 clip_x0: bool = True, set_alpha_to_one: bool = True) -> Sampler:
+    """DDIM (Song et al. 2021, eq. 12) over ``timesteps``; the previous step is the next entry of the
+    sequence itself (not ``t - T // S``).
+
+    ``x' = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps_hat + sigma z``,
+    ``sigma = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')``; ``eps_hat`` is recomputed from the
+    clipped ``x0_hat`` when ``clip_x0``; ``sigma = 0`` on the last step. ``eta = 0`` is deterministic in
+    ``x_T``; ``eta = 1`` over all T steps is DDPM with fixed-small variance. For ``eta > 1`` the
+    direction coefficient is clamped at 0.
+    """
+    if not eta >= 0:
+        raise ValueError(f"sampling.eta must be non-negative, got {eta}")
+    timesteps = _check_timesteps(timesteps, tables.num_timesteps)
+    a, a_next = _abar_pairs(tables, timesteps, final_alpha_cumprod(tables, set_alpha_to_one))
+    sigma = eta * np.sqrt((1.0 - a_next) / (1.0 - a)) * np.sqrt(np.maximum(1.0 - a / a_next, 0.0))
+    sigma[-1] = 0.0
+    c_x0 = _f32(np.sqrt(a_next))
+    c_eps = _f32(np.sqrt(np.maximum(1.0 - a_next - sigma ** 2, 0.0)))
+    c_z = _f32(sigma)
+
+    def step(x, i, t, out, key, state):
+        x0, eps = diffusion.x0_eps_from_output(tables, x, jnp.full((x.shape[0],), t), out, target, clip_x0)
+        noise = jax.random.normal(key, x.shape, x.dtype)
+        return c_x0[i] * x0 + c_eps[i] * eps + c_z[i] * noise, x0, state
+
+    return Sampler(timesteps, step)
+
+
+def dpm_solver_pp_sampler(tables: DiffusionTables, timesteps, target: str = "eps", clip_x0: bool = True,
+                          set_alpha_to_one: bool = True) -> Sampler:
+    """DPM-Solver++(2M), the multistep second-order solver of the diffusion ODE in data prediction.
+
+    With ``alpha = sqrt(abar)``, ``s = sqrt(1 - abar)``, ``lambda = log(alpha / s)``, ``h_i = lambda_{i+1} - lambda_i``:
+    ``x_{i+1} = (s_{i+1} / s_i) x_i - alpha_{i+1} expm1(-h_i) D_i`` with
+    ``D_i = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i-1}``, ``r_i = h_{i-1} / h_i``; ``D_i = x0_i`` (first
+    order, i.e. DDIM with eta=0) on the first step and on a last step ending at ``s = 0``.
+    One network evaluation per step. The state carries the previous ``x0`` prediction.
+    """
+    timesteps = _check_timesteps(timesteps, tables.num_timesteps)
+    a, a_next = _abar_pairs(tables, timesteps, final_alpha_cumprod(tables, set_alpha_to_one))
+    alpha, s, alpha_n, s_n = np.sqrt(a), np.sqrt(1.0 - a), np.sqrt(a_next), np.sqrt(1.0 - a_next)
+    with np.errstate(divide="ignore"):
+        lam, lam_n = np.log(alpha / s), np.log(alpha_n / s_n)  # lam_n = +inf where s_n = 0
+    h = lam_n - lam
+    c_x = s_n / s
+    c_d = -alpha_n * np.expm1(-h)
+    second = np.zeros(len(timesteps), bool)
+    second[1:] = np.isfinite(h[1:])
+    r = np.ones_like(h)
+    r[1:] = np.where(second[1:], h[:-1] / np.where(second[1:], h[1:], 1.0), 1.0)
+    w_cur = np.where(second, 1.0 + 0.5 / r, 1.0)
+    w_prev = np.where(second, -0.5 / r, 0.0)
+    c_x, c_d, w_cur, w_prev = map(_f32, (c_x, c_d, w_cur, w_prev))
+
+    def step(x, i, t, out, key, x0_prev):
+        del key
+        x0, _ = diffusion.x0_eps_from_output(tables, x, jnp.full((x.shape[0],), t), out, target, clip_x0)
+        d = w_cur[i] * x0 + w_prev[i] * x0_prev
+        return c_x[i] * x + c_d[i] * d, x0, x0
+
+    return Sampler(timesteps, step, jnp.zeros_like)
+
+
+def make_sampler(tables: DiffusionTables, name: str, num_steps: int = 0, spacing: str = "leading",
+                 target: str = "eps", eta: float = 0.0, variance: str = "fixed_small",
+                 clip_x0: bool = True, set_alpha_to_one: bool = True) -> Sampler:
+    """The sampler called ``name`` (one of :data:`SAMPLERS`) over ``num_steps`` steps (0 = all T)
+    chosen by ``spacing``. Raises ``ValueError`` (before anything is compiled) on a bad choice."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampling.sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    if target not in diffusion.TARGETS:
+        raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
+    timesteps = spaced_timesteps(tables.num_timesteps, num_steps or tables.num_timesteps, spacing,
+                                 tables.alphas_cumprod)
+    if name == "ddpm":
+        return ddpm_sampler(tables, timesteps, target, variance, clip_x0)
+    if name == "ddim":
+        return ddim_sampler(tables, timesteps, target, eta, clip_x0, set_alpha_to_one)
+    return dpm_solver_pp_sampler(tables, timesteps, target, clip_x0, set_alpha_to_one)
+
+
+# --------------------------------------------------------------------------- the scan
+
+def trajectory_positions(num_steps: int, trajectory_every: int) -> np.ndarray:
+    """Scan positions whose ``(x_t, x0_hat)`` a trajectory keeps: ``0, k, 2k, ...`` (empty for k = 0)."""
+    return np.arange(0, num_steps, trajectory_every) if trajectory_every else np.zeros(0, np.int64)
+
+
+def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: jax.Array,
+                trajectory_every: int = 0, trajectory_size: int | None = None) -> SampleOutput:
+    """Scan ``sampler.step`` over its timesteps starting from ``x_T``; one network call per step.
+
+    Position ``i`` evaluates ``denoise_fn(x, timesteps[i])`` and steps with key ``fold_in(key, i)``.
+    With ``trajectory_every = k > 0`` the ``(x_t, x0_hat)`` of positions ``0, k, 2k, ...`` of the first
+    ``trajectory_size`` samples (default all) are written into a buffer carried by the scan (memory
+    ``frames x size``, never ``steps x batch``), followed by the final sample as the last frame.
+    """
+    timesteps = np.asarray(sampler.timesteps, np.int32)
+    keep = trajectory_positions(len(timesteps), trajectory_every)
+    n = x_T.shape[0] if trajectory_size is None else min(trajectory_size, x_T.shape[0])
+    traj0 = ((jnp.zeros((len(keep), n) + x_T.shape[1:], x_T.dtype),) * 2) if len(keep) else ()
+
+    def record(traj, i, x, x0):
+        j = i // trajectory_every
+        return traj[0].at[j].set(x[:n]), traj[1].at[j].set(x0[:n].astype(x_T.dtype))
+
+    def body(carry, inputs):
+        x, state, traj = carry
+        i, t = inputs
         out = denoise_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
-        x_prev, x0 = step_fn(x, t, t_prev, jax.random.fold_in(key, i), out)
-        return x_prev, (x, x0) if trajectory_every else None
+        x_next, x0, state = sampler.step(x, i, t, out, jax.random.fold_in(key, i), state)
+        if len(keep):
+            traj = jax.lax.cond(i % trajectory_every == 0, lambda tr: record(tr, i, x, x0),
+                                lambda tr: tr, traj)
+        return (x_next, state, traj), None
 
-    xs = (jnp.arange(len(timesteps)), jnp.asarray(timesteps), jnp.asarray(prev))
-    final, traj = jax.lax.scan(body, x_T, xs)
-    if not trajectory_every:
+    xs = (jnp.arange(len(timesteps)), jnp.asarray(timesteps))
+    (final, _, traj), _ = jax.lax.scan(body, (x_T, sampler.init_state(x_T), traj0), xs)
+    if not len(keep):
         return SampleOutput(final)
-    keep = np.arange(0, len(timesteps), trajectory_every)
     return SampleOutput(final,
-                        jnp.concatenate([traj[0][keep], final[None]]),
-                        jnp.concatenate([traj[1][keep], final[None]]),
+                        jnp.concatenate([traj[0], final[None, :n]]),
+                        jnp.concatenate([traj[1], final[None, :n]]),
                         np.append(timesteps[keep], -1))
 
 
+# --------------------------------------------------------------------------- conditioning
+
 def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
-                      null_label: int) -> DenoiseFn:
+                      null_label: int | None) -> DenoiseFn:
     """Classifier-free guidance: ``out = out_uncond + w (out_cond - out_uncond)``.
 
-    ``apply_fn(x, t, y)`` is the network. ``labels=None`` samples unconditionally (null label);
-    ``w = 1`` is plain conditional sampling. Both branches run in one batched call of size ``2B``.
+    ``apply_fn(x, t, y)`` is the network; ``null_label=None`` means an unconditional model (called
+    with ``y=None``). ``labels=None`` samples unconditionally (null label); ``w = 1`` is plain
+    conditional sampling, ``w = 0`` unconditional. Both branches run in one batched call of size ``2B``.
     """
+    if null_label is None:
+        if labels is not None:
+            raise ValueError("class labels given for a model trained without classes")
+        return lambda x, t: apply_fn(x, t, None)
     if labels is None:
         return lambda x, t: apply_fn(x, t, jnp.full((x.shape[0],), null_label, jnp.int32))
     if guidance_scale == 1.0:
@@ -109,5 +340,183 @@ def ddpm_sample(denoise_fn: DenoiseFn, tables: DiffusionTables, x_T: jax.Array, 
                 trajectory_every: int = 0) -> SampleOutput:
     """DDPM ancestral sampling over all T steps, from ``x_T`` (usually ``N(0, I)``)."""
     timesteps = np.arange(tables.num_timesteps - 1, -1, -1)
-    return run_sampler(ddpm_step(tables, target, variance, clip_x0), denoise_fn, timesteps,
+    return run_sampler(ddpm_sampler(tables, timesteps, target, variance, clip_x0), denoise_fn,
                        x_T, key, trajectory_every)
+
+
+# --------------------------------------------------------------------------- from a configuration
+
+AUTO_SPACING = {"ddpm": "linspace", "ddim": "leading", "dpm_solver++": "logsnr"}
+
+
+def resolve_spacing(sampler_name: str, spacing: str) -> str:
+    """``auto`` -> ``linspace`` for ddpm (improved-diffusion's respacing), ``leading`` for ddim
+    (diffusers' default, as in the source documents), ``logsnr`` for dpm_solver++."""
+    return AUTO_SPACING.get(sampler_name, "leading") if spacing == "auto" else spacing
+
+
+def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
+    """The class of every sample from ``sampling.labels``, int32 ``[num_samples]``, or ``None``.
+
+    ``auto``: ``all`` for a class-conditional model (``num_classes > 0``), else ``none``;
+    ``none``: unconditional (the null label); ``all``: ``0, 1, ..., K-1, 0, 1, ...``;
+    ``"3,5"``: those classes, cycled. Raises ``ValueError`` for classes asked of a model trained
+    without them, an id outside ``[0, K)`` or an unreadable string.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        text = "all" if num_classes else "none"
+    if text == "none":
+        return None
+    if not num_classes:
+        raise ValueError(f"sampling.labels={spec!r} asks for classes, but the model was trained without "
+                         "classes (model.class_conditional=False); use sampling.labels=none")
+    if text == "all":
+        classes = np.arange(num_classes)
+    else:
+        try:
+            classes = np.array([int(c) for c in text.split(",")], np.int64)
+        except ValueError:
+            raise ValueError(f"sampling.labels={spec!r} is not auto, none, all or comma-separated class "
+                             "ids such as 3,5") from None
+    return check_labels(classes[np.arange(num_samples) % len(classes)], num_samples, num_classes)
+
+
+def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
+    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)``."""
+    labels = np.asarray(labels)
+    if not num_classes:
+        raise ValueError("class labels given for a model trained without classes (model.class_conditional=False)")
+    if labels.shape != (num_samples,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {num_samples} integers, got shape {labels.shape} of {labels.dtype}")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(f"class label {int(bad[0])} is out of range: the model has {num_classes} classes "
+                         f"(0..{num_classes - 1})")
+    return labels.astype(np.int32)
+
+
+def check_sampling_config(sampling_config, num_timesteps: int, class_conditional: bool) -> None:
+    """Raise ``ValueError`` (one line) for a ``config.sampling`` block that cannot be sampled with a
+    schedule of ``num_timesteps`` steps and a model with or without classes. Pure NumPy/Python."""
+    sc = sampling_config
+    if sc.sampler not in SAMPLERS:
+        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    if sc.spacing != "auto" and sc.spacing not in SPACINGS:
+        raise ValueError(f"sampling.spacing={sc.spacing!r} is not one of auto, {', '.join(SPACINGS)}")
+    if not isinstance(sc.num_steps, int) or not 0 <= sc.num_steps <= num_timesteps:
+        raise ValueError(f"sampling.num_steps={sc.num_steps!r} must be 0 (all) or at most "
+                         f"diffusion.num_timesteps={num_timesteps}")
+    if not sc.eta >= 0:
+        raise ValueError(f"sampling.eta must be non-negative, got {sc.eta}")
+    if not (np.isfinite(sc.guidance_scale) and sc.guidance_scale >= 0):
+        raise ValueError(f"sampling.guidance_scale must be a non-negative number, got {sc.guidance_scale}")
+    labels = str(sc.labels).strip().lower()
+    if not class_conditional:
+        if labels not in ("auto", "none"):
+            raise ValueError(f"sampling.labels={sc.labels!r} asks for classes, but model.class_conditional=False")
+        if sc.guidance_scale != 1.0:
+            raise ValueError(f"sampling.guidance_scale={sc.guidance_scale} needs a class-conditional model "
+                             "(model.class_conditional=True, trained with training.label_dropout > 0)")
+    elif labels == "none" and sc.guidance_scale != 1.0:
+        raise ValueError(f"sampling.guidance_scale={sc.guidance_scale} needs class labels; "
+                         "sampling.labels=none samples unconditionally")
+    if labels not in ("auto", "none", "all"):
+        try:
+            ids = [int(c) for c in labels.split(",")]
+        except ValueError:
+            raise ValueError(f"sampling.labels={sc.labels!r} is not auto, none, all or comma-separated "
+                             "class ids such as 3,5") from None
+        if min(ids) < 0:
+            raise ValueError(f"sampling.labels has a negative class id {min(ids)}")
+
+
+def sampler_from_config(tables: DiffusionTables, sampling_config, target: str) -> Sampler:
+    """The :class:`Sampler` a ``config.sampling`` block describes (``ValueError`` on bad values)."""
+    sc = sampling_config
+    if sc.sampler not in SAMPLERS:
+        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of {', '.join(SAMPLERS)}")
+    return make_sampler(tables, sc.sampler, sc.num_steps, resolve_spacing(sc.sampler, sc.spacing), target,
+                        sc.eta, sc.variance, sc.clip_x0, sc.set_alpha_to_one)
+
+
+def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
+                       *, target: str = "eps", num_classes: int = 0, labels=None,
+                       trajectory_every: int | None = None, trajectory_size: int = 16,
+                       mesh=None) -> SampleOutput:
+    """Generate ``shape[0]`` images of shape ``shape[1:]`` with the sampler ``config.sampling`` names.
+
+    ``apply_fn(params, x, t, y)`` is the network (``y`` is ``None`` for an unconditional model, whose
+    ``num_classes`` is 0). ``labels`` (int ``[N]``) overrides ``sampling.labels``; with labels and
+    ``sampling.guidance_scale = w != 1`` classifier-free guidance runs both branches in one call.
+    The request is cut into chunks of ``sampling.batch_size`` (the last one padded, so one compiled
+    program serves all); chunk ``c`` uses ``k = fold_in(key, c)``: ``x_T ~ N(0, I)`` from
+    ``fold_in(k, 0)`` and the sampler's noise from ``fold_in(k, 1)``. The trajectory (every
+    ``trajectory_every`` steps, default ``sampling.trajectory_every``) is that of the first
+    ``trajectory_size`` samples. With a ``mesh`` (axis ``data``) each chunk's batch is padded to a
+    multiple of its devices and sharded over them (parameters keep their shardings); the padding
+    leaves the other rows' noise unchanged (partitionable threefry draws row ``i`` from ``i`` alone).
+    With several processes every process runs this and gets all samples. Every check runs before
+    anything is compiled. Returns the samples (NumPy float32; in [-1, 1] when ``clip_x0``), labels
+    and a metadata dict.
+    """
+    sc = sampling_config
+    num = int(shape[0])
+    if num < 1:
+        raise ValueError(f"number of samples must be positive, got {num}")
+    check_sampling_config(sc, tables.num_timesteps, num_classes > 0)
+    sampler = sampler_from_config(tables, sc, target)
+    labels = parse_labels(sc.labels, num, num_classes) if labels is None else check_labels(labels, num, num_classes)
+    scale = float(sc.guidance_scale)
+    every = int(sc.trajectory_every if trajectory_every is None else trajectory_every)
+    chunk = min(int(sc.batch_size), num)
+    null_label = num_classes if num_classes else None
+    devices = mesh.devices.size if mesh is not None else 1
+    width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
+    batch_sharding = None
+    if devices > 1:
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    @jax.jit
+    def generate(params, key, y):
+        if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
+            key = jax.random.wrap_key_data(key)
+        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(shape[1:]), jnp.float32)
+        if batch_sharding is not None:
+            x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
+            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
+        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, scale, null_label)
+        out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), every, trajectory_size)
+        return out.samples, out.trajectory_xt, out.trajectory_x0
+
+    def to_device(a, spec):  # global arrays from host data that every process holds in full
+        return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
+
+    to_host = parallel.to_host  # gathers across processes when an array spans several
+    samples, traj = [], None
+    for c, start in enumerate(range(0, num, chunk)):
+        y = None
+        if labels is not None:  # pad by repeating
+            y = to_device(np.resize(labels[start:start + chunk], width).astype(np.int32),
+                          jax.sharding.PartitionSpec("data"))
+        chunk_key = jax.random.fold_in(key, c)
+        if mesh is not None:
+            chunk_key = to_device(np.asarray(jax.random.key_data(chunk_key)), jax.sharding.PartitionSpec())
+        x, xt, x0 = generate(params, chunk_key, y)
+        samples.append(to_host(x)[:min(chunk, num - start)])
+        if c == 0 and every:
+            keep = min(trajectory_size, chunk)  # never the padding rows
+            traj = (to_host(xt)[:, :keep], to_host(x0)[:, :keep])
+    metadata = {
+        "num_samples": num, "sampler": sc.sampler, "num_steps": int(len(sampler.timesteps)),
+        "spacing": resolve_spacing(sc.sampler, sc.spacing),
+        "eta": float(sc.eta) if sc.sampler == "ddim" else None,
+        "variance": sc.variance if sc.sampler == "ddpm" else None,
+        "set_alpha_to_one": bool(sc.set_alpha_to_one) if sc.sampler != "ddpm" else None,
+        "clip_x0": bool(sc.clip_x0), "guidance_scale": scale if labels is not None else None,
+        "conditional": labels is not None, "chunk_size": chunk, "target": target,
+        "devices": int(devices),
+        "timesteps": [int(t) for t in sampler.timesteps],
+    }
+    traj_t = np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1) if every else None
+    return SampleOutput(np.concatenate(samples), traj and traj[0], traj and traj[1], traj_t, labels, metadata)

@@ -260,10 +260,11 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
         _truncate_metrics(metrics_path, start)
 
     slot, slots = parallel.process_batch_rows(trainer.mesh, tc.batch_size)
-    stream = data.batch_stream(source, config.seed, start, tc.batch_size, slot, slots)
+    stream = data.batch_stream(source, config.seed, start, tc.batch_size, slot, slots,
+                               config.data.prefetch, config.data.num_workers)
     pending, last_time, last_step = [], time.perf_counter(), start
     bar = tqdm(total=tc.num_train_steps, initial=start, disable=not progress or not is_main,
-               desc="train", unit="step", dynamic_ncols=True)
+               desc="train", unit="step", dynamic_ncols=True, smoothing=0.05)
     log = open(metrics_path, "a") if is_main else None
 
     def write_metrics(n):

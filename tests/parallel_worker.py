@@ -83,16 +83,12 @@ def main():
                                         and np.array_equal(np.asarray(t8), np.asarray(t1)))
 
     # Sharded sampling (10 samples padded to 16 over 8 devices) equals 1-device sampling.
-    config = trainer8.config
-    labels = sample.class_cycle_labels(10, 10)
     key = train.stream_key(0, train.SAMPLE_STREAM, 3)
-    gen8 = sample.make_generate_fn(trainer8.model, trainer8.tables, config.sampling, "eps", (8, 8, 1),
-                                   mesh=mesh)
-    gen1 = sample.make_generate_fn(trainer8.model, trainer8.tables, config.sampling, "eps", (8, 8, 1))
-    out8 = gen8(state8.ema_params, key, labels).samples
-    out1 = gen1(jax.device_get(state8.ema_params), key, labels).samples
-    results["sample_shape"] = list(out8.shape)
-    results["sample_diff"] = float(np.max(np.abs(out8 - np.asarray(out1))))
+    out8 = sample.generate(trainer8, state8.ema_params, key, 10)
+    out1 = sample.generate(trainer1, jax.device_put(jax.device_get(state8.ema_params)), key, 10)
+    results["sample_shape"] = list(out8.samples.shape)
+    results["sample_devices"] = out8.metadata["devices"]
+    results["sample_diff"] = float(np.max(np.abs(out8.samples - out1.samples)))
 
     errors = []
     for overrides in ({"training.batch_size": 12}, {"training.batch_size": 24, "training.grad_accum_steps": 2}):

@@ -26,10 +26,11 @@ def test_train_then_sample(tmp_path):
     assert "train: 100%" in r.stderr  # the progress bar
     r = run_main(*TINY, f"--workdir={workdir}", "--mode=sample")
     assert r.returncode == 0, r.stderr[-3000:]
-    out = np.load(os.path.join(workdir, "sample_ddpm_0000006.npz"))
+    out = np.load(os.path.join(workdir, "sample_ddpm20_0000006.npz"))
     assert out["images"].shape == (20, 8, 8, 1) and out["images"].dtype == np.uint8
     assert list(out["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    assert os.path.exists(os.path.join(workdir, "trajectory.png"))
+    for name in ("trajectory_ddpm20_0000006.png", "sample_ddpm20_0000006_classes.png"):
+        assert os.path.exists(os.path.join(workdir, name))
 
 
 @pytest.mark.parametrize("override,message", [

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxdiff import checkpoint, config as config_lib, data, parallel, preemption, train
+from jaxdiff import checkpoint, config as config_lib, data, parallel, preemption, sample, train
 from tests.conftest import ROOT
 from tests.scale_common import main_flags, scale_config
 
@@ -96,7 +96,7 @@ def test_devices_draw_different_noise(eight):
 
 def test_sharded_sampling_matches_one_device(eight):
     """10 samples over 8 devices (padded to 16) equal the same 10 sampled on one device."""
-    assert eight["sample_shape"] == [10, 8, 8, 1]
+    assert eight["sample_shape"] == [10, 8, 8, 1] and eight["sample_devices"] == 8
     assert eight["sample_diff"] < 1e-5
 
 
@@ -284,3 +284,8 @@ def test_two_processes_train_agree_and_stop_together(tmp_path):
     restored, _ = checkpoint.restore(checkpoint.manager(str(workdir), read_only=True), trainer.abstract_state())
     for i, x in enumerate(_leaves(restored.params)):  # the 4-device checkpoint restores on 1 device
         np.testing.assert_array_equal(x, p0[f"p{i}"])
+    # Sampling sharded over both processes: both got all 6 samples, equal to sampling on one device.
+    np.testing.assert_array_equal(p0["samples"], p1["samples"])
+    ref_samples = sample.generate(trainer, restored.ema_params, train.stream_key(0, train.SAMPLE_STREAM, 1), 6)
+    assert p0["samples"].shape == (6, 8, 8, 1)
+    np.testing.assert_allclose(p0["samples"], ref_samples.samples, atol=1e-4)
