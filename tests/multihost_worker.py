@@ -5,7 +5,8 @@ Usage: ``python tests/multihost_worker.py PROCESS_ID PORT WORKDIR OUT_NPZ NUM_ST
 
 Trains ``scale_config`` in the shared WORKDIR through :func:`jaxdiff.train.train` (each process reads
 only its rows of every global batch), then writes this process's copy of the final parameters, the
-final step and 6 samples from the final EMA parameters (sampled over both processes) to OUT_NPZ. A SIGTERM to either process stops both at the same step, after a checkpoint.
+final step and 6 samples from the final EMA parameters (sampled over both processes) to OUT_NPZ.
+A SIGTERM to either process stops both at the same step, after a checkpoint.
 """
 
 import os
