@@ -55,10 +55,15 @@ def main():
     leaf = jax.tree.leaves(state8.params)[0]
     results["replicated_8"] = leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
 
-    # FSDP-sharded state and 2 accumulated micro-batches (1 row per device each), against 1 device.
+    # Every option at once against plain 1-device training: FSDP-sharded state, 2 accumulated
+    # micro-batches (8 rows each, 1 per device) scanned inside the step, rematerialised res blocks.
     fsdp = {"parallel.num_devices": 8, "parallel.shard_params": True, "parallel.shard_min_size": 64,
-            "training.grad_accum_steps": 2}
-    trainer_f, loss_f, norm_f, state_f = run(scale_config(**fsdp), state0)
+            "training.grad_accum_steps": 2, "model.remat": True}
+    trainer_f = train.Trainer(scale_config(**fsdp), channels=1, num_classes=10)
+    hlo = trainer_f.step.lower(jax.device_put(state0, trainer_f.state_sharding), parallel.global_batch(
+        next(data.batch_stream(data.load_source(trainer_f.config.data), 0, 0, 16)), trainer_f.mesh)).as_text()
+    results["fsdp_step_has_loop"] = "stablehlo.while" in hlo  # the micro-batch scan
+    _, loss_f, norm_f, state_f = run(trainer_f.config, state0)
     results["loss_fsdp"], results["grad_norm_fsdp"] = loss_f, norm_f
     results["param_diff_fsdp"] = max_diff(state1.params, state_f.params)
     sharded = [x for x in jax.tree.leaves(state_f) if not x.sharding.is_fully_replicated]

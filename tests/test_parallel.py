@@ -75,12 +75,16 @@ def test_eight_devices_match_one_device(eight):
     assert eight["param_diff_8"] < TOL and eight["ema_diff_8"] < TOL
 
 
-def test_fsdp_with_accumulation_shards_state_and_matches(eight):
-    """parallel.shard_params: big leaves (params, EMA, both Adam moments) hold 1/8 per device, and
-    8-device FSDP training with 2 accumulated micro-batches still equals the 1-device run."""
+def test_fsdp_accumulation_remat_shard_state_and_match(eight):
+    """All options at once on 8 devices: parallel.shard_params puts 1/8 of every big leaf (params,
+    EMA, both Adam moments) on each device; grad_accum_steps=2 scans 2 micro-batches inside the step;
+    model.remat recomputes res blocks. Losses, gradients and parameters equal plain 1-device training
+    with the same global batch, i.e. k accumulated micro-batches == one k-times-larger batch and remat
+    leaves the gradients unchanged."""
     assert eight["fsdp_sharded_leaves"] > 0.3 * eight["fsdp_total_leaves"]
     assert eight["fsdp_shard_fraction"] == [0.125] * 5
     assert "P()" in eight["fsdp_opt_specs"] and any("'data'" in s for s in eight["fsdp_opt_specs"])
+    assert eight["fsdp_step_has_loop"]
     np.testing.assert_allclose(eight["loss_fsdp"], eight["loss_1"], rtol=1e-6)
     np.testing.assert_allclose(eight["grad_norm_fsdp"], eight["grad_norm_1"], rtol=1e-5)
     assert eight["param_diff_fsdp"] < TOL
@@ -117,38 +121,24 @@ def _train_steps(trainer, state, steps):
     return state, losses
 
 
-def test_accumulating_micro_batches_equals_one_big_batch():
-    """grad_accum_steps=4 (four micro-batches of 4, scanned) == one batch of 16."""
-    big = train.Trainer(scale_config(), channels=1, num_classes=10)
-    acc = train.Trainer(scale_config(**{"training.grad_accum_steps": 4}), channels=1, num_classes=10)
-    state0 = jax.device_get(big.init())
-    batch = parallel.global_batch(next(data.batch_stream(data.load_source(acc.config.data), 0, 0, 16)), acc.mesh)
-    assert "stablehlo.while" in acc.step.lower(jax.device_put(state0), batch).as_text()  # really scanned
-    a, loss_a = _train_steps(big, jax.device_put(state0), 3)
-    b, loss_b = _train_steps(acc, jax.device_put(state0), 3)
-    np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
-    for x, y in zip(_leaves(a.params), _leaves(b.params)):
-        np.testing.assert_allclose(y, x, atol=TOL, rtol=0)
+def test_remat_is_applied_and_keeps_less_for_backward():
+    """model.remat wraps every res block in a remat (checkpoint) region, and the forward pass then keeps
+    fewer residuals for the backward pass. (Equal gradients: the 8-device test trains with remat on.)"""
+    from jax._src.ad_checkpoint import saved_residuals
 
-
-def test_remat_gives_identical_gradients():
-    config = scale_config(**{"model.ch_mult": (1,), "model.attn_resolutions": ()})  # small: cheap compiles
+    config = scale_config()
     plain = train.build_model(config, 1, 10)
     config.model.remat = True
     remat = train.build_model(config, 1, 10)
-    key = jax.random.key(3)
-    x = jax.random.normal(key, (4, 8, 8, 1))
-    t, y = jnp.array([0, 10, 20, 49]), jnp.array([1, 2, 3, 10])
-    params = plain.init(key, x, t, y)["params"]
-
-    def grads(model):
-        loss = lambda p: jnp.sum(jnp.square(model.apply({"params": p}, x, t, y, train=True) - x))  # noqa: E731
-        return jax.jit(jax.grad(loss))(params)
-
-    g_plain, g_remat = grads(plain), grads(remat)
-    assert "remat" in str(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(remat.apply({"params": p}, x, t, y))))(params))
-    for a, b in zip(_leaves(g_plain), _leaves(g_remat)):
-        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    x, t = jnp.zeros((4, 8, 8, 1)), jnp.array([0, 10, 20, 49])
+    shapes = jax.eval_shape(lambda: plain.init(jax.random.key(0), x, t, t)["params"])
+    params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # only traced, never run
+    loss = lambda model: lambda p: jnp.sum(model.apply({"params": p}, x, t, t, train=True))  # noqa: E731
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss(remat)))(params))
+    assert jaxpr.count("remat") == 8  # one remat region per res block: 2 down, 2 middle, 4 up
+    assert "remat" not in str(jax.make_jaxpr(jax.grad(loss(plain)))(params))
+    kept = lambda model: sum(a.size for a, _ in saved_residuals(loss(model), params))  # noqa: E731
+    assert kept(remat) < 0.6 * kept(plain)
 
 
 def test_bfloat16_trains_with_float32_state():
