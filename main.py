@@ -1,4 +1,4 @@
-"""jaxdiff command line: ``python main.py --config=configs/NAME.py --workdir=DIR [--mode=train|sample]``.
+"""jaxdiff command line: ``python main.py --config=configs/NAME.py --workdir=DIR [--mode=train|sample|eval]``.
 
 Override any config field with ``--config.FIELD=VALUE`` (e.g. ``--config.training.batch_size=64``).
 The config is checked before anything is compiled or written; bad input is a one-line error.
@@ -19,7 +19,7 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures (resumes if it has a checkpoint).")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do with the config and workdir.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do with the config and workdir.")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process job.")
@@ -32,7 +32,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
-    from jaxdiff import checkpoint, config as config_lib, parallel, sample, train
+    from jaxdiff import checkpoint, config as config_lib, evaluate, parallel, sample, train
 
     config = FLAGS.config
     try:
@@ -48,6 +48,9 @@ def main(argv):
         elif FLAGS.mode == "sample":
             info = sample.run_sample_mode(config, FLAGS.workdir)
             print(f"wrote {info['num_samples']} samples to {FLAGS.workdir}")
+        elif FLAGS.mode == "eval":
+            m = evaluate.run_eval(config, FLAGS.workdir)
+            print(f"wrote {FLAGS.workdir}/eval/metrics.json: " + evaluate.summary_line(m))
     except (config_lib.ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

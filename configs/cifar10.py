@@ -24,4 +24,6 @@ def get_config():
     config.training.checkpoint_every = 10_000
     config.training.sample_every = 50_000
     config.sampling.variance = "fixed_large"  # the setting of DDPM's FID 3.17
+    config.eval.feature_extractor = "inception"  # paper-comparable FID; needs eval.inception_weights
+    config.eval.num_samples = 50_000  # DDPM / DDIM protocol: 50k samples vs training-set statistics
     return config

@@ -68,6 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.checkpoint_every = 500
     training.sample_every = 1000  # sample grid PNG every N steps (and at the end); 0 = only at the end
     training.keep_checkpoints = 3
+    training.eval_every = 0  # cheap FID (eval.train_fid_samples, EMA params) every N steps; 0 = off
 
     config.parallel = parallel = ml_collections.ConfigDict()
     parallel.num_devices = 0  # devices on the data axis of the mesh (0 = all visible devices)
@@ -92,4 +93,28 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.use_ema = True
     sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers
     #   still show ~10 frames (0 = no figure)
+
+    # --mode=eval and the training-time FID; docs/evaluation.md states the protocol.
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.feature_extractor = "classifier"  # classifier (jaxdiff's own CNN) | inception (FID InceptionV3, paper-comparable)
+    ev.inception_weights = ""  # .npz converted from pytorch-fid's pt_inception-2015-12-05 weights
+    ev.num_samples = 10000  # EMA samples for FID/KID (written next to the numbers); must exceed the feature dim
+    ev.batch_size = 256  # samples / feature batches per compiled call
+    ev.reference_split = "train"  # FID/KID reference statistics: features of this split, cached in the workdir
+    ev.kid_subsets = 100  # KID: mean over this many random subset pairs (clean-fid / Binkowski et al.)
+    ev.kid_subset_size = 1000  # ... each of this size (capped at the sample count)
+    ev.bpd = True  # bits/dim (DDPM variational bound, all T steps) on the test split
+    ev.bpd_num_images = 0  # images of the test split for bits/dim (0 = all of it)
+    ev.bpd_batch_size = 64
+    ev.bpd_clip_x0 = False  # clip x0_hat to [-1, 1] inside the bound (DDPM's calc_bpd_loop does)
+    ev.fid_guidance_scale = 1.0  # class-conditional models: FID/KID samples (balanced labels) use this w
+    ev.guidance_scales = (0.0, 1.0, 3.0)  # conditional accuracy per classifier-free guidance scale w
+    ev.samples_per_class = 100  # conditional accuracy: samples per class and scale
+    ev.train_fid_samples = 1000  # samples of the cheap FID logged every training.eval_every steps
+    ev.classifier_dir = ""  # where the feature classifier is cached ("" = <workdir>/eval)
+    ev.classifier_ch = 32
+    ev.classifier_features = 128  # penultimate width = classifier-FID feature dimension
+    ev.classifier_steps = 3000
+    ev.classifier_batch_size = 128
+    ev.classifier_learning_rate = 2e-3
     return config

@@ -79,6 +79,11 @@ def validate(config) -> None:
                                   schedules.tables_from_config(f).alphas_cumprod)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if "eval" in config:
+        from jaxdiff import evaluate  # local: evaluate imports this module
+
+        # the Inception weights file is read only when training will use it (training.eval_every > 0)
+        evaluate.validate_eval(config, check_weights=bool(t.get("eval_every", 0)))
 
 
 def check_workdir(workdir: str) -> str:

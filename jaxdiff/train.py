@@ -235,10 +235,12 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     """Train (or resume training) per ``config`` in ``workdir``; returns the final state.
 
     Writes ``checkpoints/``, ``metrics.jsonl`` (step, loss, grad_norm, learning_rate, steps_per_sec),
-    ``samples_<step>.png``, ``loss.png``. Re-running with the same workdir resumes at the latest checkpoint.
-    With several processes every process runs this function; process 0 alone writes metrics and pictures,
-    Orbax coordinates the checkpoint writes. SIGTERM or SIGINT saves a checkpoint at the next step
-    boundary (all processes agree on the step) and raises :class:`Preempted`.
+    ``samples_<step>.png``, ``loss.png``, and with ``training.eval_every`` a cheap FID in
+    ``eval/train_fid.jsonl`` (:func:`jaxdiff.evaluate.make_train_fid_hook`). Re-running with the same
+    workdir resumes at the latest checkpoint. With several processes every process runs this function;
+    process 0 alone writes metrics and pictures, Orbax coordinates the checkpoint writes. SIGTERM or
+    SIGINT saves a checkpoint at the next step boundary (all processes agree on the step) and raises
+    :class:`Preempted`.
     """
     from tqdm.auto import tqdm
 
@@ -258,6 +260,9 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
     metrics_path = os.path.join(workdir, "metrics.jsonl")
     if is_main:
         _truncate_metrics(metrics_path, start)
+    from jaxdiff import evaluate  # local: only needed for the cheap FID
+
+    fid_hook = evaluate.make_train_fid_hook(config, workdir, trainer.model, trainer.tables, start)
 
     slot, slots = parallel.process_batch_rows(trainer.mesh, tc.batch_size)
     stream = data.batch_stream(source, config.seed, start, tc.batch_size, slot, slots,
@@ -297,6 +302,10 @@ def train(config, workdir: str, progress: bool = True) -> TrainState:
                     sample.write_training_samples(trainer, state, workdir, n)
                     if is_main:
                         plotting.save_loss_curve(metrics_path, os.path.join(workdir, "loss.png"))
+                if fid_hook and n % tc.eval_every == 0:
+                    row = fid_hook(n, state.ema_params)
+                    bar.write(f"step {n}: FID {row['fid']:.3f} ({row['fid_samples']} EMA samples, "
+                              f"{row['feature_extractor']} features) -> eval/train_fid.jsonl")
     finally:
         bar.close()
         if log:
