@@ -2,6 +2,14 @@
 
 Override any config field with ``--config.FIELD=VALUE`` (e.g. ``--config.training.batch_size=64``).
 The config is checked before anything is compiled or written; bad input is a one-line error.
+
+Multi-process (multi-host GPU, TPU pods): run the same command on every host with ``--jax_distributed``
+(TPU pods, SLURM, Open MPI and Kubernetes are auto-detected) or with ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` (or the environment variables ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). See docs/scaling.md.
+
+Exit codes: 0 done; 2 bad input or unusable checkpoint; 128 + N (143 for SIGTERM, 130 for SIGINT)
+when training was stopped by signal N after saving a checkpoint: re-run the same command to continue.
 """
 
 import sys
@@ -12,6 +20,10 @@ from ml_collections import config_flags
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures (resumes if it has a checkpoint).")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do with the config and workdir.")
+flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process job.")
+flags.DEFINE_integer("process_id", None, "Index of this process in [0, num_processes).")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -20,12 +32,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
-    from jaxdiff import checkpoint, config as config_lib, evaluate, sample, train
+    from jaxdiff import checkpoint, config as config_lib, evaluate, parallel, sample, train
 
     config = FLAGS.config
     try:
+        parallel.initialize_distributed(FLAGS.jax_distributed, FLAGS.coordinator_address,
+                                        FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.mode == "train":
-            train.train(config, FLAGS.workdir)
+            try:
+                train.train(config, FLAGS.workdir)
+            except train.Preempted as e:
+                print(str(e), file=sys.stderr)
+                sys.exit(128 + e.signum)
             print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {FLAGS.workdir}")
         elif FLAGS.mode == "sample":
             info = sample.run_sample_mode(config, FLAGS.workdir)

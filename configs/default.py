@@ -49,7 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
     diffusion.min_snr_gamma = 5.0
 
     config.training = training = ml_collections.ConfigDict()
-    training.batch_size = 128  # global batch, split over all devices
+    training.batch_size = 128  # global batch, split over all devices (and processes)
+    training.grad_accum_steps = 1  # split each global batch into k micro-batches, one update (memory)
+    training.dtype = "float32"  # U-Net compute dtype: float32 | bfloat16 (params, optimizer, EMA stay fp32)
     training.num_train_steps = 2000
     training.optimizer = "adam"  # adam | adamw
     training.learning_rate = 2e-3
@@ -70,6 +72,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.parallel = parallel = ml_collections.ConfigDict()
     parallel.num_devices = 0  # devices on the data axis of the mesh (0 = all visible devices)
+    parallel.shard_params = False  # FSDP: shard params, EMA and optimizer state over the data axis
+    parallel.shard_min_size = 16384  # ... only arrays with at least this many elements (others replicated)
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.sampler = "ddpm"  # ddpm (ancestral, respaced when num_steps < T) | ddim | dpm_solver++ (2M)

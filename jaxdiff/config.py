@@ -60,6 +60,14 @@ def validate(config) -> None:
         raise ConfigError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
     if not 0.0 <= t.label_dropout < 1.0:
         raise ConfigError(f"training.label_dropout must be in [0, 1), got {t.label_dropout}")
+    _positive(t.grad_accum_steps, "training.grad_accum_steps")
+    _choice(t.dtype, ("float32", "bfloat16"), "training.dtype")
+    if t.batch_size % t.grad_accum_steps:
+        raise ConfigError(f"training.batch_size={t.batch_size} does not split into "
+                          f"training.grad_accum_steps={t.grad_accum_steps} equal micro-batches")
+    p = config.parallel
+    _positive(p.num_devices, "parallel.num_devices", allow_zero=True)
+    _positive(p.shard_min_size, "parallel.shard_min_size", allow_zero=True)
     _choice(s.variance, diffusion.VARIANCES, "sampling.variance")
     _positive(s.num_samples, "sampling.num_samples")
     _positive(s.batch_size, "sampling.batch_size")

@@ -712,13 +712,16 @@ def batch_indices(seed: int, step: int, batch_size: int, num_examples: int) -> n
 
 def local_batch_indices(seed: int, step: int, batch_size: int, num_examples: int, process_index: int = 0,
                         process_count: int = 1) -> np.ndarray:
-    """This process's contiguous ``batch_size / process_count`` slice of the global batch at ``step``,
-    sorted (sequential reads; the order inside a batch does not matter to the loss)."""
+    """This process's contiguous ``batch_size / process_count`` slice of the global batch at ``step``.
+
+    The global batch is sorted first (sequential reads) and then sliced, so the global row order is
+    the same for every process count: row ``i`` meets the same noise (drawn per global row in the
+    train step) whether one process or many feed it, and multi-host training equals single-host."""
     if batch_size % process_count:
         raise DataError(f"training.batch_size={batch_size} does not divide over {process_count} processes")
     local = batch_size // process_count
-    return np.sort(batch_indices(seed, step, batch_size, num_examples)[
-        process_index * local:(process_index + 1) * local])
+    return np.sort(batch_indices(seed, step, batch_size, num_examples))[
+        process_index * local:(process_index + 1) * local]
 
 
 def batch_stream(source, seed: int, start_step: int, batch_size: int, process_index: int = 0,
@@ -743,7 +746,7 @@ def batch_stream(source, seed: int, start_step: int, batch_size: int, process_in
             perms.clear()
             perms[epoch] = epoch_permutation(seed, epoch, n)
         rows = perms[epoch][i * batch_size:(i + 1) * batch_size]
-        return np.sort(rows[process_index * local:(process_index + 1) * local])
+        return np.sort(rows)[process_index * local:(process_index + 1) * local]  # see local_batch_indices
 
     def read(idx):
         images, labels = source[idx]

@@ -138,21 +138,35 @@ def training_target(tables: DiffusionTables, x0: jax.Array, t: jax.Array, noise:
     raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(TARGETS)}")
 
 
-def diffusion_loss(denoise_fn, tables: DiffusionTables, x0: jax.Array, key: jax.Array,
-                   target: str = "eps", weighting: str = "none",
-                   min_snr_gamma: float = 5.0) -> tuple[jax.Array, jax.Array]:
-    """L_simple: ``E_{t, eps} w(t) || f(x_t, t) - target ||^2`` (mean over pixels, then batch).
-
-    ``denoise_fn(x_t, t)`` is the network. ``t`` is uniform on ``[0, T)`` and ``eps ~ N(0, I)``,
-    both drawn from ``key``. Returns ``(loss, per_example_loss)``.
-    """
+def draw_t_noise(key: jax.Array, x0: jax.Array, num_timesteps: int) -> tuple[jax.Array, jax.Array]:
+    """The randomness of the loss: ``t ~ U{0..T-1}`` of shape ``[B]`` and ``eps ~ N(0, I)`` shaped like
+    ``x0``, from ``split(key)``. Drawn for the whole (global) batch, row ``i`` depends only on ``key``
+    and ``i`` (partitionable threefry), so a sharded draw equals the unsharded one."""
     t_key, noise_key = jax.random.split(key)
-    batch = x0.shape[0]
-    t = jax.random.randint(t_key, (batch,), 0, tables.num_timesteps)
-    noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
+    t = jax.random.randint(t_key, (x0.shape[0],), 0, num_timesteps)
+    return t, jax.random.normal(noise_key, x0.shape, jnp.float32)
+
+
+def loss_given_noise(denoise_fn, tables: DiffusionTables, x0: jax.Array, t: jax.Array, noise: jax.Array,
+                     target: str = "eps", weighting: str = "none",
+                     min_snr_gamma: float = 5.0) -> tuple[jax.Array, jax.Array]:
+    """``w(t) || f(x_t, t) - target ||^2`` per example (mean over pixels) for given ``t`` and ``eps``,
+    with ``x_t = q_sample(x0, t, eps)``. Returns ``(batch mean, per_example_loss)``."""
     xt = q_sample(tables, x0, t, noise)
     output = denoise_fn(xt, t).astype(jnp.float32)
     err = jnp.mean(jnp.square(output - training_target(tables, x0, t, noise, target)),
                    axis=tuple(range(1, x0.ndim)))
     per_example = loss_weight(tables, t, target, weighting, min_snr_gamma) * err
     return jnp.mean(per_example), per_example
+
+
+def diffusion_loss(denoise_fn, tables: DiffusionTables, x0: jax.Array, key: jax.Array,
+                   target: str = "eps", weighting: str = "none",
+                   min_snr_gamma: float = 5.0) -> tuple[jax.Array, jax.Array]:
+    """L_simple: ``E_{t, eps} w(t) || f(x_t, t) - target ||^2`` (mean over pixels, then batch).
+
+    ``denoise_fn(x_t, t)`` is the network. ``t`` is uniform on ``[0, T)`` and ``eps ~ N(0, I)``,
+    both drawn from ``key`` (:func:`draw_t_noise`). Returns ``(loss, per_example_loss)``.
+    """
+    t, noise = draw_t_noise(key, x0, tables.num_timesteps)
+    return loss_given_noise(denoise_fn, tables, x0, t, noise, target, weighting, min_snr_gamma)

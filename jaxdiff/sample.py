@@ -53,7 +53,8 @@ def write_training_samples(trainer, state, workdir: str, step: int) -> str:
     out = generate(trainer, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples)
     path = os.path.join(workdir, f"samples_{step:07d}.png")
     nrow = trainer.model.num_classes if out.labels is not None and str(sc.labels) in ("auto", "all") else None
-    plotting.save_image_grid(out.samples, path, nrow=nrow)
+    if jax.process_index() == 0:  # every process samples (a collective); one writes
+        plotting.save_image_grid(out.samples, path, nrow=nrow)
     return path
 
 
@@ -91,15 +92,19 @@ def run_sample_mode(config, workdir: str) -> dict:
             "labels": str(sc.labels), "key": "fold_in(fold_in(fold_in(key(seed), 1), checkpoint_step), chunk)",
             **out.metadata}
     files = {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz"}
-    plotting.save_image_grid(images[:256], os.path.join(workdir, files["grid"]))
     if out.labels is not None:
         files["classes"] = f"sample_{tag}_classes.png"
-        plotting.save_class_grid(images, out.labels, os.path.join(workdir, files["classes"]))
     if out.trajectory_xt is not None:
         files["trajectory"] = f"trajectory_{tag}.png"
+    info["files"] = files
+    if jax.process_index() != 0:  # every process samples (a collective); one writes
+        return info
+    plotting.save_image_grid(images[:256], os.path.join(workdir, files["grid"]))
+    if out.labels is not None:
+        plotting.save_class_grid(images, out.labels, os.path.join(workdir, files["classes"]))
+    if out.trajectory_xt is not None:
         plotting.save_trajectory(out.trajectory_xt, out.trajectory_x0, out.trajectory_t,
                                  os.path.join(workdir, files["trajectory"]))
-    info["files"] = files
     labels = out.labels if out.labels is not None else np.full(len(images), -1, np.int32)
     np.savez_compressed(os.path.join(workdir, files["npz"]), images=plotting.to_uint8(images),
                         labels=labels, meta=json.dumps(info))

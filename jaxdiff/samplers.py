@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import diffusion
+from jaxdiff import diffusion, parallel
 from jaxdiff.schedules import DiffusionTables
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -453,8 +453,10 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     program serves all); chunk ``c`` uses ``k = fold_in(key, c)``: ``x_T ~ N(0, I)`` from
     ``fold_in(k, 0)`` and the sampler's noise from ``fold_in(k, 1)``. The trajectory (every
     ``trajectory_every`` steps, default ``sampling.trajectory_every``) is that of the first
-    ``trajectory_size`` samples. With a ``mesh`` (axis ``data``) whose size divides the chunk, each
-    chunk's batch is sharded over its devices (parameters replicated). Every check runs before
+    ``trajectory_size`` samples. With a ``mesh`` (axis ``data``) each chunk's batch is padded to a
+    multiple of its devices and sharded over them (parameters keep their shardings); the padding
+    leaves the other rows' noise unchanged (partitionable threefry draws row ``i`` from ``i`` alone).
+    With several processes every process runs this and gets all samples. Every check runs before
     anything is compiled. Returns the samples (NumPy float32; in [-1, 1] when ``clip_x0``), labels
     and a metadata dict.
     """
@@ -469,13 +471,17 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     every = int(sc.trajectory_every if trajectory_every is None else trajectory_every)
     chunk = min(int(sc.batch_size), num)
     null_label = num_classes if num_classes else None
+    devices = mesh.devices.size if mesh is not None else 1
+    width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
     batch_sharding = None
-    if mesh is not None and mesh.devices.size > 1 and chunk % mesh.devices.size == 0:
+    if devices > 1:
         batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
     @jax.jit
     def generate(params, key, y):
-        x_T = jax.random.normal(jax.random.fold_in(key, 0), (chunk,) + tuple(shape[1:]), jnp.float32)
+        if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
+            key = jax.random.wrap_key_data(key)
+        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(shape[1:]), jnp.float32)
         if batch_sharding is not None:
             x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
             y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
@@ -483,15 +489,24 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
         out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), every, trajectory_size)
         return out.samples, out.trajectory_xt, out.trajectory_x0
 
+    def to_device(a, spec):  # global arrays from host data that every process holds in full
+        return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
+
+    to_host = parallel.to_host  # gathers across processes when an array spans several
     samples, traj = [], None
     for c, start in enumerate(range(0, num, chunk)):
         y = None
-        if labels is not None:
-            y = jnp.asarray(np.resize(labels[start:start + chunk], chunk))  # pad by repeating
-        x, xt, x0 = generate(params, jax.random.fold_in(key, c), y)
-        samples.append(np.asarray(x)[:num - start])
+        if labels is not None:  # pad by repeating
+            y = to_device(np.resize(labels[start:start + chunk], width).astype(np.int32),
+                          jax.sharding.PartitionSpec("data"))
+        chunk_key = jax.random.fold_in(key, c)
+        if mesh is not None:
+            chunk_key = to_device(np.asarray(jax.random.key_data(chunk_key)), jax.sharding.PartitionSpec())
+        x, xt, x0 = generate(params, chunk_key, y)
+        samples.append(to_host(x)[:min(chunk, num - start)])
         if c == 0 and every:
-            traj = (np.asarray(xt), np.asarray(x0))
+            keep = min(trajectory_size, chunk)  # never the padding rows
+            traj = (to_host(xt)[:, :keep], to_host(x0)[:, :keep])
     metadata = {
         "num_samples": num, "sampler": sc.sampler, "num_steps": int(len(sampler.timesteps)),
         "spacing": resolve_spacing(sc.sampler, sc.spacing),
@@ -500,7 +515,7 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
         "set_alpha_to_one": bool(sc.set_alpha_to_one) if sc.sampler != "ddpm" else None,
         "clip_x0": bool(sc.clip_x0), "guidance_scale": scale if labels is not None else None,
         "conditional": labels is not None, "chunk_size": chunk, "target": target,
-        "devices": int(mesh.devices.size) if batch_sharding is not None else 1,
+        "devices": int(devices),
         "timesteps": [int(t) for t in sampler.timesteps],
     }
     traj_t = np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1) if every else None

@@ -1,0 +1,110 @@
+"""Run by tests/test_parallel.py in a subprocess with 8 simulated CPU devices (XLA_FLAGS must be set
+before JAX starts, so this cannot run inside the pytest process). Prints one JSON line of results
+that the test asserts on.
+
+Usage: ``python tests/parallel_worker.py`` (with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``).
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxdiff import data, diffusion, parallel, sample, train  # noqa: E402
+from tests.scale_common import scale_config  # noqa: E402
+
+STEPS = 3
+
+
+def run(config, state0=None, steps=STEPS):
+    """Train ``steps`` steps from ``state0`` (host arrays; default: the trainer's own init, which is
+    the same state) placed on the trainer's shardings; returns (trainer, losses, grad norms, state)."""
+    trainer = train.Trainer(config, channels=1, num_classes=10)
+    source = data.load_source(config.data)
+    stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
+    state = trainer.init() if state0 is None else jax.device_put(state0, trainer.state_sharding)
+    losses, norms = [], []
+    for _ in range(steps):
+        state, metrics = trainer.step(state, parallel.global_batch(next(stream), trainer.mesh))
+        losses.append(float(metrics["loss"]))
+        norms.append(float(metrics["grad_norm"]))
+    return trainer, losses, norms, state
+
+
+def max_diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def main():
+    results = {"device_count": jax.device_count()}
+    trainer1 = train.Trainer(scale_config(**{"parallel.num_devices": 1}), channels=1, num_classes=10)
+    state0 = jax.device_get(trainer1.init())
+    _, loss1, norm1, state1 = run(trainer1.config, state0)
+    results["loss_1"], results["grad_norm_1"] = loss1, norm1
+
+    trainer8, loss8, norm8, state8 = run(scale_config(**{"parallel.num_devices": 8}), state0)
+    results["loss_8"], results["grad_norm_8"] = loss8, norm8
+    results["param_diff_8"] = max_diff(state1.params, state8.params)
+    results["ema_diff_8"] = max_diff(state1.ema_params, state8.ema_params)
+    leaf = jax.tree.leaves(state8.params)[0]
+    results["replicated_8"] = leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+
+    # Every option at once against plain 1-device training: FSDP-sharded state, 2 accumulated
+    # micro-batches (8 rows each, 1 per device) scanned inside the step, rematerialised res blocks.
+    fsdp = {"parallel.num_devices": 8, "parallel.shard_params": True, "parallel.shard_min_size": 64,
+            "training.grad_accum_steps": 2, "model.remat": True}
+    trainer_f = train.Trainer(scale_config(**fsdp), channels=1, num_classes=10)
+    hlo = trainer_f.step.lower(jax.device_put(state0, trainer_f.state_sharding), parallel.global_batch(
+        next(data.batch_stream(data.load_source(trainer_f.config.data), 0, 0, 16)), trainer_f.mesh)).as_text()
+    results["fsdp_step_has_loop"] = "stablehlo.while" in hlo  # the micro-batch scan
+    _, loss_f, norm_f, state_f = run(trainer_f.config, state0)
+    results["loss_fsdp"], results["grad_norm_fsdp"] = loss_f, norm_f
+    results["param_diff_fsdp"] = max_diff(state1.params, state_f.params)
+    sharded = [x for x in jax.tree.leaves(state_f) if not x.sharding.is_fully_replicated]
+    results["fsdp_sharded_leaves"] = len(sharded)
+    results["fsdp_total_leaves"] = len(jax.tree.leaves(state_f))
+    results["fsdp_shard_fraction"] = [x.addressable_shards[0].data.size / x.size for x in sharded[:5]]
+    opt_specs = {str(s.spec) for s in jax.tree.leaves(trainer_f.state_sharding.opt_state)}
+    results["fsdp_opt_specs"] = sorted(opt_specs)
+
+    # Noise of the loss, drawn as the train step draws it, for a global batch sharded over 8 devices.
+    mesh, T = trainer8.mesh, 50
+    x0 = jnp.zeros((16, 8, 8, 1))
+    draw = lambda x: diffusion.draw_t_noise(train.step_keys(0, 7)["loss"], x, T)  # noqa: E731
+    t8, noise8 = jax.jit(draw, out_shardings=parallel.batch_sharded(mesh))(
+        jax.device_put(x0, parallel.batch_sharded(mesh)))
+    t1, noise1 = jax.jit(draw)(x0)
+    shards = [np.asarray(s.data) for s in sorted(noise8.addressable_shards, key=lambda s: s.index[0].start)]
+    results["noise_shards"] = len(shards)
+    results["noise_shards_distinct"] = all(not np.allclose(shards[i], shards[j])
+                                           for i in range(len(shards)) for j in range(i))
+    results["noise_equals_1dev"] = bool(np.array_equal(np.asarray(noise8), np.asarray(noise1))
+                                        and np.array_equal(np.asarray(t8), np.asarray(t1)))
+
+    # Sharded sampling (10 samples padded to 16 over 8 devices) equals 1-device sampling.
+    key = train.stream_key(0, train.SAMPLE_STREAM, 3)
+    out8 = sample.generate(trainer8, state8.ema_params, key, 10)
+    out1 = sample.generate(trainer1, jax.device_put(jax.device_get(state8.ema_params)), key, 10)
+    results["sample_shape"] = list(out8.samples.shape)
+    results["sample_devices"] = out8.metadata["devices"]
+    results["sample_diff"] = float(np.max(np.abs(out8.samples - out1.samples)))
+
+    errors = []
+    for overrides in ({"training.batch_size": 12}, {"training.batch_size": 24, "training.grad_accum_steps": 2}):
+        try:
+            train.Trainer(scale_config(**overrides, **{"parallel.num_devices": 8}), channels=1, num_classes=10)
+            errors.append("")
+        except ValueError as e:
+            errors.append(str(e))
+    results["errors"] = errors
+    print("RESULTS " + json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
