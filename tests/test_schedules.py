@@ -30,7 +30,8 @@ def test_cosine_matches_formula_and_is_capped(T):
     betas = schedules.cosine_betas(T)
     f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     expected = [min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)]
-    np.testing.assert_allclose(betas, expected, rtol=1e-12, atol=0)
+    # 1 - f(i+1)/f(i) cancels for small betas: ~1e-16 absolute error in the ratio is ~1e-11 relative.
+    np.testing.assert_allclose(betas, expected, rtol=1e-9, atol=0)
     assert betas.max() == 0.999 and betas[-1] == 0.999  # abar(1) = 0 would give beta = 1
 
 

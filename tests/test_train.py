@@ -54,6 +54,7 @@ def _final_params(workdir, config):
     trainer = train.Trainer(config, channels=1, num_classes=10)
     mngr = checkpoint.manager(workdir, read_only=True)
     state, meta = checkpoint.restore(mngr, trainer.abstract_state())
+    mngr.close()
     return state, meta
 
 
@@ -92,5 +93,8 @@ def test_restore_errors(tmp_path):
             if not f.startswith("_"):
                 with open(os.path.join(root, f), "wb") as fh:
                     fh.write(b"garbage")
+    mngr.close()
+    reader = checkpoint.manager(str(tmp_path), read_only=True)
     with pytest.raises(checkpoint.CheckpointError, match="cannot be restored.*delete that step"):
-        checkpoint.restore(checkpoint.manager(str(tmp_path), read_only=True), trainer.abstract_state())
+        checkpoint.restore(reader, trainer.abstract_state())
+    reader.close()
