@@ -14,13 +14,12 @@ sampler (every step costs the same: one network call plus a few elementwise ops)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
 from bench import harness, nets
-from bench.train_step import machine, report
+from bench.train_step import machine, report, save_json
 
 
 def main(argv=None):
@@ -55,9 +54,7 @@ def main(argv=None):
     sides.append(harness.Side("torch+diffusers", "torch_sample", dict(kw, threads=args.threads)))
     result = harness.run_ab(sides, args.rounds, args.reps)
     report(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(result, args=vars(args), machine=machine()), f, indent=1)
+    save_json(args.json, result, args)
 
 
 if __name__ == "__main__":

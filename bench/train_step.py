@@ -23,6 +23,13 @@ import time
 from bench import harness, nets
 
 
+def save_json(path: str, result: dict, args) -> None:
+    """Write a benchmark's result, its arguments and the machine to ``path`` (nothing if empty)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(dict(result, args=vars(args), machine=machine()), f, indent=1)
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -91,9 +98,7 @@ def main(argv=None):
     print(f"command: python -m bench.train_step {' '.join(argv if argv is not None else sys.argv[1:])}")
     result = harness.run_ab(sides_for("train", args.net, args), args.rounds, args.reps)
     report(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(result, args=vars(args), machine=machine()), f, indent=1)
+    save_json(args.json, result, args)
 
 
 if __name__ == "__main__":
