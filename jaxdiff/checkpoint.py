@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -49,11 +48,6 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
             "fall back to the previous one; if the model config changed, use the config it was "
             "trained with or a new --workdir") from e
     return restored.state, restored.config
-
-
-def abstract(tree):
-    """``jax.ShapeDtypeStruct`` s (with shardings) describing ``tree``, for restoring into it."""
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
