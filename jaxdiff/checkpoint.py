@@ -17,6 +17,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or cannot be restored."""
 
 
+def _short(error: Exception, limit: int = 160) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters (TensorStore's carry a long spec)."""
+    line = str(error).splitlines()[0] if str(error) else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
 def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over ``<workdir>/checkpoints`` keeping the ``keep`` newest steps."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
@@ -44,7 +50,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
     except Exception as e:  # orbax raises many types for damaged or mismatched files
         raise CheckpointError(
             f"checkpoint {step} in {mngr.directory} cannot be restored ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}). If it is damaged, delete that step's folder to "
+            f"{_short(e)}). If it is damaged, delete that step's folder to "
             "fall back to the previous one; if the model config changed, use the config it was "
             "trained with or a new --workdir") from e
     return restored.state, restored.config

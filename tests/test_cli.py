@@ -31,6 +31,16 @@ def test_train_then_sample(tmp_path):
     assert list(out["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     for name in ("trajectory_ddpm20_0000006.png", "sample_ddpm20_0000006_classes.png"):
         assert os.path.exists(os.path.join(workdir, name))
+    # Damaged array data in the latest checkpoint: one clear line, exit 2, no tracebacks.
+    for root, _, names in os.walk(os.path.join(workdir, "checkpoints", "6", "state")):
+        for name in names:
+            if not name.startswith("_"):
+                with open(os.path.join(root, name), "wb") as f:
+                    f.write(b"garbage")
+    r = run_main(*TINY, f"--workdir={workdir}", "--mode=sample")
+    assert r.returncode == 2
+    assert "error: checkpoint 6 in" in r.stderr and "cannot be restored" in r.stderr
+    assert "delete that step's folder" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("override,message", [
