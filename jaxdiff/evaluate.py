@@ -33,6 +33,7 @@ import numpy as np
 from jaxdiff import classifier as classifier_lib
 from jaxdiff import likelihood, samplers
 from jaxdiff.config import ConfigError
+from jaxdiff.plotting import to_uint8  # the FID quantisation: round((clip(x, -1, 1) + 1) * 127.5)
 
 EXTRACTORS = ("classifier", "inception")
 EVAL_STREAM = 101  # fold_in stream id of evaluation keys (train.py's streams are small integers)
@@ -45,12 +46,6 @@ class EvalError(ConfigError):
 
 
 # ----------------------------------------------------------------------------- the maths
-
-
-def to_uint8(x) -> np.ndarray:
-    """Images in [-1, 1] -> uint8 by ``round((clip(x, -1, 1) + 1) * 127.5)`` (the FID protocol)."""
-    x = np.clip(np.asarray(x, np.float32), -1.0, 1.0)
-    return np.rint((x + 1.0) * 127.5).astype(np.uint8)
 
 
 def sqrtm_psd(a: np.ndarray) -> np.ndarray:
