@@ -12,7 +12,6 @@ Exit codes: 0 done; 2 bad input or unusable checkpoint; 128 + N (143 for SIGTERM
 when training was stopped by signal N after saving a checkpoint: re-run the same command to continue.
 """
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -54,11 +53,7 @@ def main(argv):
             print(f"wrote {FLAGS.workdir}/eval/metrics.json: " + evaluate.summary_line(m))
     except (config_lib.ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.stderr.flush()
-        # Skip interpreter shutdown: a damaged checkpoint leaves Orbax/TensorStore reads running in
-        # background threads that would print tracebacks after this one-line error. Every file of
-        # ours is closed and every checkpoint save awaited by now.
-        os._exit(2)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
