@@ -316,28 +316,20 @@ def sampling_steps(sampling_config, tables) -> int:
 
 
 def make_image_generator(model, tables, sampling_config, target: str, image_shape: tuple,
-                         guidance_scale: float = 1.0):
-    """A compiled ``generate(params, key, labels) -> images [B, H, W, C] in [-1, 1]``.
+                         guidance_scale: float = 1.0, batch_size: int = 256):
+    """A compiled ``generate(params, key, labels [batch_size]) -> images [batch_size, H, W, C] in [-1, 1]``.
 
-    The sampler ``config.sampling`` describes (:func:`jaxdiff.samplers.sampler_from_config`).
-    A class-conditional model (``model.num_classes > 0``)
-    samples ``labels`` with classifier-free guidance ``guidance_scale`` (0 = unconditional, 1 =
-    plain conditional); an unconditional one ignores them. ``x_T = normal(fold_in(key, 0))``, sampler
-    noise from ``fold_in(key, 1)`` (as ``jaxdiff.sample``).
+    The sampler ``config.sampling`` describes, through :func:`jaxdiff.samplers.make_chunk_generator`
+    (``x_T`` from ``fold_in(key, 0)``, sampler noise from ``fold_in(key, 1)``, as ``jaxdiff.sample``).
+    A class-conditional model (``model.num_classes > 0``) samples ``labels`` with classifier-free
+    guidance ``guidance_scale`` (0 = unconditional, 1 = plain conditional); an unconditional one
+    ignores them.
     """
     sampler = samplers.sampler_from_config(tables, sampling_config, target)
-
-    @jax.jit
-    def generate(params, key, labels):
-        apply = lambda x, t, y: model.apply({"params": params}, x, t, y)  # noqa: E731
-        if model.num_classes:
-            denoise = samplers.guided_denoise_fn(apply, labels, float(guidance_scale), model.num_classes)
-        else:
-            denoise = lambda x, t: apply(x, t, None)  # noqa: E731
-        x_T = jax.random.normal(jax.random.fold_in(key, 0), labels.shape + tuple(image_shape), jnp.float32)
-        return samplers.run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1)).samples
-
-    return generate
+    null_label = model.num_classes or None
+    generate = samplers.make_chunk_generator(lambda p, x, t, y: model.apply({"params": p}, x, t, y), sampler,
+                                             image_shape, batch_size, float(guidance_scale), null_label)
+    return lambda params, key, labels: generate(params, key, labels if null_label else None)[0]
 
 
 def generate_uint8(generate, params, labels: np.ndarray, batch_size: int, key: jax.Array) -> np.ndarray:
@@ -505,7 +497,8 @@ def evaluate_params(config, workdir: str, params, model, tables, step: int, log=
 
         def make_generate(w):  # one compiled sampler per guidance scale, shared by FID and accuracy
             if w not in cache:
-                cache[w] = make_image_generator(model, tables, config.sampling, dc.target, image_shape, w)
+                cache[w] = make_image_generator(model, tables, config.sampling, dc.target, image_shape, w,
+                                                ev.batch_size)
             return cache[w]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM), step)
 
@@ -627,7 +620,7 @@ def make_train_fid_hook(config, workdir: str, model, tables, start_step: int = 0
                                               extractor), ev.batch_size, log)
     num_classes = int(model.num_classes)
     generate = make_image_generator(model, tables, config.sampling, config.diffusion.target, image_shape,
-                                    float(ev.fid_guidance_scale) if num_classes else 1.0)
+                                    float(ev.fid_guidance_scale) if num_classes else 1.0, ev.batch_size)
     labels = balanced_labels(ev.train_fid_samples, num_classes)
     path = os.path.join(workdir, "eval", "train_fid.jsonl")
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -440,6 +440,36 @@ def sampler_from_config(tables: DiffusionTables, sampling_config, target: str) -
                         sc.eta, sc.variance, sc.clip_x0, sc.set_alpha_to_one)
 
 
+def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
+                         null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
+                         mesh=None):
+    """A compiled ``generate(params, key, y) -> (samples, trajectory_xt, trajectory_x0)`` for one chunk
+    of ``width`` images of ``image_shape``.
+
+    ``x_T ~ N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from ``fold_in(key, 1)``;
+    ``apply_fn(params, x, t, y)`` is the network, guided by :func:`guided_denoise_fn` with labels ``y``
+    (``None``: unconditional). With a ``mesh`` the key arrives as key data in a global array, and with
+    several devices the batch is sharded over ``data``.
+    """
+    batch_sharding = None
+    if mesh is not None and mesh.devices.size > 1:
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    @jax.jit
+    def generate(params, key, y):
+        if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
+            key = jax.random.wrap_key_data(key)
+        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(image_shape), jnp.float32)
+        if batch_sharding is not None:
+            x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
+            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
+        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label)
+        out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
+        return out.samples, out.trajectory_xt, out.trajectory_x0
+
+    return generate
+
+
 def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
                        *, target: str = "eps", num_classes: int = 0, labels=None,
                        trajectory_every: int | None = None, trajectory_size: int = 16,
@@ -473,21 +503,8 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     null_label = num_classes if num_classes else None
     devices = mesh.devices.size if mesh is not None else 1
     width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
-    batch_sharding = None
-    if devices > 1:
-        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-    @jax.jit
-    def generate(params, key, y):
-        if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
-            key = jax.random.wrap_key_data(key)
-        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(shape[1:]), jnp.float32)
-        if batch_sharding is not None:
-            x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
-            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
-        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, scale, null_label)
-        out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), every, trajectory_size)
-        return out.samples, out.trajectory_xt, out.trajectory_x0
+    generate = make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
+                                    trajectory_size, mesh)
 
     def to_device(a, spec):  # global arrays from host data that every process holds in full
         return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
