@@ -32,7 +32,8 @@ def generate(trainer, params, key: jax.Array, num_samples: int, sampling_config=
     return samplers.sample_from_config(
         lambda p, x, t, y: model.apply({"params": p}, x, t, y), params, trainer.tables, sc,
         (num_samples,) + tuple(trainer.image_shape), key, target=config.diffusion.target,
-        num_classes=model.num_classes, trajectory_every=every, mesh=trainer.mesh)
+        num_classes=model.num_classes, trajectory_every=every, mesh=trainer.mesh,
+        cache=trainer.sampler_cache)
 
 
 def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool) -> str:

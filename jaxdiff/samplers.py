@@ -473,7 +473,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
 def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
                        *, target: str = "eps", num_classes: int = 0, labels=None,
                        trajectory_every: int | None = None, trajectory_size: int = 16,
-                       mesh=None) -> SampleOutput:
+                       mesh=None, cache: dict | None = None) -> SampleOutput:
     """Generate ``shape[0]`` images of shape ``shape[1:]`` with the sampler ``config.sampling`` names.
 
     ``apply_fn(params, x, t, y)`` is the network (``y`` is ``None`` for an unconditional model, whose
@@ -488,7 +488,9 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     leaves the other rows' noise unchanged (partitionable threefry draws row ``i`` from ``i`` alone).
     With several processes every process runs this and gets all samples. Every check runs before
     anything is compiled. Returns the samples (NumPy float32; in [-1, 1] when ``clip_x0``), labels
-    and a metadata dict.
+    and a metadata dict. ``cache`` (a dict the caller keeps, with one ``apply_fn`` network and tables)
+    keeps the compiled chunk generator between calls with the same sampler and shapes, so repeated
+    calls (sample grids during training) compile once.
     """
     sc = sampling_config
     num = int(shape[0])
@@ -503,8 +505,15 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     null_label = num_classes if num_classes else None
     devices = mesh.devices.size if mesh is not None else 1
     width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
-    generate = make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
-                                    trajectory_size, mesh)
+    key_fields = (sc.sampler, int(sc.num_steps), resolve_spacing(sc.sampler, sc.spacing), float(sc.eta),
+                  sc.variance, bool(sc.clip_x0), bool(sc.set_alpha_to_one), target, tuple(shape[1:]),
+                  width, scale, null_label, every, trajectory_size)
+    generate = None if cache is None else cache.get(key_fields)
+    if generate is None:
+        generate = make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
+                                        trajectory_size, mesh)
+        if cache is not None:
+            cache[key_fields] = generate
 
     def to_device(a, spec):  # global arrays from host data that every process holds in full
         return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))

@@ -207,6 +207,8 @@ class Trainer:
         # The key is made inside the program, so every process builds the same state without inputs.
         self._init = jax.jit(lambda: init(stream_key(config.seed, INIT_STREAM, 0)),
                              out_shardings=self.state_sharding)
+        # Compiled sampling programs of this model (sample grids during training reuse them).
+        self.sampler_cache: dict = {}
 
     def init(self) -> TrainState:
         return self._init()

@@ -313,6 +313,27 @@ def test_unconditional_model_gets_no_labels(tables):
     assert out.metadata["guidance_scale"] is None and out.trajectory_x0.shape == (4, 3, 4, 4, 1)
 
 
+def test_cache_compiles_each_sampler_once_and_keeps_results(tables):
+    traces = []
+
+    def apply_fn(params, x, t, y):
+        traces.append(x.shape)  # runs only while tracing
+        return fake_out(x, t)
+
+    sc, other = sampling_config(sampler="ddim", num_steps=5), sampling_config(sampler="ddpm", num_steps=5)
+    cache = {}
+    run = lambda sc, key, shape=(3, 4, 4, 1): samplers.sample_from_config(  # noqa: E731
+        apply_fn, {}, tables, sc, shape, jax.random.PRNGKey(key), cache=cache).samples
+    first, second = run(sc, 0), run(sc, 1)
+    assert len(traces) == 1 and len(cache) == 1  # the second call reused the compiled program
+    np.testing.assert_array_equal(first, samplers.sample_from_config(
+        apply_fn, {}, tables, sc, (3, 4, 4, 1), jax.random.PRNGKey(0)).samples)
+    assert np.max(np.abs(first - second)) > 1e-3
+    run(other, 0)
+    run(sc, 0, shape=(5, 4, 4, 1))  # another chunk width: another program
+    assert len(cache) == 3
+
+
 # --------------------------------------------------------------------------- bad input
 
 def _never_called(*args):
