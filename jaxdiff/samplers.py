@@ -505,9 +505,8 @@ def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_confi
     null_label = num_classes if num_classes else None
     devices = mesh.devices.size if mesh is not None else 1
     width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
-    key_fields = (sc.sampler, int(sc.num_steps), resolve_spacing(sc.sampler, sc.spacing), float(sc.eta),
-                  sc.variance, bool(sc.clip_x0), bool(sc.set_alpha_to_one), target, tuple(shape[1:]),
-                  width, scale, null_label, every, trajectory_size)
+    key_fields = (sc.to_json(sort_keys=True), target, num_classes, tuple(shape[1:]), width, every,
+                  trajectory_size)  # everything the compiled program depends on, besides the network
     generate = None if cache is None else cache.get(key_fields)
     if generate is None:
         generate = make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
