@@ -14,12 +14,11 @@ sampler (every step costs the same: one network call plus a few elementwise ops)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from bench import harness, nets
-from bench.train_step import machine, report, save_json
+from bench.train_step import add_side_args, machine, report, save_json
 
 
 def main(argv=None):
@@ -32,11 +31,7 @@ def main(argv=None):
                    help="network calls timed per run (0 = all; default 50 for ddpm, all for ddim)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--reps", type=int, default=1)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
-    p.add_argument("--untuned", action="store_true", help="also time jaxdiff with JAXDIFF_CPU_TUNING=0")
-    p.add_argument("--also-threads", type=int, default=0,
-                   help="also time PyTorch with this many threads (an extra side, for contention)")
-    p.add_argument("--json", default="")
+    add_side_args(p)
     args = p.parse_args(argv)
     run_steps = args.run_steps if args.run_steps >= 0 else (50 if args.sampler == "ddpm" else 0)
     total = 1000 if args.sampler == "ddpm" else args.steps

@@ -43,6 +43,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
+def add_side_args(p: argparse.ArgumentParser) -> None:
+    """The options every A/B entry point shares: the sides it runs (see :func:`sides_for`) and --json."""
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
+    p.add_argument("--untuned", action="store_true", help="also time jaxdiff with JAXDIFF_CPU_TUNING=0")
+    p.add_argument("--also-threads", type=int, default=0,
+                   help="also time PyTorch with this many threads (an extra side, for contention)")
+    p.add_argument("--json", default="")
+
+
 def sides_for(kind: str, net: str, args) -> list[harness.Side]:
     """jaxdiff side(s) first, the PyTorch reference last (ratios are taken against it)."""
     extra = {"batch": args.batch} if args.batch else {}
@@ -88,11 +97,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=0, help="default: the network's benchmark batch")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--reps", type=int, default=3, help="steps per side per round")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
-    p.add_argument("--untuned", action="store_true", help="also time jaxdiff with JAXDIFF_CPU_TUNING=0")
-    p.add_argument("--also-threads", type=int, default=0,
-                   help="also time PyTorch with this many threads (an extra side, for contention)")
-    p.add_argument("--json", default="")
+    add_side_args(p)
     args = p.parse_args(argv)
     print(f"train step, net={args.net}, machine: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"command: python -m bench.train_step {' '.join(argv if argv is not None else sys.argv[1:])}")
