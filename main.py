@@ -57,4 +57,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from jaxdiff import cpu_tuning
+
+    cpu_tuning.reexec_with_tcmalloc()  # restarts once with tcmalloc preloaded, if installed
     app.run(main)

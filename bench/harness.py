@@ -49,11 +49,19 @@ class Side:
         self.times: list[float] = []
 
     def start(self):
+        """Spawn the worker with ``env`` in its environment from the start (variables that the C
+        library reads when the process starts, such as ``GLIBC_TUNABLES``, need that)."""
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_worker, args=(child, self.env, self.builder, self.kwargs),
                                 daemon=True)
-        self.proc.start()
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            self.proc.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def wait_ready(self):
         kind, images, info = self.conn.recv()

@@ -18,7 +18,7 @@ import sys
 import time
 
 from bench import harness, nets
-from bench.train_step import add_side_args, machine, report, save_json
+from bench.train_step import add_side_args, machine, report, save_json, sides_for
 
 
 def main(argv=None):
@@ -40,14 +40,7 @@ def main(argv=None):
           f"{time.strftime('%Y-%m-%d %H:%M')}")
     print(f"command: python -m bench.sampling {' '.join(argv if argv is not None else sys.argv[1:])}")
     kw = dict(net=args.net, sampler=args.sampler, steps=total, batch=args.batch, run_steps=run_steps)
-    sides = [harness.Side("jaxdiff", "jax_sample", kw)]
-    if args.untuned:
-        sides.append(harness.Side("jaxdiff-untuned", "jax_sample", kw, env={"JAXDIFF_CPU_TUNING": "0"}))
-    if args.also_threads:
-        sides.append(harness.Side(f"torch {args.also_threads} thread(s)", "torch_sample",
-                                  dict(kw, threads=args.also_threads)))
-    sides.append(harness.Side("torch+diffusers", "torch_sample", dict(kw, threads=args.threads)))
-    result = harness.run_ab(sides, args.rounds, args.reps)
+    result = harness.run_ab(sides_for("sample", kw, args), args.rounds, args.reps)
     report(result)
     save_json(args.json, result, args)
 

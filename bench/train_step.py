@@ -4,6 +4,10 @@
     python -m bench.train_step --net=cifar10          # DDPM CIFAR-10 U-Net, batch 16
     python -m bench.train_step --net=mnist --untuned  # also jaxdiff with JAXDIFF_CPU_TUNING=0
 
+The jaxdiff side runs as ``main.py`` runs (tcmalloc preloaded when installed, see
+``jaxdiff/cpu_tuning.py``); ``--glibc-malloc`` adds a side without it and ``--torch-tcmalloc`` a
+PyTorch side with it.
+
 One step = L_simple loss, backward, global-norm clip 1.0, Adam (lr 2e-4, eps 1e-8) and an EMA
 update of every parameter, on a fixed uint8 batch (no input pipeline on either side). Prints
 images/s per side (median over rounds), the median per-round ratio to PyTorch, compile time, XLA's
@@ -47,24 +51,43 @@ def add_side_args(p: argparse.ArgumentParser) -> None:
     """The options every A/B entry point shares: the sides it runs (see :func:`sides_for`) and --json."""
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
     p.add_argument("--untuned", action="store_true", help="also time jaxdiff with JAXDIFF_CPU_TUNING=0")
+    p.add_argument("--glibc-malloc", action="store_true",
+                   help="also time jaxdiff tuned but without the tcmalloc main.py runs under")
+    p.add_argument("--torch-tcmalloc", action="store_true",
+                   help="also time PyTorch with tcmalloc preloaded, as jaxdiff's main.py runs")
     p.add_argument("--also-threads", type=int, default=0,
                    help="also time PyTorch with this many threads (an extra side, for contention)")
     p.add_argument("--json", default="")
 
 
-def sides_for(kind: str, net: str, args) -> list[harness.Side]:
-    """jaxdiff side(s) first, the PyTorch reference last (ratios are taken against it)."""
-    extra = {"batch": args.batch} if args.batch else {}
-    extra.update(getattr(args, "extra", {}))
-    sides = [harness.Side("jaxdiff", f"jax_{kind}", dict(net=net, **extra))]
+def tcmalloc_env() -> dict:
+    """``{"LD_PRELOAD": ...}`` as ``main.py`` restarts itself with (``jaxdiff.cpu_tuning``), or {}
+    when tcmalloc is not installed. This parent process's environment is left as it was (importing
+    jaxdiff would add its XLA flags to it, and every worker inherits it)."""
+    saved = dict(os.environ)
+    from jaxdiff import cpu_tuning
+    os.environ.clear()
+    os.environ.update(saved)
+    value = cpu_tuning.tcmalloc_preload(saved)
+    return {"LD_PRELOAD": value} if value else {}
+
+
+def sides_for(kind: str, kw: dict, args) -> list[harness.Side]:
+    """jaxdiff side(s) first, the PyTorch reference last (ratios are taken against it). ``kw`` are
+    the workload's arguments; the jaxdiff side runs in the process ``main.py`` would give it."""
+    malloc = tcmalloc_env()
+    sides = [harness.Side("jaxdiff", f"jax_{kind}", kw, env=malloc)]
+    if args.glibc_malloc:
+        sides.append(harness.Side("jaxdiff-glibc-malloc", f"jax_{kind}", kw))
     if args.untuned:
-        sides.append(harness.Side("jaxdiff-untuned", f"jax_{kind}", dict(net=net, **extra),
-                                  env={"JAXDIFF_CPU_TUNING": "0"}))
+        sides.append(harness.Side("jaxdiff-untuned", f"jax_{kind}", kw, env={"JAXDIFF_CPU_TUNING": "0"}))
     if args.also_threads:
         sides.append(harness.Side(f"torch {args.also_threads} thread(s)", f"torch_{kind}",
-                                  dict(net=net, threads=args.also_threads, **extra)))
-    torch_kw = dict(net=net, threads=args.threads, **extra)
-    sides.append(harness.Side("torch+diffusers", f"torch_{kind}", torch_kw))
+                                  dict(kw, threads=args.also_threads)))
+    if args.torch_tcmalloc:
+        sides.append(harness.Side("torch+tcmalloc", f"torch_{kind}", dict(kw, threads=args.threads),
+                                  env=malloc))
+    sides.append(harness.Side("torch+diffusers", f"torch_{kind}", dict(kw, threads=args.threads)))
     return sides
 
 
@@ -101,7 +124,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     print(f"train step, net={args.net}, machine: {machine()}, {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"command: python -m bench.train_step {' '.join(argv if argv is not None else sys.argv[1:])}")
-    result = harness.run_ab(sides_for("train", args.net, args), args.rounds, args.reps)
+    kw = dict(net=args.net, **({"batch": args.batch} if args.batch else {}))
+    result = harness.run_ab(sides_for("train", kw, args), args.rounds, args.reps)
     report(result)
     save_json(args.json, result, args)
 

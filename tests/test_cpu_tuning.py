@@ -91,15 +91,51 @@ np.save(sys.argv[1], np.asarray(f(p, x, t)))
 """
 
 
+_RESTART_AS_MAIN = """
+import jaxdiff
+from jaxdiff import cpu_tuning
+cpu_tuning.reexec_with_tcmalloc()
+with open("/proc/self/maps") as f:
+    open(sys.argv[1] + ".maps", "w").write(f.read())
+"""
+
+
 def test_tuned_process_matches_untuned(tmp_path):
-    """A train-mode forward (dropout on) in a tuned and an untuned process: same masks, same output."""
+    """A train-mode forward (dropout on) in a process tuned as ``main.py`` tunes itself (XLA flags,
+    unrolled threefry, restarted under tcmalloc) and in an untuned one: same masks, same output."""
     outs = []
     for tuning in ("1", "0"):
         path = str(tmp_path / f"out{tuning}.npy")
         env = dict(os.environ, JAXDIFF_CPU_TUNING=tuning)
         env.pop("XLA_FLAGS", None)
-        code = ("import jaxdiff\n" if tuning == "1" else "") + _DROPOUT_FORWARD.format(root=ROOT)
+        env.pop("LD_PRELOAD", None)
+        code = "import sys\n" + (_RESTART_AS_MAIN if tuning == "1" else "") + _DROPOUT_FORWARD.format(root=ROOT)
         subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=ROOT)
         outs.append(np.load(path))
+    with open(str(tmp_path / "out1.npy.maps")) as f:
+        assert "libtcmalloc" in f.read(), "tcmalloc is not loaded: apt-get install libtcmalloc-minimal4"
     assert np.abs(outs[0]).max() > 0
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_tcmalloc_preload_respects_the_user():
+    find = lambda: "libtcmalloc_minimal.so.4"  # noqa: E731
+    assert cpu_tuning.tcmalloc_preload({}, find) == "libtcmalloc_minimal.so.4"
+    assert cpu_tuning.tcmalloc_preload({"LD_PRELOAD": "libfoo.so"}, find) == "libtcmalloc_minimal.so.4 libfoo.so"
+    assert cpu_tuning.tcmalloc_preload({"LD_PRELOAD": "/x/libjemalloc.so.2"}, find) is None  # the user chose
+    assert cpu_tuning.tcmalloc_preload({"LD_PRELOAD": "libtcmalloc_minimal.so.4"}, find) is None  # restarted
+    assert cpu_tuning.tcmalloc_preload({"JAXDIFF_CPU_TUNING": "0"}, find) is None
+    assert cpu_tuning.tcmalloc_preload({}, lambda: None) is None  # not installed: run as is
+
+
+def test_reexec_restarts_the_same_command_once():
+    calls = []
+    execve = lambda path, argv, env: calls.append((path, argv, env))  # noqa: E731
+    env = {"PATH": "/bin"}
+    if cpu_tuning.find_tcmalloc() is None:
+        assert not cpu_tuning.reexec_with_tcmalloc(env, execve) and not calls
+        return
+    assert cpu_tuning.reexec_with_tcmalloc(env, execve)
+    (path, argv, new_env), = calls
+    assert path == sys.executable and argv == sys.orig_argv and new_env["PATH"] == "/bin"
+    assert not cpu_tuning.reexec_with_tcmalloc(new_env, execve) and len(calls) == 1
