@@ -7,21 +7,21 @@ on both sides). It measures, at the layer shapes of the two benchmark networks:
 
 1. ``sum over H, W`` of an NHWC tensor (GroupNorm statistics, bias and time-embedding gradients):
    ``jnp.sum`` (a strided loop on XLA:CPU) vs the same sum as a batched product with ones.
-2. GroupNorm + swish, forward and forward + backward: Flax autodiff, the hand-written VJP below
-   (forward saves only ``x`` and the group moments; backward is two streaming passes whose sums are
-   products with ones), and ``torch.nn.GroupNorm`` + ``F.silu``.
+2. GroupNorm + swish, forward and forward + backward: Flax autodiff, the library's hand-written VJP
+   (:func:`jaxdiff.layers.group_norm`: forward saves only ``x`` and the group moments; backward is
+   two streaming passes whose sums are products with ones), and ``torch.nn.GroupNorm`` + ``F.silu``.
 3. 3x3 convolution: forward, input gradient and kernel gradient in XLA vs PyTorch's forward + both
    gradients (oneDNN).
 4. The whole network: forward (train mode) and forward + backward of the L2 loss, both sides.
 
-The hand-written GroupNorm is checked against Flax before it is timed. It is not used by the
-library: in the U-Net it made the training step no faster (bench/README.md says why).
+The hand-written GroupNorm is checked against Flax before it is timed (``tests/test_layers.py``
+tests it against a float64 reference). Op-level times do not predict the training step: XLA fuses
+each op's producers into it, so the whole-step A/B runs in bench/README.md decide what is kept.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import time
 
@@ -29,121 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# ------------------------------------------------------------------------------------------ sums
-
-
-def sum_leading(x: jax.Array, num_batch: int) -> jax.Array:
-    """``sum(x, axis=(num_batch, ..., ndim - 2))``: sum over every axis except the first ``num_batch``
-    and the last, in float32. ``[B, H, W, C] -> [B, C]`` with ``num_batch=1``, ``-> [C]`` with 0.
-
-    On CPU this is ``dot_general(ones, x)`` contracting the summed axes (batched over the first
-    ``num_batch``); on other platforms it is ``jnp.sum``.
-    """
-    summed = tuple(range(num_batch, x.ndim - 1))
-    batch = tuple(range(num_batch))
-
-    def as_dot(x):
-        ones = jnp.ones(x.shape[:-1], x.dtype)
-        return jax.lax.dot_general(ones, x, ((summed, summed), (batch, batch)),
-                                   preferred_element_type=jnp.float32)
-
-    def as_sum(x):
-        return jnp.sum(x.astype(jnp.float32), axis=summed)
-
-    return jax.lax.platform_dependent(x, cpu=as_dot, default=as_sum)
-
-
-# ------------------------------------------------------------------------------------ GroupNorm
-
-
-def _group_sum(v: jax.Array, groups: int) -> jax.Array:
-    """``[B, C] -> [B, G]``: sum over the channels of each group."""
-    return v.reshape(v.shape[0], groups, v.shape[1] // groups).sum(-1)
-
-
-def _per_channel(v: jax.Array, channels: int) -> jax.Array:
-    """``[B, G] -> [B, C]``: each group's value repeated over its channels."""
-    return jnp.repeat(v, channels // v.shape[1], axis=1)
-
-
-def _moments(x, groups, eps):
-    """Per-(example, group) mean ``mu`` and inverse std ``r = 1 / sqrt(var + eps)`` over H, W and the
-    group's channels, with ``var = E[x^2] - mu^2`` clipped at 0 (as flax's fast variance)."""
-    n = x.shape[1] * x.shape[2] * (x.shape[3] // groups)
-    xf = x.astype(jnp.float32)
-    mean = _group_sum(sum_leading(xf, 1), groups) / n
-    mean_sq = _group_sum(sum_leading(xf * xf, 1), groups) / n
-    var = jnp.maximum(mean_sq - mean * mean, 0.0)
-    return mean, jax.lax.rsqrt(var + eps)
-
-
-def _scale_shift(channels, scale, bias, mean, rstd):
-    """``x_hat * scale + bias = x * a + b`` with per-(example, channel) ``a = r scale``,
-    ``b = bias - mu r scale``; returned as ``[B, 1, 1, C]``."""
-    a = _per_channel(rstd, channels) * scale
-    b = bias - _per_channel(mean, channels) * a
-    return a[:, None, None, :], b[:, None, None, :]
-
-
-def _normalise(x, scale, bias, mean, rstd, swish):
-    a, b = _scale_shift(x.shape[-1], scale, bias, mean, rstd)
-    z = x.astype(jnp.float32) * a + b
-    s = jax.nn.sigmoid(z) if swish else None
-    return z, s
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, groups: int, eps: float,
-               swish: bool) -> jax.Array:
-    """GroupNorm of NHWC ``x`` over ``groups`` channel groups, optionally followed by swish.
-
-    Forward: ``z = (x - mu) r * scale + bias`` (``mu``, ``r`` from :func:`_moments`), output ``z``
-    or ``swish(z) = z sigmoid(z)``, in ``x.dtype`` (statistics in float32).
-
-    Backward, with ``s = sigmoid(z)``, ``dz = dy * s (1 + z (1 - s))`` (or ``dy`` without swish),
-    ``x_hat = (x - mu) r``, per example ``b`` and channel ``c`` the sums over H, W
-    ``A = sum dz`` and ``X = sum dz x``, and ``n`` elements per group:
-
-    * ``d bias = sum_b A``, ``d scale = sum_b (X - mu A) r``;
-    * with ``S1 = sum_{c in g} scale A`` and ``S2 = sum_{c in g} scale (X - mu A) r``,
-      ``dx = r (dz scale - S1 / n - x_hat S2 / n)
-           = dz (r scale) - x (r^2 S2 / n) + (mu r^2 S2 - r S1) / n``.
-    """
-    z, s = _normalise(x, scale, bias, *_moments(x, groups, eps), swish)
-    return (z * s if swish else z).astype(x.dtype)
-
-
-def _group_norm_fwd(x, scale, bias, groups, eps, swish):
-    mean, rstd = _moments(x, groups, eps)
-    z, s = _normalise(x, scale, bias, mean, rstd, swish)
-    return (z * s if swish else z).astype(x.dtype), (x, scale, bias, mean, rstd)
-
-
-def _group_norm_bwd(groups, eps, swish, res, dy):
-    x, scale, bias, mean, rstd = res
-    channels = x.shape[-1]
-    n = x.shape[1] * x.shape[2] * (channels // groups)
-    z, s = _normalise(x, scale, bias, mean, rstd, swish)
-    dz = dy.astype(jnp.float32)
-    if swish:
-        dz = dz * (s * (1 + z * (1 - s)))
-    xf = x.astype(jnp.float32)
-    sum_dz = sum_leading(dz, 1)
-    sum_dz_x = sum_leading(dz * xf, 1)
-    mean_c, rstd_c = _per_channel(mean, channels), _per_channel(rstd, channels)
-    centred = (sum_dz_x - mean_c * sum_dz) * rstd_c          # sum dz x_hat, per (b, c)
-    d_bias, d_scale = sum_dz.sum(0), centred.sum(0)
-    s1 = _group_sum(scale * sum_dz, groups)
-    s2 = _group_sum(scale * centred, groups)
-    coef_x = _per_channel(-(rstd ** 2) * s2 / n, channels)
-    coef_1 = _per_channel((mean * rstd ** 2 * s2 - rstd * s1) / n, channels)
-    dx = (dz * (rstd_c * scale)[:, None, None, :] + xf * coef_x[:, None, None, :]
-          + coef_1[:, None, None, :])
-    return dx.astype(x.dtype), d_scale.astype(scale.dtype), d_bias.astype(bias.dtype)
-
-
-group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
-
+from jaxdiff.layers import group_norm, sum_leading
 
 # ------------------------------------------------------------------------------------- benchmark
 

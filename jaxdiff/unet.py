@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdiff import layers
+
 # DDPM's default_init: variance scaling, fan_avg, uniform (scale 1; 1e-10 stands in for "zero").
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 zero_init = nn.initializers.zeros
@@ -62,15 +64,15 @@ class ResBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
-        conv = lambda ch, k, init, name: nn.Conv(ch, (k, k), padding="SAME", kernel_init=init,  # noqa: E731
-                                                dtype=self.dtype, name=name)
-        norm = lambda c, name: nn.GroupNorm(num_groups(c, self.groups), epsilon=1e-6,  # noqa: E731
-                                            dtype=self.dtype, name=name)
-        h = conv(self.out_ch, 3, default_init, "conv1")(nn.swish(norm(x.shape[-1], "norm1")(x)))
-        h = h + nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
-                         name="temb_proj")(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(norm(self.out_ch, "norm2")(h))
-        h = nn.Dropout(self.dropout, deterministic=not train)(h)
+        conv = lambda ch, k, init, name: layers.Conv(ch, (k, k), kernel_init=init,  # noqa: E731
+                                                    dtype=self.dtype, name=name)
+        norm_swish = lambda c, name: layers.GroupNorm(num_groups(c, self.groups), 1e-6,  # noqa: E731
+                                                      swish=True, dtype=self.dtype, name=name)
+        h = conv(self.out_ch, 3, default_init, "conv1")(norm_swish(x.shape[-1], "norm1")(x))
+        h = layers.add_bias(h, nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
+                                        name="temb_proj")(nn.swish(temb)))  # + per example [B, C]
+        h = norm_swish(self.out_ch, "norm2")(h)
+        h = layers.Dropout(self.dropout, deterministic=not train)(h)
         h = conv(self.out_ch, 3, zero_init, "conv2")(h)
         if x.shape[-1] != self.out_ch:
             x = conv(self.out_ch, 1, default_init, "nin_shortcut")(x)
@@ -90,13 +92,12 @@ class AttnBlock(nn.Module):
         b, hgt, wid, c = x.shape
         if c % self.num_heads:
             raise ValueError(f"model.num_heads={self.num_heads} does not divide {c} channels")
-        h = nn.GroupNorm(num_groups(c, self.groups), epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+        h = layers.GroupNorm(num_groups(c, self.groups), 1e-6, dtype=self.dtype, name="norm")(x)
         h = h.reshape(b, hgt * wid, c)
-        heads = lambda name: nn.Dense(c, kernel_init=default_init, dtype=self.dtype,  # noqa: E731
-                                      name=name)(h).reshape(b, hgt * wid, self.num_heads, c // self.num_heads)
+        heads = lambda name: layers.Dense(c, default_init, self.dtype,  # noqa: E731
+                                          name=name)(h).reshape(b, hgt * wid, self.num_heads, c // self.num_heads)
         out = jax.nn.dot_product_attention(heads("q"), heads("k"), heads("v"))
-        out = nn.Dense(c, kernel_init=zero_init, dtype=self.dtype,
-                       name="proj_out")(out.reshape(b, hgt * wid, c))
+        out = layers.Dense(c, zero_init, self.dtype, name="proj_out")(out.reshape(b, hgt * wid, c))
         return x + out.reshape(b, hgt, wid, c)
 
 
@@ -134,8 +135,8 @@ class UNet(nn.Module):
         res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         block = lambda ch, name: res_block(ch, self.dropout, self.groups, self.dtype, name=name)  # noqa: E731
         attn = lambda name: AttnBlock(self.num_heads, self.groups, self.dtype, name=name)  # noqa: E731
-        conv3 = lambda ch, name, init=default_init: nn.Conv(ch, (3, 3), padding="SAME", kernel_init=init,  # noqa: E731
-                                                            dtype=self.dtype, name=name)
+        conv3 = lambda ch, name, init=default_init: layers.Conv(ch, (3, 3), kernel_init=init,  # noqa: E731
+                                                                dtype=self.dtype, name=name)
 
         temb = timestep_embedding(t, self.ch)
         temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype, name="temb_dense0")(temb)
@@ -157,9 +158,9 @@ class UNet(nn.Module):
                     h = attn(f"down_{level}_attn_{i}")(h)
                 hs.append(h)
             if level != levels - 1:
-                hs.append(nn.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                                  kernel_init=default_init, dtype=self.dtype,
-                                  name=f"down_{level}_downsample")(hs[-1]))
+                hs.append(layers.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                                      kernel_init=default_init, dtype=self.dtype,
+                                      name=f"down_{level}_downsample")(hs[-1]))
 
         h = hs[-1]
         h = block(h.shape[-1], "mid_block_1")(h, temb, train)
@@ -177,8 +178,8 @@ class UNet(nn.Module):
                 h = conv3(h.shape[-1], f"up_{level}_upsample")(h)
         assert not hs
 
-        h = nn.swish(nn.GroupNorm(num_groups(h.shape[-1], self.groups), epsilon=1e-6, dtype=self.dtype,
-                                  name="norm_out")(h))
+        h = layers.GroupNorm(num_groups(h.shape[-1], self.groups), 1e-6, swish=True, dtype=self.dtype,
+                             name="norm_out")(h)
         return conv3(self.out_ch, "conv_out", zero_init)(h).astype(jnp.float32)
 
 
