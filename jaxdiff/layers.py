@@ -58,8 +58,8 @@ def materialise(x: jax.Array) -> jax.Array:
     gradient, its bias gradient and the skip connection) is recomputed from all its inputs in every
     one of them, with strided reads where the consumer is a transpose. XLA never duplicates a
     reduction into its consumers, so on CPU ``x`` is taken as ``max(x, -inf)`` over a new leading
-    axis of size 2 (exactly ``x``, NaN and -0.0 included) and read from that result. Other platforms
-    get ``x`` itself.
+    axis of size 2 and read from that result: the same bits as ``x`` computed without it, NaN and
+    -0.0 included (XLA:CPU flushes subnormals to zero either way). Other platforms get ``x`` itself.
     """
     def reduced(x):
         return jnp.max(jnp.stack([x, jnp.full_like(x, -jnp.inf)]), axis=0)
@@ -183,10 +183,10 @@ class GroupNorm(nn.Module):
 @jax.custom_vjp
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     """``y + bias`` along the last axis of ``y``: ``bias [C]`` is shared by every position, ``bias
-    [B, C]`` (``bias.ndim == 2 < y.ndim``) is per example, broadcast over the axes between. The bias
-    gradient is :func:`sum_leading` of ``dy`` (over every axis but the last, or but the first and last).
+    [B, C]`` is per example, broadcast over the axes between. The bias gradient is
+    :func:`sum_leading` of ``dy`` over every axis but the last (and, for ``[B, C]``, the first).
     """
-    if bias.ndim == 2 and y.ndim > 2:
+    if bias.ndim == 2:
         bias = bias.reshape(bias.shape[0], *([1] * (y.ndim - 2)), bias.shape[1])
     return y + bias.astype(y.dtype)
 
@@ -196,8 +196,7 @@ def _add_bias_fwd(y, bias):
 
 
 def _add_bias_bwd(bias, dy):
-    per_example = bias.ndim == 2 and dy.ndim > 2
-    return dy, sum_leading(dy, 1 if per_example else 0).astype(bias.dtype)
+    return dy, sum_leading(dy, bias.ndim - 1).astype(bias.dtype)
 
 
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)

@@ -113,14 +113,17 @@ def test_dense_is_flax_dense_with_the_same_parameters_values_and_gradients():
 
 
 def test_add_bias_per_example_gradient_is_the_sum_over_positions():
-    y = jax.random.normal(jax.random.key(0), (3, 4, 5, 6))
-    bias = jax.random.normal(jax.random.key(1), (3, 6))
-    dy = jax.random.normal(jax.random.key(2), y.shape)
-    out, vjp = jax.vjp(layers.add_bias, y, bias)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(y + bias[:, None, None, :]))
-    dy_got, db_got = vjp(dy)
-    np.testing.assert_array_equal(np.asarray(dy_got), np.asarray(dy))
-    np.testing.assert_allclose(np.asarray(db_got), np.asarray(dy, np.float64).sum(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    for shape in ((3, 4, 5, 6), (3, 6)):
+        y = jax.random.normal(jax.random.key(0), shape)
+        bias = jax.random.normal(jax.random.key(1), (3, 6))
+        dy = jax.random.normal(jax.random.key(2), y.shape)
+        out, vjp = jax.vjp(layers.add_bias, y, bias)
+        expand = bias.reshape(3, *([1] * (len(shape) - 2)), 6)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(y + expand))
+        dy_got, db_got = vjp(dy)
+        np.testing.assert_array_equal(np.asarray(dy_got), np.asarray(dy))
+        want = np.asarray(dy, np.float64).sum(axis=tuple(range(1, len(shape) - 1)))
+        np.testing.assert_allclose(np.asarray(db_got), want, rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=20, deadline=None)
