@@ -12,8 +12,8 @@ rounding (``tests/test_layers.py``). They differ in how XLA:CPU is asked to comp
   :func:`group_norm` and :func:`add_bias` take those sums as products with ones.
 * XLA:CPU fuses an elementwise producer into each of its consumers, recomputing it. That is cheap
   for an add, not for a dropout mask (threefry, ~100 integer operations an element) or a GroupNorm
-  gradient with four consumers and ten inputs. :func:`materialise` and the dropout mask's packed
-  copy make XLA compute such a value once.
+  gradient with four consumers and ten inputs. :func:`materialise` makes XLA compute such a value
+  once.
 
 The CPU-specific formulations are chosen with ``lax.platform_dependent``; GPU and TPU run the plain
 ``jnp.sum`` and the values themselves. Measured gains are in ``bench/README.md``.
@@ -51,18 +51,21 @@ def sum_leading(x: jax.Array, num_batch: int) -> jax.Array:
 
 
 def materialise(x: jax.Array) -> jax.Array:
-    """``x``, computed once into its own buffer on CPU.
+    """``x`` (floating or bool), computed once into its own buffer on CPU.
 
     XLA:CPU fuses an elementwise producer into each of its consumers, so a value with several
     consumers (a GroupNorm gradient feeds the previous convolution's input gradient, its kernel
-    gradient, its bias gradient and the skip connection) is recomputed from all its inputs in every
-    one of them, with strided reads where the consumer is a transpose. XLA never duplicates a
-    reduction into its consumers, so on CPU ``x`` is taken as ``max(x, -inf)`` over a new leading
-    axis of size 2 and read from that result: the same bits as ``x`` computed without it, NaN and
-    -0.0 included (XLA:CPU flushes subnormals to zero either way). Other platforms get ``x`` itself.
+    gradient, its bias gradient and the skip connection; a dropout mask, ~100 integer operations
+    an element, feeds the forward select and every backward fusion of the masked gradient) is
+    recomputed from all its inputs in every one of them, with strided reads where the consumer is a
+    transpose. XLA never duplicates a reduction into its consumers, so on CPU ``x`` is taken as
+    ``max(x, lowest)`` (``-inf``, or ``False``) over a new leading axis of size 2 and read from that
+    result: the same bits as ``x`` computed without it, NaN and -0.0 included (XLA:CPU flushes
+    subnormals to zero either way). Other platforms get ``x`` itself.
     """
     def reduced(x):
-        return jnp.max(jnp.stack([x, jnp.full_like(x, -jnp.inf)]), axis=0)
+        lowest = jnp.zeros_like(x) if x.dtype == jnp.bool_ else jnp.full_like(x, -jnp.inf)
+        return jnp.max(jnp.stack([x, lowest]), axis=0)
 
     return jax.lax.platform_dependent(x, cpu=reduced, default=lambda x: x)
 
@@ -243,32 +246,9 @@ class Conv(nn.Module):
 # --------------------------------------------------------------------------------------- dropout
 
 
-def _keep_bits(mask: jax.Array) -> jax.Array:
-    """``mask`` (bool) unchanged, but on CPU routed through a packed ``uint8`` copy (8 elements of
-    the last axis a byte, packed by a reduction) so that XLA computes it once.
-
-    XLA:CPU fuses an elementwise producer into every consumer, and a dropout mask is ~100 integer
-    operations an element (threefry). Its consumers in a training step are the forward select and
-    every backward fusion that reads the masked gradient, so each layer's mask was computed up to six
-    times (``bench/README.md``). A reduction is never duplicated: the threefry bits are computed once,
-    into ``size / 8`` bytes, and each consumer unpacks its bit with a shift. Only the last axis is
-    packed (padded to a multiple of 8), so the leading axes keep their sharding.
-    """
-    def packed(mask):
-        c = mask.shape[-1]
-        pad = [(0, 0)] * (mask.ndim - 1) + [(0, -c % 8)]
-        bits = jnp.pad(mask, pad).reshape(*mask.shape[:-1], -1, 8).astype(jnp.uint8)
-        shifts = jnp.arange(8, dtype=jnp.uint8)
-        byte = jnp.sum(bits << shifts, axis=-1, dtype=jnp.uint8)
-        unpacked = ((byte[..., None] >> shifts) & 1).astype(bool)
-        return unpacked.reshape(*mask.shape[:-1], -1)[..., :c]
-
-    return jax.lax.platform_dependent(mask, cpu=packed, default=lambda m: m)
-
-
 class Dropout(nn.Module):
     """``nn.Dropout`` (same random mask for the same key: ``bernoulli(make_rng("dropout"), 1 - rate)``,
-    kept values scaled by ``1 / (1 - rate)``) whose mask XLA:CPU computes once (:func:`_keep_bits`)."""
+    kept values scaled by ``1 / (1 - rate)``) whose mask XLA:CPU computes once (:func:`materialise`)."""
 
     rate: float
     deterministic: bool = False
@@ -280,5 +260,7 @@ class Dropout(nn.Module):
         if self.rate == 1.0:
             return jnp.zeros_like(x)
         keep = 1.0 - self.rate
-        mask = _keep_bits(jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape))
+        # ~100 integer operations an element (threefry), read by the forward select and by every
+        # backward fusion of the masked gradient: computed once.
+        mask = materialise(jax.random.bernoulli(self.make_rng("dropout"), keep, x.shape))
         return jax.lax.select(mask, x / keep, jnp.zeros_like(x))

@@ -141,8 +141,7 @@ def test_materialise_returns_its_input_bit_for_bit(values):
 @given(st.sampled_from([(2, 5, 5, 3), (1, 7), (4, 4, 4, 8), (3,)]), st.sampled_from([0.1, 0.5, 0.9]),
        st.integers(0, 2**16))
 def test_dropout_is_flax_dropout_with_the_same_mask_and_gradient(shape, rate, seed):
-    """The same key gives Flax's mask bit for bit, also when the size is not a multiple of 8 (the
-    packed copy is padded), and the gradient is the mask over the keep probability."""
+    """The same key gives Flax's mask bit for bit, and the gradient is the mask over the keep probability."""
     x = jax.random.normal(jax.random.key(seed), shape) + 2.0  # no exact zeros: a kept value stays non-zero
     rngs = {"dropout": jax.random.key(seed + 1)}
 
