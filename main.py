@@ -2,6 +2,7 @@
 
 Override any config field with ``--config.FIELD=VALUE`` (e.g. ``--config.training.batch_size=64``).
 The config is checked before anything is compiled or written; bad input is a one-line error.
+The logic lives in :mod:`jaxdiff.drivers`; this file parses flags and maps errors to exit codes.
 
 Multi-process (multi-host GPU, TPU pods): run the same command on every host with ``--jax_distributed``
 (TPU pods, SLURM, Open MPI and Kubernetes are auto-detected) or with ``--coordinator_address``,
@@ -14,11 +15,22 @@ when training was stopped by signal N after saving a checkpoint: re-run the same
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from jaxdiff.common import cpu_tuning
+
+if __name__ == "__main__":
+    cpu_tuning.reexec_with_tcmalloc()  # restarts once with tcmalloc preloaded, if installed
+    cpu_tuning.apply()  # before the first JAX computation; JAXDIFF_CPU_TUNING=0 opts out
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from jaxdiff.common import parallel  # noqa: E402
+from jaxdiff.drivers import config_checks, eval_mode, sample_mode, train_loop  # noqa: E402
+from jaxdiff.training import checkpoint  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and pictures (resumes if it has a checkpoint).")
+flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics and pictures (resumes "
+                    "if it has a checkpoint).")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do with the config and workdir.")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
@@ -32,32 +44,27 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
-    from jaxdiff import checkpoint, config as config_lib, evaluate, parallel, sample, train
-
     config = FLAGS.config
     try:
         parallel.initialize_distributed(FLAGS.jax_distributed, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.mode == "train":
             try:
-                train.train(config, FLAGS.workdir)
-            except train.Preempted as e:
+                train_loop.train(config, FLAGS.workdir)
+            except train_loop.Preempted as e:
                 print(str(e), file=sys.stderr)
                 sys.exit(128 + e.signum)
             print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {FLAGS.workdir}")
         elif FLAGS.mode == "sample":
-            info = sample.run_sample_mode(config, FLAGS.workdir)
+            info = sample_mode.run_sample_mode(config, FLAGS.workdir)
             print(f"wrote {info['num_samples']} samples to {FLAGS.workdir}")
         elif FLAGS.mode == "eval":
-            m = evaluate.run_eval(config, FLAGS.workdir)
-            print(f"wrote {FLAGS.workdir}/eval/metrics.json: " + evaluate.summary_line(m))
-    except (config_lib.ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
+            m = eval_mode.run_eval(config, FLAGS.workdir)
+            print(f"wrote {FLAGS.workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
+    except (config_checks.ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    from jaxdiff import cpu_tuning
-
-    cpu_tuning.reexec_with_tcmalloc()  # restarts once with tcmalloc preloaded, if installed
     app.run(main)

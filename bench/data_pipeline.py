@@ -11,7 +11,7 @@ reporting the fraction of wall time the loop waits for data ("stall").
 
 The local sources are built from Debian's Fashion-MNIST (``apt-get install dataset-fashion-mnist``);
 the image-folder and TFDS cases first write 2,048 of its test images, as 32x32 RGB, to PNG files and to a
-real ArrayRecord TFDS dataset (``jaxdiff.data.write_tfds_dataset``) in a temporary folder, so they measure
+real ArrayRecord TFDS dataset (``jaxdiff.data.testing.write_tfds_dataset``) in a temporary folder, so they measure
 PIL decoding plus the resize, per batch.
 """
 
@@ -32,7 +32,10 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import default, digits, fashion_mnist  # noqa: E402
-from jaxdiff import data, diffusion, schedules, unet  # noqa: E402
+from jaxdiff import data  # noqa: E402
+from jaxdiff.data.testing import write_tfds_dataset  # noqa: E402
+from jaxdiff.core import diffusion, schedules  # noqa: E402
+from jaxdiff.models import unet  # noqa: E402
 
 
 def data_config(**overrides):
@@ -144,7 +147,7 @@ def main():
             supply[f"PNG folder 32->{size} (decode per batch), B={b}, {workers} thread(s)"] = supply_rate(
                 lazy, b, max(steps // 3, 5), workers)
     small = data.resize_uint8(fashion_test.images[:2048], 32, 3)
-    data.write_tfds_dataset("fashion32_bench", os.path.join(tmp, "tfds"),
+    write_tfds_dataset("fashion32_bench", os.path.join(tmp, "tfds"),
                             {"train": (small, fashion_test.labels[:2048])}, num_classes=10)
     for size, b in ((32, 128), (64, 64)):
         arr = data.load_source(data_config(dataset="fashion32_bench", data_dir=os.path.join(tmp, "tfds"),

@@ -20,9 +20,11 @@ import traceback
 def _worker(conn, env: dict, builder: str, kwargs: dict):
     os.environ.update(env)
     try:
+        if builder.startswith("jax"):  # the library's CPU settings, as main.py applies them (unless
+            from jaxdiff.common import cpu_tuning  # JAXDIFF_CPU_TUNING=0), before any computation
+
+            cpu_tuning.apply()
         import bench.workloads as workloads  # noqa: F401 (imports jax/torch after env is set)
-        if env.get("JAXDIFF_IMPORT", "1") == "1" and builder.startswith("jax"):
-            import jaxdiff  # noqa: F401 (applies the library's CPU settings at import)
         w = getattr(workloads, builder)(**kwargs)
         info = dict(w.info)
         conn.send(("ready", w.images, info))

@@ -4,7 +4,7 @@
 dropout 0.1), 32x32x3, training batch 16, 35,746,307 parameters. ``mnist``: a small U-Net of the
 same family (the layout of configs/mnist.py at half the width: ch 32, mult 1-2-2, 2 res blocks,
 attention at 14x14 and in the middle, dropout 0.1), 28x28x1, training batch 64, 1,623,169
-parameters. jaxdiff builds :class:`jaxdiff.unet.UNet`; the reference side builds diffusers'
+parameters. jaxdiff builds :class:`jaxdiff.models.unet.UNet`; the reference side builds diffusers'
 ``UNet2DModel`` with the matching blocks (one attention head of the full width, GroupNorm
 32 with eps 1e-6, conv downsampling, nearest + conv upsampling).
 """
@@ -21,7 +21,7 @@ NETS = {
 
 def jax_unet(name: str, **overrides):
     """The jaxdiff U-Net for benchmark network ``name``."""
-    from jaxdiff.unet import UNet
+    from jaxdiff.models.unet import UNet
     n = NETS[name]
     kw = dict(ch=n["ch"], ch_mult=n["ch_mult"], num_res_blocks=n["num_res_blocks"],
               attn_resolutions=n["attn_resolutions"], dropout=n["dropout"], out_ch=n["channels"])

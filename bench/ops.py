@@ -8,7 +8,7 @@ on both sides). It measures, at the layer shapes of the two benchmark networks:
 1. ``sum over H, W`` of an NHWC tensor (GroupNorm statistics, bias and time-embedding gradients):
    ``jnp.sum`` (a strided loop on XLA:CPU) vs the same sum as a batched product with ones.
 2. GroupNorm + swish, forward and forward + backward: Flax autodiff, the library's hand-written VJP
-   (:func:`jaxdiff.layers.group_norm`: forward saves only ``x`` and the group moments; backward is
+   (:func:`jaxdiff.models.layers.group_norm`: forward saves only ``x`` and the group moments; backward is
    two streaming passes whose sums are products with ones), and ``torch.nn.GroupNorm`` + ``F.silu``.
 3. 3x3 convolution: forward, input gradient and kernel gradient in XLA vs PyTorch's forward + both
    gradients (oneDNN).
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.layers import group_norm, sum_leading
+from jaxdiff.models.layers import group_norm, sum_leading
 
 # ------------------------------------------------------------------------------------- benchmark
 

@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 from jax._src.ad_checkpoint import saved_residuals  # noqa: E402  (no public alias in this JAX)
 
 from configs import digits  # noqa: E402
-from jaxdiff import parallel, train  # noqa: E402
+from jaxdiff.common import parallel  # noqa: E402
+from jaxdiff.drivers.experiment import Experiment  # noqa: E402
 
 VARIANTS = [
     ("float32", {}),
@@ -46,7 +47,7 @@ def memory(batch: int, ch: int, overrides: dict) -> dict:
     for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value
-    trainer = train.Trainer(config, channels=1, num_classes=10)
+    trainer = Experiment(config, channels=1, num_classes=10)
     state = trainer.abstract_state()
     sharding = parallel.batch_sharded(trainer.mesh)
     batch_spec = {"image": jax.ShapeDtypeStruct((batch, 8, 8, 1), np.uint8, sharding=sharding),

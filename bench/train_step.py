@@ -61,14 +61,11 @@ def add_side_args(p: argparse.ArgumentParser) -> None:
 
 
 def tcmalloc_env() -> dict:
-    """``{"LD_PRELOAD": ...}`` as ``main.py`` restarts itself with (``jaxdiff.cpu_tuning``), or {}
-    when tcmalloc is not installed. This parent process's environment is left as it was (importing
-    jaxdiff would add its XLA flags to it, and every worker inherits it)."""
-    saved = dict(os.environ)
-    from jaxdiff import cpu_tuning
-    os.environ.clear()
-    os.environ.update(saved)
-    value = cpu_tuning.tcmalloc_preload(saved)
+    """``{"LD_PRELOAD": ...}`` as ``main.py`` restarts itself with (``jaxdiff.common.cpu_tuning``), or
+    {} when tcmalloc is not installed."""
+    from jaxdiff.common import cpu_tuning
+
+    value = cpu_tuning.tcmalloc_preload(dict(os.environ))
     return {"LD_PRELOAD": value} if value else {}
 
 

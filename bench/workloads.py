@@ -71,15 +71,15 @@ def jax_config(net: str, batch: int | None = None):
 
 
 def jax_train(net: str, batch: int | None = None) -> Workload:
-    """``jaxdiff.train.Trainer.step`` (the library's compiled step, state donated) on ``net``."""
+    """``jaxdiff.drivers.experiment.Experiment.step`` (the library's compiled step, state donated) on ``net``."""
     import jax
 
-    from jaxdiff import train
+    from jaxdiff.drivers.experiment import Experiment
 
     n = nets.NETS[net]
     config = jax_config(net, batch)
     batch = config.training.batch_size
-    trainer = train.Trainer(config, n["channels"], num_classes=0)
+    trainer = Experiment(config, n["channels"], num_classes=0)
     state = trainer.init()
     data = {"image": jax.device_put(fake_images(net, batch)),
             "label": jax.device_put(np.zeros((batch,), np.int32))}
@@ -100,7 +100,7 @@ def jax_train(net: str, batch: int | None = None) -> Workload:
 
 def make_tables():
     """DDPM's linear schedule over T=1000."""
-    from jaxdiff import schedules
+    from jaxdiff.core import schedules
     return schedules.make_tables(schedules.linear_betas(1000))
 
 
@@ -112,7 +112,7 @@ def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 
     import jax
     import jax.numpy as jnp
 
-    from jaxdiff import samplers
+    from jaxdiff.core import samplers
 
     n = nets.NETS[net]
     model = nets.jax_unet(net)
@@ -161,7 +161,7 @@ def _torch_setup(threads: int):
 
 
 def _torch_abar():
-    from jaxdiff import schedules
+    from jaxdiff.core import schedules
     return schedules.make_tables(schedules.linear_betas(1000)).alphas_cumprod
 
 

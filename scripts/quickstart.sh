@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
+make_venv .venv python3 requirements.txt
 exec .venv/bin/python main.py --config=configs/digits.py --workdir=runs/digits "$@"

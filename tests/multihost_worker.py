@@ -3,7 +3,7 @@ run by tests/test_parallel.py. Each process has 2 CPU devices, so the mesh spans
 
 Usage: ``python tests/multihost_worker.py PROCESS_ID PORT WORKDIR OUT_NPZ NUM_STEPS``
 
-Trains ``scale_config`` in the shared WORKDIR through :func:`jaxdiff.train.train` (each process reads
+Trains ``scale_config`` in the shared WORKDIR through :func:`jaxdiff.drivers.train_loop.train` (each process reads
 only its rows of every global batch), then writes this process's copy of the final parameters, the
 final step and 6 samples from the final EMA parameters (sampled over both processes) to OUT_NPZ.
 A SIGTERM to either process stops both at the same step, after a checkpoint.
@@ -22,7 +22,10 @@ def main():
     import jax
     import numpy as np
 
-    from jaxdiff import parallel, sample, train
+    from jaxdiff.common import parallel
+    from jaxdiff.drivers import sample_mode, train_loop
+    from jaxdiff.drivers.experiment import Experiment
+    from jaxdiff.training import keys
     from tests.scale_common import scale_config
 
     assert parallel.initialize_distributed(True, f"127.0.0.1:{port}", 2, int(process_id))
@@ -31,12 +34,12 @@ def main():
                              "parallel.num_devices": 0})
     preempted_at = -1
     try:
-        state = train.train(config, workdir, progress=False)
-    except train.Preempted as e:
+        state = train_loop.train(config, workdir, progress=False)
+    except train_loop.Preempted as e:
         preempted_at, state = e.step, e.state
     # Sampling across both processes: every process gets all samples.
-    samples = sample.generate(train.Trainer(config, 1, 10), state.ema_params,
-                              train.stream_key(0, train.SAMPLE_STREAM, 1), 6).samples
+    samples = sample_mode.generate(Experiment(config, 1, 10), state.ema_params,
+                              keys.stream_key(0, keys.SAMPLE_STREAM, 1), 6).samples
     leaves = jax.tree.leaves(state.params)
     np.savez(out, step=int(state.step), preempted_at=preempted_at, samples=samples,
              **{f"p{i}": np.asarray(x.addressable_shards[0].data) for i, x in enumerate(leaves)})

@@ -15,7 +15,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxdiff import data, diffusion, parallel, sample, train  # noqa: E402
+from jaxdiff import data  # noqa: E402
+from jaxdiff.common import parallel  # noqa: E402
+from jaxdiff.core import diffusion  # noqa: E402
+from jaxdiff.drivers import sample_mode  # noqa: E402
+from jaxdiff.drivers.experiment import Experiment  # noqa: E402
+from jaxdiff.training import keys  # noqa: E402
 from tests.scale_common import scale_config  # noqa: E402
 
 STEPS = 3
@@ -24,7 +29,7 @@ STEPS = 3
 def run(config, state0=None, steps=STEPS):
     """Train ``steps`` steps from ``state0`` (host arrays; default: the trainer's own init, which is
     the same state) placed on the trainer's shardings; returns (trainer, losses, grad norms, state)."""
-    trainer = train.Trainer(config, channels=1, num_classes=10)
+    trainer = Experiment(config, channels=1, num_classes=10)
     source = data.load_source(config.data)
     stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
     state = trainer.init() if state0 is None else jax.device_put(state0, trainer.state_sharding)
@@ -43,7 +48,7 @@ def max_diff(a, b):
 
 def main():
     results = {"device_count": jax.device_count()}
-    trainer1 = train.Trainer(scale_config(**{"parallel.num_devices": 1}), channels=1, num_classes=10)
+    trainer1 = Experiment(scale_config(**{"parallel.num_devices": 1}), channels=1, num_classes=10)
     state0 = jax.device_get(trainer1.init())
     _, loss1, norm1, state1 = run(trainer1.config, state0)
     results["loss_1"], results["grad_norm_1"] = loss1, norm1
@@ -59,7 +64,7 @@ def main():
     # micro-batches (8 rows each, 1 per device) scanned inside the step, rematerialised res blocks.
     fsdp = {"parallel.num_devices": 8, "parallel.shard_params": True, "parallel.shard_min_size": 64,
             "training.grad_accum_steps": 2, "model.remat": True}
-    trainer_f = train.Trainer(scale_config(**fsdp), channels=1, num_classes=10)
+    trainer_f = Experiment(scale_config(**fsdp), channels=1, num_classes=10)
     hlo = trainer_f.step.lower(jax.device_put(state0, trainer_f.state_sharding), parallel.global_batch(
         next(data.batch_stream(data.load_source(trainer_f.config.data), 0, 0, 16)), trainer_f.mesh)).as_text()
     results["fsdp_step_has_loop"] = "stablehlo.while" in hlo  # the micro-batch scan
@@ -76,7 +81,7 @@ def main():
     # Noise of the loss, drawn as the train step draws it, for a global batch sharded over 8 devices.
     mesh, T = trainer8.mesh, 50
     x0 = jnp.zeros((16, 8, 8, 1))
-    draw = lambda x: diffusion.draw_t_noise(train.step_keys(0, 7)["loss"], x, T)  # noqa: E731
+    draw = lambda x: diffusion.draw_t_noise(keys.step_keys(0, 7)["loss"], x, T)  # noqa: E731
     t8, noise8 = jax.jit(draw, out_shardings=parallel.batch_sharded(mesh))(
         jax.device_put(x0, parallel.batch_sharded(mesh)))
     t1, noise1 = jax.jit(draw)(x0)
@@ -88,9 +93,9 @@ def main():
                                         and np.array_equal(np.asarray(t8), np.asarray(t1)))
 
     # Sharded sampling (10 samples padded to 16 over 8 devices) equals 1-device sampling.
-    key = train.stream_key(0, train.SAMPLE_STREAM, 3)
-    out8 = sample.generate(trainer8, state8.ema_params, key, 10)
-    out1 = sample.generate(trainer1, jax.device_put(jax.device_get(state8.ema_params)), key, 10)
+    key = keys.stream_key(0, keys.SAMPLE_STREAM, 3)
+    out8 = sample_mode.generate(trainer8, state8.ema_params, key, 10)
+    out1 = sample_mode.generate(trainer1, jax.device_put(jax.device_get(state8.ema_params)), key, 10)
     results["sample_shape"] = list(out8.samples.shape)
     results["sample_devices"] = out8.metadata["devices"]
     results["sample_diff"] = float(np.max(np.abs(out8.samples - out1.samples)))
@@ -98,7 +103,7 @@ def main():
     errors = []
     for overrides in ({"training.batch_size": 12}, {"training.batch_size": 24, "training.grad_accum_steps": 2}):
         try:
-            train.Trainer(scale_config(**overrides, **{"parallel.num_devices": 8}), channels=1, num_classes=10)
+            Experiment(scale_config(**overrides, **{"parallel.num_devices": 8}), channels=1, num_classes=10)
             errors.append("")
         except ValueError as e:
             errors.append(str(e))

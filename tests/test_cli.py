@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxdiff import config as config_lib
+from jaxdiff.drivers import config_checks as config_lib
 from tests.conftest import run_main, tiny_config
 
 TINY = ["--config=configs/digits.py", "--config.model.ch=8", "--config.model.num_res_blocks=1",

@@ -1,6 +1,8 @@
-"""jaxdiff.cpu_tuning: the unrolled threefry lowering is the same hash (bit for bit), the XLA flag
-logic respects the user, and a tuned process computes what an untuned one does."""
+"""jaxdiff.common.cpu_tuning: the unrolled threefry lowering is the same hash (bit for bit), the XLA
+flag logic respects the user and the jaxlib version, a tuned process computes what an untuned one
+does, and importing jaxdiff tunes nothing."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-import jaxdiff  # noqa: F401 (applies the tuning, as every jaxdiff user gets it)
-from jaxdiff import cpu_tuning
+from jaxdiff.common import cpu_tuning
+
+cpu_tuning.apply()  # as main.py does; the lowering test below needs it (XLA flags are read too late here)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,15 +76,49 @@ def test_xla_flags_respect_the_user():
     mine = "--xla_cpu_experimental_ynn_fusion_type=dot"
     assert cpu_tuning.tuned_xla_flags(mine) == mine
     env = {"JAXDIFF_CPU_TUNING": "0", "XLA_FLAGS": "--a"}
-    assert not cpu_tuning.apply(env) and env["XLA_FLAGS"] == "--a"
+    assert cpu_tuning.apply(env) == {"xla_flag": False, "unrolled_threefry": False} and env["XLA_FLAGS"] == "--a"
     env = {}
-    assert cpu_tuning.apply(env) and "ynn_fusion_type=" in env["XLA_FLAGS"]
+    assert cpu_tuning.apply(env, jaxlib_version=(0, 10, 2))["xla_flag"] and "ynn_fusion_type=" in env["XLA_FLAGS"]
+
+
+def test_experimental_flag_only_for_jaxlib_releases_known_to_accept_it():
+    for version, known in (((0, 10, 2), True), ((0, 12, 0, 1), True), ((0, 9, 9), False), ((0, 13, 0), False),
+                           ((1, 0), False), ((), False)):
+        env = {}
+        assert cpu_tuning.apply(env, jaxlib_version=version)["xla_flag"] is known, version
+        assert ("XLA_FLAGS" in env) is known
+    assert cpu_tuning.accepts_ynn_flag(cpu_tuning.installed_jaxlib_version())  # the tested pins are in the range
+    assert cpu_tuning.installed_jaxlib_version()[:2] == tuple(int(v) for v in jax.__version__.split(".")[:2])
+
+
+_IMPORT_CHANGES_NOTHING = """
+import json, os
+before_env = dict(os.environ)
+# jaxdiff's dependencies first: some register lowerings of their own (checkify's 'check').
+import flax.linen, optax, orbax.checkpoint, jax.experimental.multihost_utils, matplotlib, tqdm
+from jaxdiff.common import jax_internals  # reads the table; registers nothing
+before_rules = {k: id(r) for k, r in jax_internals.cpu_lowering_rules().items()}
+import jaxdiff, jaxdiff.drivers.train_loop, jaxdiff.drivers.eval_mode
+after_rules = {k: id(r) for k, r in jax_internals.cpu_lowering_rules().items()}
+print(json.dumps({"env": dict(os.environ) == before_env, "rules": before_rules == after_rules,
+                  "threefry": before_rules["threefry2x32"] == after_rules["threefry2x32"]}))
+"""
+
+
+def test_importing_jaxdiff_changes_no_environment_and_no_lowering():
+    """A user's own JAX code runs as if jaxdiff were not imported: XLA_FLAGS and JAX's lowering
+    registry are left alone (tuning is the explicit ``cpu_tuning.apply()``)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXDIFF_CPU_TUNING")}
+    out = subprocess.run([sys.executable, "-c", _IMPORT_CHANGES_NOTHING], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"env": True, "rules": True, "threefry": True}, result
 
 
 _DROPOUT_FORWARD = """
 import sys, numpy as np, jax, jax.numpy as jnp
 sys.path.insert(0, {root!r})
-from jaxdiff.unet import UNet
+from jaxdiff.models.unet import UNet
 m = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.3, out_ch=1)
 x = jax.random.normal(jax.random.key(0), (4, 8, 8, 1)); t = jnp.array([0, 3, 9, 20])
 p = m.init({{"params": jax.random.key(1)}}, x, t)["params"]
@@ -92,9 +129,9 @@ np.save(sys.argv[1], np.asarray(f(p, x, t)))
 
 
 _RESTART_AS_MAIN = """
-import jaxdiff
-from jaxdiff import cpu_tuning
+from jaxdiff.common import cpu_tuning
 cpu_tuning.reexec_with_tcmalloc()
+cpu_tuning.apply()
 with open("/proc/self/maps") as f:
     open(sys.argv[1] + ".maps", "w").write(f.read())
 """

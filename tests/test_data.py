@@ -19,6 +19,8 @@ from PIL import Image
 
 from configs import cifar10, cifar10_64, default, digits, fashion_mnist, mnist
 from jaxdiff import data
+from jaxdiff.data import __main__ as data_cli, tfds_source
+from jaxdiff.data.testing import write_tfds_dataset
 
 FASHION = data.DEBIAN_FASHION_MNIST
 
@@ -151,9 +153,9 @@ def test_real_fashion_mnist(fashion):
 
 
 def test_cli_info_reports_fashion_mnist(capsys):
-    assert data._main(["info", "--dataset", "idx", "--data_dir", FASHION, "--split", "test"]) == 0
+    assert data_cli.main(["info", "--dataset", "idx", "--data_dir", FASHION, "--split", "test"]) == 0
     assert "10000 images of shape (28, 28, 1), 10 classes, per class [1000, 1000" in capsys.readouterr().out
-    assert data._main(["info", "--dataset", "idx", "--data_dir", "/nonexistent"]) == 1
+    assert data_cli.main(["info", "--dataset", "idx", "--data_dir", "/nonexistent"]) == 1
 
 
 # --- a folder of images -----------------------------------------------------------------------------
@@ -279,7 +281,7 @@ def real_tfds_dir(tmp_path_factory):
     rng = np.random.default_rng(5)
     splits = {"train": (rng.integers(0, 256, (24, 6, 10, 3), dtype=np.uint8), np.arange(24)),
               "test": (rng.integers(0, 256, (8, 6, 10, 3), dtype=np.uint8), np.arange(8))}
-    data.write_tfds_dataset("jaxdiff_tiny", root, splits, num_classes=24)
+    write_tfds_dataset("jaxdiff_tiny", root, splits, num_classes=24)
     return root, splits
 
 
@@ -308,11 +310,11 @@ def test_tfds_not_prepared_offline(tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match="not prepared in .*python -m jaxdiff.data prepare mnist.*dataset=idx"):
         data.load_source(config)
     config.download = True
-    monkeypatch.setattr(data, "_has_tensorflow", lambda: False)
+    monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: False)
     with pytest.raises(data.DataError, match="needs TensorFlow"):
         data.load_source(config)
-    monkeypatch.setattr(data, "_has_tensorflow", lambda: True)
-    monkeypatch.setattr(data, "_network_available", lambda: False)
+    monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: True)
+    monkeypatch.setattr(tfds_source, "_network_available", lambda: False)
     config.dataset = "fashion_mnist"
     with pytest.raises(data.DataError, match="no internet.*dataset-fashion-mnist"):
         data.load_source(config)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import samplers, schedules
+from jaxdiff.core import samplers, schedules
 
 TABLES = schedules.make_tables(schedules.make_betas("linear", 20, 1e-3, 0.2))
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxdiff import diffusion, schedules
+from jaxdiff.core import diffusion, schedules
 
 TABLES = {name: schedules.make_tables(schedules.make_betas(name, 1000)) for name in ("linear", "cosine")}
 

@@ -13,8 +13,13 @@ import scipy.linalg
 from hypothesis import given, settings, strategies as st
 
 from configs import default as default_config
-from jaxdiff import classifier as classifier_lib
-from jaxdiff import evaluate, inception
+from jaxdiff.common import plotting
+from jaxdiff.core import likelihood
+from jaxdiff.drivers import config_checks, eval_mode, train_loop
+from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.evaluation import accuracy, features, fid, inception
+from jaxdiff.evaluation import classifier as classifier_lib
+from jaxdiff.training import checkpoint, keys
 from tests.conftest import tiny_config
 
 EVAL_OVERRIDES = {  # tiny_config + a conditional model + an eval setup that runs in seconds
@@ -40,7 +45,7 @@ def random_cov(rng, d, rank=None):
 @given(seed=st.integers(0, 2 ** 31 - 1), d=st.integers(1, 24))
 def test_sqrtm_psd_matches_scipy(seed, d):
     a = random_cov(np.random.default_rng(seed), d)
-    ours = evaluate.sqrtm_psd(a)
+    ours = fid.sqrtm_psd(a)
     np.testing.assert_allclose(ours, np.real(scipy.linalg.sqrtm(a)), atol=1e-8 * max(1, np.abs(a).max()))
     np.testing.assert_allclose(ours @ ours, a, atol=1e-9 * max(1, np.abs(a).max()))
 
@@ -58,8 +63,8 @@ def test_fid_matches_scipy_on_random_statistics(seed, d):
     mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
     s1, s2 = random_cov(rng, d), random_cov(rng, d)
     ref = scipy_fid(mu1, s1, mu2, s2)
-    assert abs(evaluate.frechet_distance(mu1, s1, mu2, s2) - ref) < 1e-7 * max(1.0, abs(ref))
-    assert abs(evaluate.trace_sqrt_product(s1, s2) - np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))) < 1e-7 * d
+    assert abs(fid.frechet_distance(mu1, s1, mu2, s2) - ref) < 1e-7 * max(1.0, abs(ref))
+    assert abs(fid.trace_sqrt_product(s1, s2) - np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))) < 1e-7 * d
 
 
 @settings(max_examples=20, deadline=None)
@@ -69,27 +74,27 @@ def test_fid_closed_form_for_commuting_covariances(a, b, shift):
     """Diagonal covariances commute: FID = |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2, also when singular."""
     mu1, mu2 = np.zeros(3), np.full(3, shift)
     expected = 3 * shift ** 2 + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    fid = evaluate.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
-    assert abs(fid - expected) < 1e-9 * max(1, expected) + 1e-9
-    assert abs(evaluate.frechet_distance(mu2, np.diag(b), mu1, np.diag(a)) - fid) < 1e-9 * max(1, fid) + 1e-9
+    distance = fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    assert abs(distance - expected) < 1e-9 * max(1, expected) + 1e-9
+    assert abs(fid.frechet_distance(mu2, np.diag(b), mu1, np.diag(a)) - distance) < 1e-9 * max(1, distance) + 1e-9
 
 
 def test_feature_stats_match_numpy_and_stream():
     rng = np.random.default_rng(0)
     f = rng.normal(5.0, 2.0, size=(500, 7)) @ rng.normal(size=(7, 7))
-    stats = evaluate.feature_stats(f)
+    stats = fid.feature_stats(f)
     np.testing.assert_allclose(stats.mu, f.mean(0), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(stats.sigma, np.cov(f, rowvar=False), rtol=1e-10, atol=1e-10)
-    acc = evaluate.StatsAccumulator()
+    acc = fid.StatsAccumulator()
     for chunk in np.array_split(f, 7):
         acc.update(chunk)
     np.testing.assert_allclose(acc.result().sigma, stats.sigma, rtol=1e-10, atol=1e-10)
 
 
 def test_sample_count_not_above_feature_dim_is_refused():
-    with pytest.raises(evaluate.EvalError, match="more than 16"):
-        evaluate.check_sample_count(16, 16, "eval.num_samples")
-    evaluate.check_sample_count(17, 16, "eval.num_samples")
+    with pytest.raises(fid.EvalError, match="more than 16"):
+        fid.check_sample_count(16, 16, "eval.num_samples")
+    fid.check_sample_count(17, 16, "eval.num_samples")
 
 
 # ----------------------------------------------------------------------------- KID
@@ -103,7 +108,7 @@ def test_mmd2_matches_explicit_float64_loop():
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / m ** 2
-    assert abs(evaluate.mmd2_unbiased(x, y) - (xx + yy - 2 * xy)) < 1e-10
+    assert abs(fid.mmd2_unbiased(x, y) - (xx + yy - 2 * xy)) < 1e-10
 
 
 def test_kid_is_unbiased_on_equal_distributions():
@@ -113,16 +118,16 @@ def test_kid_is_unbiased_on_equal_distributions():
     vals, biased = [], []
     for _ in range(200):
         x, y = rng.normal(size=(40, 8)), rng.normal(size=(40, 8))
-        vals.append(evaluate.mmd2_unbiased(x, y))
-        k = evaluate.polynomial_kernel
+        vals.append(fid.mmd2_unbiased(x, y))
+        k = fid.polynomial_kernel
         biased.append(k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
     vals, biased = np.array(vals), np.array(biased)
     se = vals.std() / np.sqrt(len(vals))
     assert abs(vals.mean()) < 4 * se
     assert biased.mean() > 20 * se
-    mean, std, m = evaluate.kid(rng.normal(size=(300, 8)), rng.normal(size=(300, 8)), 50, 100, 0)
+    mean, std, m = fid.kid(rng.normal(size=(300, 8)), rng.normal(size=(300, 8)), 50, 100, 0)
     assert m == 100 and abs(mean) < 5 * std / np.sqrt(50) + 1e-12
-    far, _, _ = evaluate.kid(rng.normal(size=(300, 8)), rng.normal(1.0, 1.0, size=(300, 8)), 50, 100, 0)
+    far, _, _ = fid.kid(rng.normal(size=(300, 8)), rng.normal(1.0, 1.0, size=(300, 8)), 50, 100, 0)
     assert far > 10 * std
 
 
@@ -133,12 +138,12 @@ def test_kid_is_unbiased_on_equal_distributions():
 @given(seed=st.integers(0, 2 ** 31 - 1))
 def test_uint8_round_trip_and_clip(seed):
     u = np.random.default_rng(seed).integers(0, 256, (5, 4, 4, 3)).astype(np.uint8)
-    np.testing.assert_array_equal(evaluate.to_uint8(u.astype(np.float32) / 127.5 - 1.0), u)
+    np.testing.assert_array_equal(plotting.to_uint8(u.astype(np.float32) / 127.5 - 1.0), u)
 
 
 def test_uint8_quantisation_values():
     x = np.array([-2.0, -1.0, -0.999, 0.0, 0.5, 1.0, 3.0])
-    np.testing.assert_array_equal(evaluate.to_uint8(x), [0, 0, 0, 128, 191, 255, 255])
+    np.testing.assert_array_equal(plotting.to_uint8(x), [0, 0, 0, 128, 191, 255, 255])
 
 
 # ----------------------------------------------------------------------------- the digits classifier
@@ -153,15 +158,15 @@ def eval_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_splits(eval_config):
-    train, test, note = evaluate.load_splits(eval_config.data)
-    assert "holds out 359 of 1797" in note and len(train[1]) + len(test[1]) == 1797
-    return train, test
+    train, test, note = eval_mode.load_splits(eval_config.data)
+    assert "holds out 359 of 1797" in note and len(train) + len(test) == 1797
+    return train, test  # in-memory sources
 
 
 @pytest.fixture(scope="module")
 def digits_classifier(eval_config, digits_splits):
     train, test = digits_splits
-    spec = evaluate.classifier_spec(eval_config, train)
+    spec = eval_mode.classifier_spec(eval_config, train)
     cache = eval_config.eval.classifier_dir
     return classifier_lib.get_classifier(spec, train, test, cache, log=lambda *_: None), cache
 
@@ -176,27 +181,27 @@ def test_classifier_reaches_stated_accuracy_and_caches(digits_classifier, digits
     with open(record_path) as f:
         assert json.load(f)["test_accuracy"] == clf.test_accuracy
     again = classifier_lib.get_classifier(clf.spec, None, None, cache, log=lambda *_: None)  # no data: from cache
-    x = digits_splits[1][0][:16]
+    x = digits_splits[1].images[:16]
     np.testing.assert_allclose(np.asarray(again.apply_fn()(x)[1]), np.asarray(clf.apply_fn()(x)[1]), rtol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def digits_reference(digits_classifier, digits_splits, tmp_path_factory):
     clf, _ = digits_classifier
-    ext = evaluate.classifier_extractor(clf)
+    ext = features.classifier_extractor(clf)
     path = str(tmp_path_factory.mktemp("ref") / "ref.npz")
-    return ext, evaluate.reference_statistics(ext, digits_splits[0][0], path, 128, log=lambda *_: None)
+    return ext, features.reference_statistics(ext, digits_splits[0], path, 128, log=lambda *_: None)
 
 
 def test_fid_of_data_against_itself_is_zero_and_noise_is_far(digits_reference, digits_splits):
     ext, ref = digits_reference
     train, test = digits_splits
-    same = evaluate.fid_kid(ext, train[0], ref, 128, 10, 200)
-    held = evaluate.fid_kid(ext, test[0], ref, 128, 10, 200)
-    noise = np.random.default_rng(0).integers(0, 256, test[0].shape).astype(np.uint8)
-    far = evaluate.fid_kid(ext, noise, ref, 128, 10, 200)
+    same = features.fid_kid(ext, train.images, ref, 128, 10, 200)
+    held = features.fid_kid(ext, test.images, ref, 128, 10, 200)
+    noise = np.random.default_rng(0).integers(0, 256, test.images.shape).astype(np.uint8)
+    far = features.fid_kid(ext, noise, ref, 128, 10, 200)
     assert same["fid"] < 1e-6 * np.trace(ref.stats.sigma)
-    assert same["num_samples"] == len(train[1]) and same["feature_dim"] == 32
+    assert same["num_samples"] == len(train) and same["feature_dim"] == 32
     assert far["fid"] > 20 * held["fid"] and far["fid"] > 1.0, (held["fid"], far["fid"])
     assert far["kid"] > 20 * abs(held["kid"])
     assert same["comparable_with_papers"] is False
@@ -205,7 +210,7 @@ def test_fid_of_data_against_itself_is_zero_and_noise_is_far(digits_reference, d
 def test_reference_statistics_are_cached(digits_reference, digits_splits):
     ext, ref = digits_reference
     messages = []
-    again = evaluate.reference_statistics(ext, digits_splits[0][0], ref.path, 128, log=messages.append)
+    again = features.reference_statistics(ext, digits_splits[0].images, ref.path, 128, log=messages.append)
     assert messages and "from" in messages[0]
     np.testing.assert_array_equal(again.stats.sigma, ref.stats.sigma)
 
@@ -214,7 +219,7 @@ def test_conditional_accuracy_plumbing(digits_classifier, digits_splits, tmp_pat
     """A 'generator' that returns real test digits of the class asked for scores the classifier's
     own accuracy; one that ignores the label scores near chance; the table and plot are written."""
     clf, _ = digits_classifier
-    images, labels = digits_splits[1]
+    images, labels = digits_splits[1].images, digits_splits[1].labels
     by_class = [images[labels == c] for c in range(10)]
 
     def make_generate(w):
@@ -227,13 +232,13 @@ def test_conditional_accuracy_plumbing(digits_classifier, digits_splits, tmp_pat
         return generate
 
     apply = clf.apply_fn()
-    rows = evaluate.conditional_accuracy(make_generate, None, lambda x: apply(x)[0], 10, 20, (0.0, 1.0), 64,
+    rows = accuracy.conditional_accuracy(make_generate, None, lambda x: apply(x)[0], 10, 20, (0.0, 1.0), 64,
                                          jax.random.PRNGKey(0))
     assert rows[1]["accuracy"] > 0.9 and rows[0]["accuracy"] < 0.35
     assert len(rows[1]["per_class"]) == 10 and rows[1]["num_samples"] == 200
-    evaluate.plot_conditional_accuracy(rows, clf.test_accuracy, str(tmp_path / "acc.png"))
+    accuracy.plot_conditional_accuracy(rows, clf.test_accuracy, str(tmp_path / "acc.png"))
     assert os.path.getsize(tmp_path / "acc.png") > 1000
-    assert "| 1 | " in evaluate.accuracy_table(rows, clf.test_accuracy)
+    assert "| 1 | " in accuracy.accuracy_table(rows, clf.test_accuracy)
 
 
 # ----------------------------------------------------------------------------- FID InceptionV3
@@ -347,23 +352,23 @@ def test_inception_weight_errors(tmp_path, problem):
 
 def test_validate_eval_rejects_bad_input(tmp_path):
     config = default_config.get_config()
-    evaluate.validate_eval(config)
+    config_checks.validate_eval(config)
     config.eval.num_samples = 100  # below the classifier's 128 features
-    with pytest.raises(evaluate.EvalError, match="FID is undefined"):
-        evaluate.validate_eval(config)
+    with pytest.raises(config_checks.ConfigError, match="FID is undefined"):
+        config_checks.validate_eval(config)
     config = default_config.get_config()
     config.eval.feature_extractor = "inception"
     config.eval.inception_weights = str(tmp_path / "nope.npz")
-    with pytest.raises(evaluate.EvalError, match="does not exist"):
-        evaluate.validate_eval(config)
+    with pytest.raises(config_checks.ConfigError, match="does not exist"):
+        config_checks.validate_eval(config)
     config.eval.feature_extractor = "lenet"
-    with pytest.raises(evaluate.EvalError, match="feature_extractor"):
-        evaluate.validate_eval(config)
+    with pytest.raises(config_checks.ConfigError, match="feature_extractor"):
+        config_checks.validate_eval(config)
     config = default_config.get_config()
     config.training.eval_every = 100
     config.eval.train_fid_samples = 64
-    with pytest.raises(evaluate.EvalError, match="train_fid_samples"):
-        evaluate.validate_eval(config)
+    with pytest.raises(config_checks.ConfigError, match="train_fid_samples"):
+        config_checks.validate_eval(config)
 
 
 # ----------------------------------------------------------------------------- --mode=eval end to end
@@ -371,16 +376,14 @@ def test_validate_eval_rejects_bad_input(tmp_path):
 
 
 def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_classifier):
-    from jaxdiff import train
-
     config = eval_config  # its classifier_dir already holds the trained classifier
     workdir = str(tmp_path / "run")
-    train.train(config, workdir, progress=False)
+    train_loop.train(config, workdir, progress=False)
     with open(os.path.join(workdir, "eval", "train_fid.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     assert [r["step"] for r in rows] == [10, 20] and all(np.isfinite(r["fid"]) and r["fid"] > 0 for r in rows)
 
-    m = evaluate.run_eval(config, workdir, log=lambda *_: None)
+    m = eval_mode.run_eval(config, workdir, log=lambda *_: None)
     with open(os.path.join(workdir, "eval", "metrics.json")) as f:
         written = json.load(f)
     assert written["fid"] == m["fid"] and written["checkpoint_step"] == 20
@@ -394,28 +397,24 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
         assert os.path.exists(os.path.join(workdir, "eval", f"conditional_accuracy_0000020{suffix}"))
     refs = [f for f in os.listdir(os.path.join(workdir, "eval")) if f.startswith("reference_digits_8x8x1_train")]
     assert len(refs) == 1  # computed once by the training hook, reused by --mode=eval
-    assert "not comparable with papers" in evaluate.summary_line(m)
+    assert "not comparable with papers" in eval_mode.summary_line(m)
 
     # bits/dim of the trained tiny model is below that of the untrained one (same images, same keys)
-    from jaxdiff import likelihood
-    from jaxdiff.train import Trainer
-
-    trainer = Trainer(config, 1, 10)
-    _, test, _ = evaluate.load_splits(config.data)
-    bpd_fn = likelihood.make_bpd_fn(lambda p, x, t: trainer.model.apply({"params": p}, x, t, None),
+    trainer = Experiment(config, 1, 10)
+    _, test, _ = eval_mode.load_splits(config.data)
+    bpd_fn = likelihood.make_bpd_fn(lambda p, x, t: trainer.apply_fn(p, x, t, None),
                                     trainer.tables, "eps", config.sampling.variance)
-    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), evaluate.EVAL_STREAM), 20)
-    untrained = likelihood.dataset_bpd(bpd_fn, trainer.init().ema_params, test[0][:40], 20, jax.random.fold_in(key, 1))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), keys.EVAL_STREAM), 20)
+    untrained = likelihood.dataset_bpd(bpd_fn, trainer.init().ema_params, test.images[:40], 20, jax.random.fold_in(key, 1))
     print("bits/dim trained", m["bpd"], "untrained", untrained["bpd"])
     assert m["bpd"] < untrained["bpd"] - 5 * (m["bpd_stderr"] + untrained["bpd_stderr"]), (m["bpd"], untrained)
 
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
-    from jaxdiff import checkpoint
     from tests.conftest import run_main
 
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        evaluate.run_eval(tiny_config(**EVAL_OVERRIDES), str(tmp_path / "empty"))
+        eval_mode.run_eval(tiny_config(**EVAL_OVERRIDES), str(tmp_path / "empty"))
     assert not os.path.exists(tmp_path / "empty")
     r = run_main("--config=configs/digits.py", f"--workdir={tmp_path}", "--mode=eval",
                  "--config.eval.num_samples=64")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from jaxdiff import layers
+from jaxdiff.models import layers
 
 
 def group_norm_reference(x, scale, bias, groups, eps, swish):

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-from jaxdiff import diffusion, likelihood, schedules
+from jaxdiff.core import diffusion, likelihood, schedules
 
 GRID = np.arange(256) / 127.5 - 1.0
 

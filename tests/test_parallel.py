@@ -20,7 +20,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxdiff import checkpoint, config as config_lib, data, parallel, preemption, train
+from jaxdiff import data
+from jaxdiff.common import parallel, preemption
+from jaxdiff.drivers import config_checks as config_lib, train_loop
+from jaxdiff.drivers import experiment as experiment_lib
+from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.training import checkpoint
 from tests.conftest import ROOT
 from tests.scale_common import main_flags, scale_config
 
@@ -127,9 +132,9 @@ def test_remat_is_applied_and_keeps_less_for_backward():
     from jax._src.ad_checkpoint import saved_residuals
 
     config = scale_config()
-    plain = train.build_model(config, 1, 10)
+    plain = experiment_lib.build_model(config, 1, 10)
     config.model.remat = True
-    remat = train.build_model(config, 1, 10)
+    remat = experiment_lib.build_model(config, 1, 10)
     x, t = jnp.zeros((4, 8, 8, 1)), jnp.array([0, 10, 20, 49])
     shapes = jax.eval_shape(lambda: plain.init(jax.random.key(0), x, t, t)["params"])
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # only traced, never run
@@ -144,7 +149,7 @@ def test_remat_is_applied_and_keeps_less_for_backward():
 
 
 def test_bfloat16_trains_with_float32_state():
-    trainer = train.Trainer(scale_config(**{"training.dtype": "bfloat16", "training.adam_eps": 1e-8}),
+    trainer = Experiment(scale_config(**{"training.dtype": "bfloat16", "training.adam_eps": 1e-8}),
                             channels=1, num_classes=10)
     state = trainer.init()
     assert {x.dtype for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state))} <= {
@@ -215,7 +220,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_identical(tmp_path):
     assert 5 <= stop < 150 and f"preempted by signal 15 at step {stop}" in err
     assert json.loads(_metrics_lines(tmp_path / "a")[-1])["step"] == stop
 
-    trainer = train.Trainer(config, channels=1, num_classes=10)
+    trainer = Experiment(config, channels=1, num_classes=10)
     state, meta = checkpoint.restore(checkpoint.manager(str(tmp_path / "a"), read_only=True),
                                      trainer.abstract_state())
     assert int(state.step) == stop
@@ -225,7 +230,7 @@ def test_sigterm_checkpoints_and_resume_is_bit_identical(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     resumed, _ = checkpoint.restore(checkpoint.manager(str(tmp_path / "a"), read_only=True),
                                     trainer.abstract_state(), 150)
-    full = train.train(config, str(tmp_path / "b"), progress=False)
+    full = train_loop.train(config, str(tmp_path / "b"), progress=False)
     assert int(resumed.step) == int(full.step) == 150
     for x, y in zip(_leaves(full), _leaves(resumed)):
         np.testing.assert_array_equal(y, x)
@@ -267,7 +272,7 @@ def test_two_processes_train_agree_and_stop_together(tmp_path):
         np.testing.assert_array_equal(p0[k], p1[k])
 
     config = scale_config(**{"training.num_train_steps": stop})
-    trainer = train.Trainer(config, channels=1, num_classes=10)
+    trainer = Experiment(config, channels=1, num_classes=10)
     state, _ = _train_steps(trainer, trainer.init(), stop)
     ref = _leaves(state.params)
     assert len(ref) == len(names)

@@ -7,7 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from jaxdiff import checkpoint, config as config_lib, plotting, sample, train
+from jaxdiff.common import plotting
+from jaxdiff.drivers import config_checks as config_lib, sample_mode
+from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.training import checkpoint
 from tests.conftest import tiny_config
 
 
@@ -22,7 +25,7 @@ def _config(**overrides):
 def workdir(tmp_path_factory):
     """A checkpoint of freshly initialised (untrained) parameters: sampling needs no training."""
     path = str(tmp_path_factory.mktemp("sample"))
-    trainer = train.Trainer(_config(), channels=1, num_classes=10)
+    trainer = Experiment(_config(), channels=1, num_classes=10)
     mngr = checkpoint.manager(path)
     checkpoint.save(mngr, 4, trainer.init(), trainer.meta())
     mngr.wait_until_finished()
@@ -31,7 +34,7 @@ def workdir(tmp_path_factory):
 
 
 def test_sample_mode_writes_grids_trajectory_and_npz(workdir):
-    info = sample.run_sample_mode(_config(**{"sampling.labels": "3,7"}), workdir)
+    info = sample_mode.run_sample_mode(_config(**{"sampling.labels": "3,7"}), workdir)
     tag = "ddim8_w3_0000004"
     assert info["files"] == {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz",
                              "classes": f"sample_{tag}_classes.png", "trajectory": f"trajectory_{tag}.png"}
@@ -45,7 +48,7 @@ def test_sample_mode_writes_grids_trajectory_and_npz(workdir):
     assert meta["sampler"] == "ddim" and meta["num_steps"] == 8 and meta["guidance_scale"] == 3.0
     assert meta["chunk_size"] == 8 and len(meta["timesteps"]) == 8
     # Short samplers still get about ten trajectory frames (every step here, plus the end).
-    assert sample.trajectory_stride(8, 100) == 1 and sample.trajectory_stride(1000, 100) == 100
+    assert sample_mode.trajectory_stride(8, 100) == 1 and sample_mode.trajectory_stride(1000, 100) == 100
 
 
 def test_class_grid_has_one_row_per_class(tmp_path):
@@ -65,5 +68,5 @@ def test_class_grid_has_one_row_per_class(tmp_path):
 def test_bad_sampling_input_writes_nothing(workdir, overrides, error, message):
     before = set(os.listdir(workdir))
     with pytest.raises(error, match=message):
-        sample.run_sample_mode(_config(**overrides), workdir)
+        sample_mode.run_sample_mode(_config(**overrides), workdir)
     assert set(os.listdir(workdir)) == before

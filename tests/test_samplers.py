@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from configs import default
-from jaxdiff import config as config_lib, samplers, schedules
-from jaxdiff.unet import UNet
+from jaxdiff.core import samplers, schedules
+from jaxdiff.drivers import config_checks as config_lib, sampling
+from jaxdiff.models.unet import UNet
 
 T_SMALL = 50
 SHAPE = (6, 4, 4, 1)
@@ -226,9 +227,9 @@ def sampling_config(**overrides):
 
 
 def manual_chunk(tables, sc, chunk_key, denoise, n):
-    """What chunk ``c`` of :func:`samplers.sample_from_config` must be, for ``chunk_key = fold_in(key, c)``."""
+    """What chunk ``c`` of :func:`sampling.generate_from_config` must be, for ``chunk_key = fold_in(key, c)``."""
     x_T = jax.random.normal(jax.random.fold_in(chunk_key, 0), (n, 4, 4, 1))
-    sampler = samplers.sampler_from_config(tables, sc, "eps")
+    sampler = sampling.sampler_from_config(tables, sc, "eps")
     return np.asarray(scan(sampler, x_T, jax.random.fold_in(chunk_key, 1), denoise).samples)
 
 
@@ -237,7 +238,7 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(tables):
     key = jax.random.PRNGKey(2)
 
     def run(y=labels, **kw):
-        return samplers.sample_from_config(cond_apply, COND_PARAMS, tables, sampling_config(**kw), (4, 4, 4, 1),
+        return sampling.generate_from_config(cond_apply, COND_PARAMS, tables, sampling_config(**kw), (4, 4, 4, 1),
                                            key, num_classes=NUM_CLASSES, labels=y).samples
 
     def plain(y):  # the sampler driven directly by the network with fixed labels, no guidance code
@@ -276,7 +277,7 @@ def test_guided_unet_sampling_end_to_end_with_one_batched_call(tables):
         return model.apply({"params": p}, x, t, y)
 
     sc = sampling_config(sampler="ddim", num_steps=4, eta=1.0, guidance_scale=2.5, labels="all", batch_size=3)
-    out = samplers.sample_from_config(apply_fn, params, tables, sc, (5, 4, 4, 1), jax.random.PRNGKey(0),
+    out = sampling.generate_from_config(apply_fn, params, tables, sc, (5, 4, 4, 1), jax.random.PRNGKey(0),
                                       num_classes=NUM_CLASSES)
     assert calls == [6]
     assert list(out.labels) == [0, 1, 2, 0, 1]
@@ -287,7 +288,7 @@ def test_guided_unet_sampling_end_to_end_with_one_batched_call(tables):
 def test_chunks_use_fold_in_keys_and_record_metadata(tables):
     key = jax.random.PRNGKey(11)
     sc = sampling_config(sampler="dpm_solver++", labels="2,0", guidance_scale=2.0)
-    out = samplers.sample_from_config(cond_apply, COND_PARAMS, tables, sc, (10, 4, 4, 1), key,
+    out = sampling.generate_from_config(cond_apply, COND_PARAMS, tables, sc, (10, 4, 4, 1), key,
                                       num_classes=NUM_CLASSES)
     assert out.samples.shape == (10, 4, 4, 1) and np.all(np.isfinite(out.samples))
     assert list(out.labels) == [2, 0] * 5
@@ -307,7 +308,7 @@ def test_unconditional_model_gets_no_labels(tables):
         assert y is None
         return fake_out(x, t)
 
-    out = samplers.sample_from_config(apply_fn, {}, tables, sampling_config(sampler="ddpm", num_steps=5),
+    out = sampling.generate_from_config(apply_fn, {}, tables, sampling_config(sampler="ddpm", num_steps=5),
                                       (3, 4, 4, 1), jax.random.PRNGKey(0))
     assert out.labels is None and out.samples.shape == (3, 4, 4, 1) and out.metadata["conditional"] is False
     assert out.metadata["guidance_scale"] is None and out.trajectory_x0.shape == (4, 3, 4, 4, 1)
@@ -322,16 +323,17 @@ def test_cache_compiles_each_sampler_once_and_keeps_results(tables):
 
     sc, other = sampling_config(sampler="ddim", num_steps=5), sampling_config(sampler="ddpm", num_steps=5)
     cache = {}
-    run = lambda sc, key, shape=(3, 4, 4, 1): samplers.sample_from_config(  # noqa: E731
+    run = lambda sc, key, shape=(3, 4, 4, 1): sampling.generate_from_config(  # noqa: E731
         apply_fn, {}, tables, sc, shape, jax.random.PRNGKey(key), cache=cache).samples
+    programs = lambda: [k for k in cache if k[0] != "sampler"]  # noqa: E731  (the cache also keeps samplers)
     first, second = run(sc, 0), run(sc, 1)
-    assert len(traces) == 1 and len(cache) == 1  # the second call reused the compiled program
-    np.testing.assert_array_equal(first, samplers.sample_from_config(
+    assert len(traces) == 1 and len(programs()) == 1  # the second call reused the compiled program
+    np.testing.assert_array_equal(first, sampling.generate_from_config(
         apply_fn, {}, tables, sc, (3, 4, 4, 1), jax.random.PRNGKey(0)).samples)
     assert np.max(np.abs(first - second)) > 1e-3
     run(other, 0)
     run(sc, 0, shape=(5, 4, 4, 1))  # another chunk width: another program
-    assert len(cache) == 3
+    assert len(programs()) == 3
 
 
 # --------------------------------------------------------------------------- bad input
@@ -356,7 +358,7 @@ def _never_called(*args):
 ])
 def test_bad_sampling_input_fails_before_tracing(tables, overrides, num_classes, labels, message):
     with pytest.raises(ValueError, match=message):
-        samplers.sample_from_config(_never_called, {}, tables, sampling_config(**overrides), (2, 4, 4, 1),
+        sampling.generate_from_config(_never_called, {}, tables, sampling_config(**overrides), (2, 4, 4, 1),
                                     jax.random.PRNGKey(0), num_classes=num_classes, labels=labels)
 
 

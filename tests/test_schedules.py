@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxdiff import schedules
+from jaxdiff.core import schedules
 
 T_ = st.integers(min_value=2, max_value=2000)
 

@@ -8,14 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff import checkpoint, data, train
+from jaxdiff import data
+from jaxdiff.drivers import train_loop
+from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.training import checkpoint, optim
 from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
 def trainer():
     config = tiny_config(**{"model.class_conditional": True})
-    return train.Trainer(config, channels=1, num_classes=10)
+    return Experiment(config, channels=1, num_classes=10)
 
 
 def test_loss_falls_on_digits(trainer):
@@ -36,22 +39,20 @@ def test_loss_falls_on_digits(trainer):
 
 def test_ema_update_and_warmup():
     ema, params = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
-    out = train.ema_update(ema, params, jnp.float32(0.75))
+    out = optim.ema_update(ema, params, jnp.float32(0.75))
     np.testing.assert_allclose(out["w"], 0.25)
-    assert float(train.ema_decay(jnp.int32(0), 0.9999, True)) == pytest.approx(0.1)
-    assert float(train.ema_decay(jnp.int32(10**6), 0.9999, True)) == pytest.approx(0.9999)
-    assert float(train.ema_decay(jnp.int32(0), 0.9999, False)) == pytest.approx(0.9999)
+    assert float(optim.ema_decay(jnp.int32(0), 0.9999, True)) == pytest.approx(0.1)
+    assert float(optim.ema_decay(jnp.int32(10**6), 0.9999, True)) == pytest.approx(0.9999)
+    assert float(optim.ema_decay(jnp.int32(0), 0.9999, False)) == pytest.approx(0.9999)
 
 
 def test_warmup_schedule_is_ddpm_linear():
-    tc = tiny_config().training
-    tc.warmup_steps, tc.learning_rate = 10, 1.0
-    lr = train.learning_rate_schedule(tc)
+    lr = optim.learning_rate_schedule(1.0, warmup_steps=10)
     assert [float(lr(n)) for n in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
 
 
 def _final_params(workdir, config):
-    trainer = train.Trainer(config, channels=1, num_classes=10)
+    trainer = Experiment(config, channels=1, num_classes=10)
     mngr = checkpoint.manager(workdir, read_only=True)
     state, meta = checkpoint.restore(mngr, trainer.abstract_state())
     mngr.close()
@@ -61,12 +62,12 @@ def _final_params(workdir, config):
 def test_resume_is_bit_identical(tmp_path):
     base = {"model.class_conditional": True, "training.checkpoint_every": 7}
     full = str(tmp_path / "full")
-    train.train(tiny_config(**base, **{"training.num_train_steps": 16}), full, progress=False)
+    train_loop.train(tiny_config(**base, **{"training.num_train_steps": 16}), full, progress=False)
     split = str(tmp_path / "split")
-    train.train(tiny_config(**base, **{"training.num_train_steps": 9}), split, progress=False)
+    train_loop.train(tiny_config(**base, **{"training.num_train_steps": 9}), split, progress=False)
     # A run "killed" after step 9 leaves metric lines past its last checkpoint (step 9 here is the
     # final checkpoint of the first launch); the resumed launch continues from the checkpoint.
-    resumed = train.train(tiny_config(**base, **{"training.num_train_steps": 16}), split, progress=False)
+    resumed = train_loop.train(tiny_config(**base, **{"training.num_train_steps": 16}), split, progress=False)
     assert int(resumed.step) == 16
     a, meta = _final_params(full, tiny_config(**base))
     b, _ = _final_params(split, tiny_config(**base))
@@ -80,7 +81,7 @@ def test_resume_is_bit_identical(tmp_path):
 
 
 def test_restore_errors(tmp_path):
-    trainer = train.Trainer(tiny_config(), channels=1, num_classes=10)
+    trainer = Experiment(tiny_config(), channels=1, num_classes=10)
     mngr = checkpoint.manager(str(tmp_path))
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         checkpoint.restore(mngr, trainer.abstract_state())

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.unet import UNet, check_image_size, count_params, timestep_embedding
+from jaxdiff.models.unet import UNet, check_image_size, count_params, timestep_embedding
 
 
 def test_ddpm_cifar10_parameter_count():

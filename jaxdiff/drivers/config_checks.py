@@ -5,11 +5,18 @@ Each failure is a :class:`ConfigError` whose message names the field and what is
 
 from __future__ import annotations
 
-import os
-import tempfile
+import uuid
 
-from jaxdiff import data, diffusion, samplers, schedules
-from jaxdiff.unet import check_image_size
+from jaxdiff.common import paths
+from jaxdiff.core import diffusion, samplers, schedules
+from jaxdiff.data import DataError, check_data_config
+from jaxdiff.drivers.sampling import check_sampling_config
+from jaxdiff.evaluation import inception
+from jaxdiff.evaluation.fid import EvalError, check_sample_count
+from jaxdiff.models.unet import check_image_size
+from jaxdiff.training.optim import OPTIMIZERS
+
+EXTRACTORS = ("classifier", "inception")
 
 
 class ConfigError(ValueError):
@@ -31,8 +38,8 @@ def validate(config) -> None:
     d, m, f, t, s = config.data, config.model, config.diffusion, config.training, config.sampling
     _positive(d.image_size, "data.image_size")
     try:
-        data.check_data_config(d)
-    except data.DataError as e:
+        check_data_config(d)
+    except DataError as e:
         raise ConfigError(str(e)) from None
     try:
         check_image_size(d.image_size, m.ch_mult)
@@ -53,7 +60,7 @@ def validate(config) -> None:
     _positive(t.sample_every, "training.sample_every", allow_zero=True)
     _positive(t.keep_checkpoints, "training.keep_checkpoints")
     _positive(t.warmup_steps, "training.warmup_steps", allow_zero=True)
-    _choice(t.optimizer, ("adam", "adamw"), "training.optimizer")
+    _choice(t.optimizer, OPTIMIZERS, "training.optimizer")
     if not t.learning_rate > 0:
         raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}")
     if not 0.0 <= t.ema_decay < 1.0:
@@ -73,28 +80,74 @@ def validate(config) -> None:
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
     try:
-        samplers.check_sampling_config(s, f.num_timesteps, bool(m.class_conditional))
+        check_sampling_config(s, f.num_timesteps, bool(m.class_conditional))
         samplers.spaced_timesteps(f.num_timesteps, s.num_steps or f.num_timesteps,  # quad may repeat steps
                                   samplers.resolve_spacing(s.sampler, s.spacing),
                                   schedules.tables_from_config(f).alphas_cumprod)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if "eval" in config:
-        from jaxdiff import evaluate  # local: evaluate imports this module
-
         # the Inception weights file is read only when training will use it (training.eval_every > 0)
-        evaluate.validate_eval(config, check_weights=bool(t.get("eval_every", 0)))
+        validate_eval(config, check_weights=bool(t.get("eval_every", 0)))
 
 
-def check_workdir(workdir: str) -> str:
-    """Create ``workdir`` if needed and prove it is writable; returns its absolute path."""
+def validate_eval(config, check_weights: bool = True) -> None:
+    """Raise :class:`ConfigError` (one line) for an unusable ``config.eval`` / ``training.eval_every``.
+
+    With ``check_weights`` and the Inception extractor, the weights file is read and every array's
+    shape checked (no compile)."""
+    ev = config.eval
+
+    def positive(value, field):
+        if not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"{field} must be a positive integer, got {value!r}")
+
+    if ev.feature_extractor not in EXTRACTORS:
+        raise ConfigError(f"eval.feature_extractor={ev.feature_extractor!r} is not one of {', '.join(EXTRACTORS)}")
+    for field in ("num_samples", "batch_size", "kid_subsets", "kid_subset_size", "bpd_batch_size",
+                  "samples_per_class", "train_fid_samples", "classifier_ch", "classifier_features",
+                  "classifier_steps", "classifier_batch_size"):
+        positive(ev[field], f"eval.{field}")
+    if not isinstance(ev.bpd_num_images, int) or ev.bpd_num_images < 0:
+        raise ConfigError(f"eval.bpd_num_images must be a non-negative integer, got {ev.bpd_num_images!r}")
+    if ev.reference_split not in ("train", "test"):
+        raise ConfigError(f"eval.reference_split={ev.reference_split!r} is not one of train, test")
+    every = config.training.get("eval_every", 0)
+    if not isinstance(every, int) or every < 0:
+        raise ConfigError(f"training.eval_every must be a non-negative integer, got {every!r}")
+    dim = feature_dim(config)
+    try:
+        check_sample_count(ev.num_samples, dim, "eval.num_samples")
+        if every:
+            check_sample_count(ev.train_fid_samples, dim, "eval.train_fid_samples")
+    except EvalError as e:
+        raise ConfigError(str(e)) from None
+    if check_weights and ev.feature_extractor == "inception":
+        try:
+            inception.load_weights(ev.inception_weights)  # presence and every shape, before any compile
+        except inception.InceptionWeightsError as e:
+            raise ConfigError(str(e)) from None
+
+
+def feature_dim(config) -> int:
+    return 2048 if config.eval.feature_extractor == "inception" else config.eval.classifier_features
+
+
+EXTRACTORS = ("classifier", "inception")
+
+
+
+def check_workdir(workdir) -> paths.epath.Path:
+    """Create ``workdir`` if needed and prove it is writable (a local folder, or a URL such as
+    ``gs://bucket/run``, which stays a URL); returns it as an ``epath.Path``."""
     if not workdir:
         raise ConfigError("--workdir is required")
-    path = os.path.abspath(workdir)
+    path = paths.as_path(workdir)
+    probe = path / f".write_test_{uuid.uuid4().hex}"
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
-            pass
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as e:
         raise ConfigError(f"work directory {path} is not writable: {e.strerror or e}") from None
     return path

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -31,6 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from jaxdiff.common import paths
+from jaxdiff.common.chunks import map_chunks
 
 
 class ClassifierCNN(nn.Module):
@@ -83,8 +85,11 @@ class TrainedClassifier(NamedTuple):
         return jax.jit(lambda images: self.model.apply({"params": self.params}, images, train=False))
 
 
-def train_classifier(spec: ClassifierSpec, train_images: np.ndarray, train_labels: np.ndarray):
+def train_classifier(spec: ClassifierSpec, train_source):
     """Train :class:`ClassifierCNN` by Adam on softmax cross-entropy; returns ``(model, params)``.
+
+    ``train_source`` is random-access (``source[indices] -> (uint8 images, int labels)``, such as a
+    :mod:`jaxdiff.data` source): only the minibatches are read.
 
     Step ``s`` uses the minibatch ``rng.choice(N, batch_size)`` of ``default_rng([seed, s])`` and
     dropout key ``fold_in(PRNGKey(seed), s)``.
@@ -105,10 +110,11 @@ def train_classifier(spec: ClassifierSpec, train_images: np.ndarray, train_label
         return optax.apply_updates(params, updates), opt_state, loss
 
     base = jax.random.PRNGKey(spec.seed)
-    n = train_images.shape[0]
+    n = len(train_source)
     for s in range(spec.steps):
         idx = np.random.default_rng([spec.seed, s]).choice(n, min(spec.batch_size, n), replace=False)
-        params, opt_state, _ = step(params, opt_state, train_images[idx], train_labels[idx],
+        images, labels = train_source[idx]
+        params, opt_state, _ = step(params, opt_state, np.asarray(images), np.asarray(labels),
                                     jax.random.fold_in(base, s))
     return model, params
 
@@ -116,59 +122,54 @@ def train_classifier(spec: ClassifierSpec, train_images: np.ndarray, train_label
 def batched_apply(fn, images: np.ndarray, batch_size: int):
     """Apply a compiled ``fn(images [batch_size, ...]) -> pytree of [batch_size, ...]`` to all of
     ``images`` in fixed-size batches (last one padded, padding dropped); returns NumPy arrays."""
-    n = images.shape[0]
-    outs = []
+    return map_chunks(lambda _, chunk: fn(chunk), images, batch_size)
+
+
+def accuracy(apply_fn, source, batch_size: int = 256) -> float:
+    """Share of the images of ``source`` (``source[indices] -> (images, labels)``) whose arg-max
+    logit is the label, read batch by batch."""
+    n, hits = len(source), 0
     for start in range(0, n, batch_size):
-        chunk = images[start:start + batch_size]
-        m = chunk.shape[0]
-        if m < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, axis=0)])
-        outs.append(jax.tree_util.tree_map(lambda a, m=m: np.asarray(a)[:m], fn(chunk)))
-    return jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outs)
+        images, labels = source[np.arange(start, min(start + batch_size, n))]
+        logits, _ = batched_apply(apply_fn, np.asarray(images), batch_size)
+        hits += int(np.sum(np.argmax(logits, axis=-1) == np.asarray(labels)))
+    return hits / n
 
 
-def accuracy(apply_fn, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    """Share of ``images`` whose arg-max logit is the label."""
-    logits, _ = batched_apply(apply_fn, images, batch_size)
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+def cache_paths(cache_dir: paths.PathLike, spec: ClassifierSpec):
+    """``(params .msgpack, record .json)`` paths (``epath``) of ``spec`` under ``cache_dir``."""
+    stem = f"classifier_{spec.dataset}_{spec.fingerprint()}"
+    cache_dir = paths.as_path(cache_dir)
+    return cache_dir / (stem + ".msgpack"), cache_dir / (stem + ".json")
 
 
-def cache_paths(cache_dir: str, spec: ClassifierSpec) -> tuple[str, str]:
-    """``(params .msgpack, record .json)`` paths of ``spec`` under ``cache_dir``."""
-    stem = os.path.join(cache_dir, f"classifier_{spec.dataset}_{spec.fingerprint()}")
-    return stem + ".msgpack", stem + ".json"
-
-
-def get_classifier(spec: ClassifierSpec, train_set, test_set, cache_dir: str,
+def get_classifier(spec: ClassifierSpec, train_source, test_source, cache_dir: paths.PathLike,
                    log=print) -> TrainedClassifier:
     """Load the classifier of ``spec`` from ``cache_dir``, or train, evaluate and cache it.
 
-    ``train_set`` / ``test_set`` are ``(images uint8, labels int)`` pairs. The cache is keyed by the
-    fingerprint of ``spec`` (data set, shape, size of the training split, hyper-parameters, seed).
+    ``train_source`` / ``test_source`` are random-access sources (``source[indices] -> (uint8
+    images, labels)``); nothing is read when the cache holds the classifier. The cache is keyed by the
+    fingerprint of ``spec`` (data set, shape, size of the training split, hyper-parameters, seed);
+    process 0 writes it.
     """
     params_path, record_path = cache_paths(cache_dir, spec)
     model = ClassifierCNN(spec.num_classes, spec.ch, spec.features)
-    if os.path.exists(params_path) and os.path.exists(record_path):
-        with open(record_path) as f:
-            record = json.load(f)
+    if params_path.exists() and record_path.exists():
+        record = json.loads(record_path.read_text())
         template = jax.eval_shape(
             lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(spec.image_shape), jnp.uint8)))["params"]
-        with open(params_path, "rb") as f:
-            params = flax.serialization.from_bytes(template, f.read())
+        params = flax.serialization.from_bytes(template, params_path.read_bytes())
         log(f"classifier: loaded {params_path} (test accuracy {record['test_accuracy']:.4f})")
         return TrainedClassifier(model, params, spec, record["test_accuracy"], record["num_test"])
 
     log(f"classifier: training on {spec.num_train} {spec.dataset} images for {spec.steps} steps")
-    model, params = train_classifier(spec, *train_set)
-    clf = TrainedClassifier(model, params, spec, 0.0, len(test_set[1]))
-    acc = accuracy(clf.apply_fn(), *test_set)
+    model, params = train_classifier(spec, train_source)
+    clf = TrainedClassifier(model, params, spec, 0.0, len(test_source))
+    acc = accuracy(clf.apply_fn(), test_source)
     clf = clf._replace(test_accuracy=acc)
-    log(f"classifier: test accuracy {acc:.4f} on {len(test_set[1])} held-out images")
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = params_path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(flax.serialization.to_bytes(params))
-    os.replace(tmp, params_path)
-    with open(record_path, "w") as f:
-        json.dump({"spec": spec._asdict(), "test_accuracy": acc, "num_test": len(test_set[1])}, f, indent=1)
+    log(f"classifier: test accuracy {acc:.4f} on {len(test_source)} held-out images")
+    if paths.is_writer():
+        paths.write_bytes(params_path, flax.serialization.to_bytes(params))
+        paths.write_text(record_path, json.dumps({"spec": spec._asdict(), "test_accuracy": acc,
+                                                  "num_test": len(test_source)}, indent=1))
     return clf

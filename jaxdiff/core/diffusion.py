@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.schedules import DiffusionTables
+from jaxdiff.core.schedules import DiffusionTables
 
 TARGETS = ("eps", "x0", "v")
 VARIANCES = ("fixed_small", "fixed_large")

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdiff import layers
+from jaxdiff.models import layers
 
 # DDPM's default_init: variance scaling, fan_avg, uniform (scale 1; 1e-10 stands in for "zero").
 default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
@@ -181,15 +181,6 @@ class UNet(nn.Module):
         h = layers.GroupNorm(num_groups(h.shape[-1], self.groups), 1e-6, swish=True, dtype=self.dtype,
                              name="norm_out")(h)
         return conv3(self.out_ch, "conv_out", zero_init)(h).astype(jnp.float32)
-
-
-def unet_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32) -> UNet:
-    """Build a :class:`UNet` from a ``config.model`` block."""
-    m = model_config
-    return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-                attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, out_ch=out_ch,
-                num_classes=num_classes, num_heads=m.num_heads, groups=m.groups,
-                dtype=dtype, remat=m.get("remat", False))
 
 
 def count_params(params) -> int:

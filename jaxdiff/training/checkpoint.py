@@ -8,9 +8,9 @@ with the configuration it was trained with.
 
 from __future__ import annotations
 
-import os
-
 import orbax.checkpoint as ocp
+
+from jaxdiff.common import paths
 
 
 class CheckpointError(RuntimeError):
@@ -23,11 +23,16 @@ def _short(error: Exception, limit: int = 160) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def manager(workdir: str, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+def checkpoint_dir(workdir: paths.PathLike):
+    """``<workdir>/checkpoints`` as an ``epath.Path`` (a ``gs://`` workdir stays a URL)."""
+    return paths.as_path(workdir) / "checkpoints"
+
+
+def manager(workdir: paths.PathLike, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
     """A CheckpointManager over ``<workdir>/checkpoints`` keeping the ``keep`` newest steps."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+    return ocp.CheckpointManager(checkpoint_dir(workdir),
                                  options=options, item_names=("state", "config"))
 
 

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import diffusion
-from jaxdiff.schedules import DiffusionTables
+from jaxdiff.common.chunks import map_chunks
+from jaxdiff.core import diffusion
+from jaxdiff.core.schedules import DiffusionTables
 
 ApplyFn = Callable[..., jax.Array]  # apply_fn(params, x_t, t) -> network output
 
@@ -154,22 +155,18 @@ def dataset_bpd(bpd_fn, params, images: np.ndarray, batch_size: int, key: jax.Ar
     n = int(images.shape[0])
     if n == 0:
         raise ValueError("bits/dim needs at least one image")
-    per_image, prior, terms = [], [], []
-    for j, start in enumerate(range(0, n, batch_size)):
-        chunk = images[start:start + batch_size]
-        m = chunk.shape[0]
-        if m < batch_size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, axis=0)])
+
+    def bpd_chunk(j, chunk):
         x0 = jnp.asarray(chunk, jnp.float32) / 127.5 - 1.0
         out = jax.device_get(bpd_fn(params, x0, jax.random.fold_in(key, j)))
-        per_image.append(out.bpd[:m])
-        prior.append(out.prior[:m])
-        terms.append(out.terms[:, :m])
-    per_image = np.concatenate(per_image).astype(np.float64)
+        return out.bpd, out.prior, np.swapaxes(out.terms, 0, 1)  # terms with the batch axis first
+
+    per_image, prior, terms = map_chunks(bpd_chunk, images, batch_size)
+    per_image = per_image.astype(np.float64)
     return {
         "bpd": float(per_image.mean()),
         "bpd_stderr": float(per_image.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
-        "prior_bpd": float(np.concatenate(prior).mean()),
-        "terms_bpd": np.concatenate(terms, axis=1).astype(np.float64).mean(axis=1),
+        "prior_bpd": float(prior.mean()),
+        "terms_bpd": terms.astype(np.float64).mean(axis=0),
         "num_images": n,
     }

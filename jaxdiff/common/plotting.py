@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from jaxdiff.common import paths
+
 
 def to_uint8(images) -> np.ndarray:
     """Images in [-1, 1] -> uint8 by ``round((clip(x, -1, 1) + 1) * 127.5)``."""
@@ -25,7 +27,7 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.n
     return grid
 
 
-def save_image_grid(images, path: str, nrow: int | None = None, scale: int = 0) -> np.ndarray:
+def save_image_grid(images, path: paths.PathLike, nrow: int | None = None, scale: int = 0) -> np.ndarray:
     """Save images in [-1, 1] (``[N, H, W, C]``) as one PNG grid; small images are enlarged
     (nearest neighbour) to about 64 pixels so that a person can see them. Returns the grid."""
     from PIL import Image
@@ -35,17 +37,16 @@ def save_image_grid(images, path: str, nrow: int | None = None, scale: int = 0) 
     scale = scale or max(1, 64 // h)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
+    paths.save_pil_image(img, path)
     return grid
 
 
-def read_metrics(path: str) -> list[dict]:
+def read_metrics(path: paths.PathLike) -> list[dict]:
     """The JSON lines of a ``metrics.jsonl`` file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.as_path(path).read_text().splitlines() if line.strip()]
 
 
-def save_loss_curve(metrics_path: str, path: str) -> None:
+def save_loss_curve(metrics_path: paths.PathLike, path: paths.PathLike) -> None:
     """Plot training loss against step from ``metrics.jsonl``."""
     import matplotlib
 
@@ -59,11 +60,11 @@ def save_loss_curve(metrics_path: str, path: str) -> None:
            title="jaxdiff training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    paths.save_figure(fig, path, dpi=120)
     plt.close(fig)
 
 
-def save_trajectory(traj_xt, traj_x0, timesteps, path: str, max_images: int = 8) -> None:
+def save_trajectory(traj_xt, traj_x0, timesteps, path: paths.PathLike, max_images: int = 8) -> None:
     """Denoising trajectory figure: for up to ``max_images`` samples, a row of ``x_t`` and a row of
     the predicted ``x0`` at each recorded step (columns labelled with the timestep)."""
     import matplotlib
@@ -87,11 +88,11 @@ def save_trajectory(traj_xt, traj_x0, timesteps, path: str, max_images: int = 8)
         t = int(timesteps[j])
         axes[0, j].set_title("end" if t < 0 else f"t={t + 1}", fontsize=6)
     fig.tight_layout(pad=0.1)
-    fig.savefig(path, dpi=100)
+    paths.save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
-def save_class_grid(images, labels, path: str, per_class: int = 10, class_names=None) -> np.ndarray:
+def save_class_grid(images, labels, path: paths.PathLike, per_class: int = 10, class_names=None) -> np.ndarray:
     """Per-class grid: one row per class present in ``labels`` (ascending), holding up to
     ``per_class`` of that class's images (``[N, H, W, C]`` in [-1, 1]); short rows are left blank.
     Rows are labelled with the class id (or ``class_names[id]``). Returns the uint8 grid."""
@@ -118,6 +119,6 @@ def save_class_grid(images, labels, path: str, per_class: int = 10, class_names=
     ax.set_yticklabels([str(class_names[c]) if class_names is not None else f"class {c}" for c in classes],
                        fontsize=7)
     ax.set_xticks([])
-    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.05)
+    paths.save_figure(fig, path, dpi=100, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     return grid

@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import diffusion, parallel
-from jaxdiff.schedules import DiffusionTables
+from jaxdiff.core import diffusion
+from jaxdiff.core.schedules import DiffusionTables
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
@@ -248,13 +248,13 @@ def make_sampler(tables: DiffusionTables, name: str, num_steps: int = 0, spacing
                  target: str = "eps", eta: float = 0.0, variance: str = "fixed_small",
                  clip_x0: bool = True, set_alpha_to_one: bool = True) -> Sampler:
     """The sampler called ``name`` (one of :data:`SAMPLERS`) over ``num_steps`` steps (0 = all T)
-    chosen by ``spacing``. Raises ``ValueError`` (before anything is compiled) on a bad choice."""
+    chosen by ``spacing`` (``auto``: :func:`resolve_spacing`). Raises ``ValueError`` (before anything is compiled) on a bad choice."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampling.sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if target not in diffusion.TARGETS:
         raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
-    timesteps = spaced_timesteps(tables.num_timesteps, num_steps or tables.num_timesteps, spacing,
-                                 tables.alphas_cumprod)
+    timesteps = spaced_timesteps(tables.num_timesteps, num_steps or tables.num_timesteps,
+                                 resolve_spacing(name, spacing), tables.alphas_cumprod)
     if name == "ddpm":
         return ddpm_sampler(tables, timesteps, target, variance, clip_x0)
     if name == "ddim":
@@ -344,7 +344,7 @@ def ddpm_sample(denoise_fn: DenoiseFn, tables: DiffusionTables, x_T: jax.Array, 
                        x_T, key, trajectory_every)
 
 
-# --------------------------------------------------------------------------- from a configuration
+# --------------------------------------------------------------------------- default spacings
 
 AUTO_SPACING = {"ddpm": "linspace", "ddim": "leading", "dpm_solver++": "logsnr"}
 
@@ -353,195 +353,3 @@ def resolve_spacing(sampler_name: str, spacing: str) -> str:
     """``auto`` -> ``linspace`` for ddpm (improved-diffusion's respacing), ``leading`` for ddim
     (diffusers' default, as in the source documents), ``logsnr`` for dpm_solver++."""
     return AUTO_SPACING.get(sampler_name, "leading") if spacing == "auto" else spacing
-
-
-def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
-    """The class of every sample from ``sampling.labels``, int32 ``[num_samples]``, or ``None``.
-
-    ``auto``: ``all`` for a class-conditional model (``num_classes > 0``), else ``none``;
-    ``none``: unconditional (the null label); ``all``: ``0, 1, ..., K-1, 0, 1, ...``;
-    ``"3,5"``: those classes, cycled. Raises ``ValueError`` for classes asked of a model trained
-    without them, an id outside ``[0, K)`` or an unreadable string.
-    """
-    text = str(spec).strip().lower()
-    if text == "auto":
-        text = "all" if num_classes else "none"
-    if text == "none":
-        return None
-    if not num_classes:
-        raise ValueError(f"sampling.labels={spec!r} asks for classes, but the model was trained without "
-                         "classes (model.class_conditional=False); use sampling.labels=none")
-    if text == "all":
-        classes = np.arange(num_classes)
-    else:
-        try:
-            classes = np.array([int(c) for c in text.split(",")], np.int64)
-        except ValueError:
-            raise ValueError(f"sampling.labels={spec!r} is not auto, none, all or comma-separated class "
-                             "ids such as 3,5") from None
-    return check_labels(classes[np.arange(num_samples) % len(classes)], num_samples, num_classes)
-
-
-def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
-    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)``."""
-    labels = np.asarray(labels)
-    if not num_classes:
-        raise ValueError("class labels given for a model trained without classes (model.class_conditional=False)")
-    if labels.shape != (num_samples,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be {num_samples} integers, got shape {labels.shape} of {labels.dtype}")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if len(bad):
-        raise ValueError(f"class label {int(bad[0])} is out of range: the model has {num_classes} classes "
-                         f"(0..{num_classes - 1})")
-    return labels.astype(np.int32)
-
-
-def check_sampling_config(sampling_config, num_timesteps: int, class_conditional: bool) -> None:
-    """Raise ``ValueError`` (one line) for a ``config.sampling`` block that cannot be sampled with a
-    schedule of ``num_timesteps`` steps and a model with or without classes. Pure NumPy/Python."""
-    sc = sampling_config
-    if sc.sampler not in SAMPLERS:
-        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if sc.spacing != "auto" and sc.spacing not in SPACINGS:
-        raise ValueError(f"sampling.spacing={sc.spacing!r} is not one of auto, {', '.join(SPACINGS)}")
-    if not isinstance(sc.num_steps, int) or not 0 <= sc.num_steps <= num_timesteps:
-        raise ValueError(f"sampling.num_steps={sc.num_steps!r} must be 0 (all) or at most "
-                         f"diffusion.num_timesteps={num_timesteps}")
-    if not sc.eta >= 0:
-        raise ValueError(f"sampling.eta must be non-negative, got {sc.eta}")
-    if not (np.isfinite(sc.guidance_scale) and sc.guidance_scale >= 0):
-        raise ValueError(f"sampling.guidance_scale must be a non-negative number, got {sc.guidance_scale}")
-    labels = str(sc.labels).strip().lower()
-    if not class_conditional:
-        if labels not in ("auto", "none"):
-            raise ValueError(f"sampling.labels={sc.labels!r} asks for classes, but model.class_conditional=False")
-        if sc.guidance_scale != 1.0:
-            raise ValueError(f"sampling.guidance_scale={sc.guidance_scale} needs a class-conditional model "
-                             "(model.class_conditional=True, trained with training.label_dropout > 0)")
-    elif labels == "none" and sc.guidance_scale != 1.0:
-        raise ValueError(f"sampling.guidance_scale={sc.guidance_scale} needs class labels; "
-                         "sampling.labels=none samples unconditionally")
-    if labels not in ("auto", "none", "all"):
-        try:
-            ids = [int(c) for c in labels.split(",")]
-        except ValueError:
-            raise ValueError(f"sampling.labels={sc.labels!r} is not auto, none, all or comma-separated "
-                             "class ids such as 3,5") from None
-        if min(ids) < 0:
-            raise ValueError(f"sampling.labels has a negative class id {min(ids)}")
-
-
-def sampler_from_config(tables: DiffusionTables, sampling_config, target: str) -> Sampler:
-    """The :class:`Sampler` a ``config.sampling`` block describes (``ValueError`` on bad values)."""
-    sc = sampling_config
-    if sc.sampler not in SAMPLERS:
-        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    return make_sampler(tables, sc.sampler, sc.num_steps, resolve_spacing(sc.sampler, sc.spacing), target,
-                        sc.eta, sc.variance, sc.clip_x0, sc.set_alpha_to_one)
-
-
-def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
-                         null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
-                         mesh=None):
-    """A compiled ``generate(params, key, y) -> (samples, trajectory_xt, trajectory_x0)`` for one chunk
-    of ``width`` images of ``image_shape``.
-
-    ``x_T ~ N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from ``fold_in(key, 1)``;
-    ``apply_fn(params, x, t, y)`` is the network, guided by :func:`guided_denoise_fn` with labels ``y``
-    (``None``: unconditional). With a ``mesh`` the key arrives as key data in a global array, and with
-    several devices the batch is sharded over ``data``.
-    """
-    batch_sharding = None
-    if mesh is not None and mesh.devices.size > 1:
-        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-
-    @jax.jit
-    def generate(params, key, y):
-        if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
-            key = jax.random.wrap_key_data(key)
-        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(image_shape), jnp.float32)
-        if batch_sharding is not None:
-            x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
-            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
-        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label)
-        out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
-        return out.samples, out.trajectory_xt, out.trajectory_x0
-
-    return generate
-
-
-def sample_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
-                       *, target: str = "eps", num_classes: int = 0, labels=None,
-                       trajectory_every: int | None = None, trajectory_size: int = 16,
-                       mesh=None, cache: dict | None = None) -> SampleOutput:
-    """Generate ``shape[0]`` images of shape ``shape[1:]`` with the sampler ``config.sampling`` names.
-
-    ``apply_fn(params, x, t, y)`` is the network (``y`` is ``None`` for an unconditional model, whose
-    ``num_classes`` is 0). ``labels`` (int ``[N]``) overrides ``sampling.labels``; with labels and
-    ``sampling.guidance_scale = w != 1`` classifier-free guidance runs both branches in one call.
-    The request is cut into chunks of ``sampling.batch_size`` (the last one padded, so one compiled
-    program serves all); chunk ``c`` uses ``k = fold_in(key, c)``: ``x_T ~ N(0, I)`` from
-    ``fold_in(k, 0)`` and the sampler's noise from ``fold_in(k, 1)``. The trajectory (every
-    ``trajectory_every`` steps, default ``sampling.trajectory_every``) is that of the first
-    ``trajectory_size`` samples. With a ``mesh`` (axis ``data``) each chunk's batch is padded to a
-    multiple of its devices and sharded over them (parameters keep their shardings); the padding
-    leaves the other rows' noise unchanged (partitionable threefry draws row ``i`` from ``i`` alone).
-    With several processes every process runs this and gets all samples. Every check runs before
-    anything is compiled. Returns the samples (NumPy float32; in [-1, 1] when ``clip_x0``), labels
-    and a metadata dict. ``cache`` (a dict the caller keeps, with one ``apply_fn`` network and tables)
-    keeps the compiled chunk generator between calls with the same sampler and shapes, so repeated
-    calls (sample grids during training) compile once.
-    """
-    sc = sampling_config
-    num = int(shape[0])
-    if num < 1:
-        raise ValueError(f"number of samples must be positive, got {num}")
-    check_sampling_config(sc, tables.num_timesteps, num_classes > 0)
-    sampler = sampler_from_config(tables, sc, target)
-    labels = parse_labels(sc.labels, num, num_classes) if labels is None else check_labels(labels, num, num_classes)
-    scale = float(sc.guidance_scale)
-    every = int(sc.trajectory_every if trajectory_every is None else trajectory_every)
-    chunk = min(int(sc.batch_size), num)
-    null_label = num_classes if num_classes else None
-    devices = mesh.devices.size if mesh is not None else 1
-    width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
-    key_fields = (sc.to_json(sort_keys=True), target, num_classes, tuple(shape[1:]), width, every,
-                  trajectory_size)  # everything the compiled program depends on, besides the network
-    generate = None if cache is None else cache.get(key_fields)
-    if generate is None:
-        generate = make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
-                                        trajectory_size, mesh)
-        if cache is not None:
-            cache[key_fields] = generate
-
-    def to_device(a, spec):  # global arrays from host data that every process holds in full
-        return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
-
-    to_host = parallel.to_host  # gathers across processes when an array spans several
-    samples, traj = [], None
-    for c, start in enumerate(range(0, num, chunk)):
-        y = None
-        if labels is not None:  # pad by repeating
-            y = to_device(np.resize(labels[start:start + chunk], width).astype(np.int32),
-                          jax.sharding.PartitionSpec("data"))
-        chunk_key = jax.random.fold_in(key, c)
-        if mesh is not None:
-            chunk_key = to_device(np.asarray(jax.random.key_data(chunk_key)), jax.sharding.PartitionSpec())
-        x, xt, x0 = generate(params, chunk_key, y)
-        samples.append(to_host(x)[:min(chunk, num - start)])
-        if c == 0 and every:
-            keep = min(trajectory_size, chunk)  # never the padding rows
-            traj = (to_host(xt)[:, :keep], to_host(x0)[:, :keep])
-    metadata = {
-        "num_samples": num, "sampler": sc.sampler, "num_steps": int(len(sampler.timesteps)),
-        "spacing": resolve_spacing(sc.sampler, sc.spacing),
-        "eta": float(sc.eta) if sc.sampler == "ddim" else None,
-        "variance": sc.variance if sc.sampler == "ddpm" else None,
-        "set_alpha_to_one": bool(sc.set_alpha_to_one) if sc.sampler != "ddpm" else None,
-        "clip_x0": bool(sc.clip_x0), "guidance_scale": scale if labels is not None else None,
-        "conditional": labels is not None, "chunk_size": chunk, "target": target,
-        "devices": int(devices),
-        "timesteps": [int(t) for t in sampler.timesteps],
-    }
-    traj_t = np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1) if every else None
-    return SampleOutput(np.concatenate(samples), traj and traj[0], traj and traj[1], traj_t, labels, metadata)

@@ -20,12 +20,9 @@ import threading
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
-
-def _sync_manager():
-    from jax._src import distributed
-
-    return distributed.global_state.preemption_sync_manager
+from jaxdiff.common import jax_internals
 
 
 class PreemptionGuard:
@@ -46,7 +43,7 @@ class PreemptionGuard:
 
     def __enter__(self) -> "PreemptionGuard":
         self._multi = jax.process_count() > 1
-        self._service = self._multi and _sync_manager() is not None
+        self._service = self._multi and jax_internals.preemption_sync_manager() is not None
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 if sig == signal.SIGTERM and self._service:
@@ -72,16 +69,12 @@ class PreemptionGuard:
         if not self._multi:
             return self.signum is not None
         if self._service:
-            from jax.experimental import multihost_utils
-
             if multihost_utils.reached_preemption_sync_point(step):
                 self.signum = self.signum or signal.SIGTERM
                 return True
             return False
         if step % self.agree_every:
             return False
-        from jax.experimental import multihost_utils
-
         flags = multihost_utils.process_allgather(np.int32(self.signum or 0))
         if np.any(flags):
             self.signum = self.signum or int(np.max(flags))

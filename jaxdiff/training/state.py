@@ -1,0 +1,26 @@
+"""The train state: everything a checkpoint holds to continue training exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Step, parameters, their EMA and the optimiser state (a pytree)."""
+
+    step: jax.Array  # int32 scalar: number of optimizer updates applied so far
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+    """Step 0 with ``params``, the EMA starting equal to them, and a fresh optimiser state."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=optimizer.init(params))
