@@ -247,8 +247,23 @@ def dpm_solver_pp_sampler(tables: DiffusionTables, timesteps, target: str = "eps
 def make_sampler(tables: DiffusionTables, name: str, num_steps: int = 0, spacing: str = "leading",
                  target: str = "eps", eta: float = 0.0, variance: str = "fixed_small",
                  clip_x0: bool = True, set_alpha_to_one: bool = True) -> Sampler:
-    """The sampler called ``name`` (one of :data:`SAMPLERS`) over ``num_steps`` steps (0 = all T)
-    chosen by ``spacing`` (``auto``: :func:`resolve_spacing`). Raises ``ValueError`` (before anything is compiled) on a bad choice."""
+    """The sampler called ``name`` over ``num_steps`` steps chosen by ``spacing``.
+
+    Args:
+      tables: the schedule's :class:`~jaxdiff.core.schedules.DiffusionTables`.
+      name: one of :data:`SAMPLERS` (``ddpm``, ``ddim``, ``dpm_solver++``).
+      num_steps: network evaluations (0 = all T).
+      spacing: one of :data:`SPACINGS`, or ``auto`` (:func:`resolve_spacing`).
+      target: what the network predicts (``eps``, ``x0``, ``v``).
+      eta: DDIM's noise (0 = deterministic).
+      variance: DDPM's ``fixed_small`` or ``fixed_large``.
+      clip_x0: clip the predicted ``x0`` to [-1, 1] at every step.
+      set_alpha_to_one: DDIM / DPM-Solver++: the last step ends at ``abar = 1`` (else ``abar_0``).
+
+    Returns:
+      a :class:`Sampler`; :func:`run_sampler` scans it. Raises ``ValueError`` (before anything is
+      compiled) on a bad choice.
+    """
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampling.sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if target not in diffusion.TARGETS:
@@ -277,6 +292,16 @@ def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: ja
     With ``trajectory_every = k > 0`` the ``(x_t, x0_hat)`` of positions ``0, k, 2k, ...`` of the first
     ``trajectory_size`` samples (default all) are written into a buffer carried by the scan (memory
     ``frames x size``, never ``steps x batch``), followed by the final sample as the last frame.
+
+    Args:
+      sampler: a :class:`Sampler`.
+      denoise_fn: ``denoise_fn(x, t int32 [B]) -> network output`` (e.g. :func:`guided_denoise_fn`).
+      x_T: the start, usually ``N(0, I)`` of shape ``[B, H, W, C]``.
+      key: the sampler's noise key.
+      trajectory_every, trajectory_size: see above (0 = no trajectory).
+
+    Returns:
+      :class:`SampleOutput` (``samples`` and, if asked for, the trajectory).
     """
     timesteps = np.asarray(sampler.timesteps, np.int32)
     keep = trajectory_positions(len(timesteps), trajectory_every)

@@ -73,7 +73,17 @@ def sigmoid_geodiff_betas(num_timesteps: int, beta_start: float = 1e-4,
 
 def make_betas(name: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02,
                scale_to_t: bool = False) -> np.ndarray:
-    """Betas of the schedule called ``name`` (one of :data:`SCHEDULES`), float64, shape ``[T]``."""
+    """Betas of the schedule called ``name``, float64, shape ``[T]``.
+
+    Args:
+      name: one of :data:`SCHEDULES` (``linear``, ``cosine``, ``sigmoid_abar``, ``sigmoid_geodiff``).
+      num_timesteps: ``T``.
+      beta_start, beta_end: the ends of ``linear`` and ``sigmoid_geodiff``.
+      scale_to_t: ``linear`` only: scale both ends by ``1000 / T`` (improved-diffusion).
+
+    Returns:
+      ``betas`` ``[T]``; pass them to :func:`make_tables`.
+    """
     if num_timesteps < 1:
         raise ValueError(f"diffusion.num_timesteps must be positive, got {num_timesteps}")
     if name == "linear":
@@ -114,7 +124,14 @@ class DiffusionTables(NamedTuple):
 
 
 def make_tables(betas: np.ndarray) -> DiffusionTables:
-    """All diffusion tables for ``betas`` (computed in float64)."""
+    """All diffusion tables for ``betas`` (computed in float64).
+
+    Args:
+      betas: ``[T]`` noise levels, each in (0, 1) (:func:`make_betas`, or your own).
+
+    Returns:
+      :class:`DiffusionTables`, the immutable pytree every other function of jaxdiff takes.
+    """
     betas = np.asarray(betas, dtype=np.float64)
     if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
         raise ValueError("betas must be a 1-D array with every entry in (0, 1)")

@@ -25,6 +25,13 @@ import numpy as np
 from jaxdiff.data.sources import DataError
 
 
+def local_batch_size(batch_size: int, process_count: int) -> int:
+    """Rows of each global batch one process reads; :class:`DataError` unless they divide evenly."""
+    if batch_size % process_count:
+        raise DataError(f"training.batch_size={batch_size} does not divide over {process_count} processes")
+    return batch_size // process_count
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The visiting order of epoch ``epoch``: ``permutation(num_examples)`` drawn from PCG64 seeded
     with ``[seed, epoch]`` (NumPy's SeedSequence), identical on every host and platform."""
@@ -48,9 +55,7 @@ def local_batch_indices(seed: int, step: int, batch_size: int, num_examples: int
     The global batch is sorted first (sequential reads) and then sliced, so the global row order is
     the same for every process count: row ``i`` meets the same noise (drawn per global row in the
     train step) whether one process or many feed it, and multi-host training equals single-host."""
-    if batch_size % process_count:
-        raise DataError(f"training.batch_size={batch_size} does not divide over {process_count} processes")
-    local = batch_size // process_count
+    local = local_batch_size(batch_size, process_count)
     return np.sort(batch_indices(seed, step, batch_size, num_examples))[
         process_index * local:(process_index + 1) * local]
 
@@ -63,12 +68,10 @@ def batch_stream(source, seed: int, start_step: int, batch_size: int, process_in
     ``num_workers`` threads read up to ``prefetch`` batches ahead; batches come out in step order and
     are the same whatever the thread timing. Closing the generator stops the readers.
     """
-    if batch_size % process_count:
-        raise DataError(f"training.batch_size={batch_size} does not divide over {process_count} processes")
+    local = local_batch_size(batch_size, process_count)
     n = len(source)
     batch_indices(seed, 0, batch_size, n)  # raises now if the batch is larger than the dataset
     per_epoch = n // batch_size
-    local = batch_size // process_count
     perms: dict[int, np.ndarray] = {}  # the current epoch's permutation (one draw per epoch, not per step)
 
     def indices(step):

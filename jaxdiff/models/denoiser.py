@@ -18,8 +18,16 @@ ApplyFn = Callable  # apply(params, x, t, y=None, dropout_key=None) -> output [B
 
 
 def denoiser_apply(module) -> ApplyFn:
-    """``apply(params, x, t, y=None, dropout_key=None) -> output`` of a denoiser module: train mode
-    (dropout on) exactly when a ``dropout_key`` is given, inference otherwise."""
+    """The apply function of a denoiser module.
+
+    Args:
+      module: a Flax module called as ``module(x, t, y, train)`` (:class:`~jaxdiff.models.unet.UNet`).
+
+    Returns:
+      ``apply(params, x, t, y=None, dropout_key=None) -> output``: train mode (dropout on) exactly
+      when a ``dropout_key`` is given, inference otherwise. The train step, the samplers and the
+      likelihood all take it.
+    """
 
     def apply(params, x, t, y=None, dropout_key=None):
         if dropout_key is None:
@@ -30,7 +38,16 @@ def denoiser_apply(module) -> ApplyFn:
 
 
 def init_denoiser(module, key: jax.Array, image_shape: tuple[int, int, int]):
-    """Fresh parameters of a denoiser module for images of ``image_shape`` (``(H, W, C)``)."""
+    """Fresh parameters of a denoiser module.
+
+    Args:
+      module: the Flax module.
+      key: the initialisation key.
+      image_shape: ``(H, W, C)`` of the images it will see.
+
+    Returns:
+      the ``params`` pytree (what :func:`jaxdiff.training.state.init_train_state` takes).
+    """
     x = jnp.zeros((1, *image_shape), jnp.float32)
     t = jnp.zeros((1,), jnp.int32)
     y = jnp.zeros((1,), jnp.int32) if module.num_classes else None

@@ -21,6 +21,14 @@ class TrainState:
 
 
 def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
-    """Step 0 with ``params``, the EMA starting equal to them, and a fresh optimiser state."""
+    """The train state at step 0.
+
+    Args:
+      params: the network's parameters (:func:`jaxdiff.models.denoiser.init_denoiser`).
+      optimizer: the optax transformation the step will apply.
+
+    Returns:
+      :class:`TrainState` with ``step = 0``, the EMA equal to ``params`` and a fresh optimiser state.
+    """
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=optimizer.init(params))

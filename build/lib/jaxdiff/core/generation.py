@@ -1,0 +1,152 @@
+"""Generating many images with a sampler: chunks of a fixed compiled size, class labels with
+classifier-free guidance, and a device mesh.
+
+:func:`generate` is what a library user calls after training; the command line's sample mode,
+sample grids during training and evaluation all go through it (the drivers turn a config's
+``sampling`` block into its arguments). Keys: chunk ``c`` uses ``k = fold_in(key, c)``;
+``x_T ~ N(0, I)`` comes from ``fold_in(k, 0)`` and the sampler's noise from ``fold_in(k, 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.common import parallel
+from jaxdiff.common.chunks import map_chunks
+from jaxdiff.core.samplers import Sampler, SampleOutput, guided_denoise_fn, run_sampler, trajectory_positions
+
+ApplyFn = Callable  # apply_fn(params, x [B, H, W, C], t int32 [B], labels int32 [B] | None) -> output
+
+
+def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
+    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)``."""
+    labels = np.asarray(labels)
+    if not num_classes:
+        raise ValueError("class labels given for a model trained without classes (model.class_conditional=False)")
+    if labels.shape != (num_samples,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be {num_samples} integers, got shape {labels.shape} of {labels.dtype}")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if len(bad):
+        raise ValueError(f"class label {int(bad[0])} is out of range: the model has {num_classes} classes "
+                         f"(0..{num_classes - 1})")
+    return labels.astype(np.int32)
+
+
+def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
+                         null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
+                         mesh=None):
+    """A compiled ``generate(params, key, y) -> (samples, trajectory_xt, trajectory_x0)`` for one chunk
+    of ``width`` images of ``image_shape``.
+
+    ``x_T ~ N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from ``fold_in(key, 1)``;
+    ``apply_fn(params, x, t, y)`` is the network, guided by :func:`guided_denoise_fn` with labels ``y``
+    (``None``: unconditional). With a ``mesh`` the key arrives as key data in a global array, and with
+    several devices the batch is sharded over ``data``.
+    """
+    batch_sharding = None
+    if mesh is not None and mesh.devices.size > 1:
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    @jax.jit
+    def generate(params, key, y):
+        if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
+            key = jax.random.wrap_key_data(key)
+        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(image_shape), jnp.float32)
+        if batch_sharding is not None:
+            x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
+            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
+        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label)
+        out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
+        return out.samples, out.trajectory_xt, out.trajectory_x0
+
+    return generate
+
+
+
+def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array, *,
+             labels=None, num_classes: int = 0, guidance_scale: float = 1.0, batch_size: int = 256,
+             trajectory_every: int = 0, trajectory_size: int = 16, mesh=None,
+             cache: dict | None = None) -> SampleOutput:
+    """Generate ``shape[0]`` images of shape ``shape[1:]`` with ``sampler``.
+
+    Args:
+      apply_fn: the network, ``apply_fn(params, x, t, y) -> output`` (``y`` is ``None`` for an
+        unconditional model, whose ``num_classes`` is 0).
+      params: its parameters (any sharding; they keep it).
+      sampler: a :class:`~jaxdiff.core.samplers.Sampler` (``make_sampler(...)``).
+      shape: ``(N, H, W, C)``.
+      key: the base key (see the module docstring for how chunks and steps derive theirs).
+      labels: int ``[N]`` class of each sample (``None``: unconditional, the null label of a
+        class-conditional model).
+      num_classes: the model's number of classes (its null label is ``num_classes``).
+      guidance_scale: classifier-free guidance ``w`` with labels (1 = plain conditional; both
+        branches run in one batched call otherwise).
+      batch_size: images per compiled chunk; the last chunk is padded (padding dropped).
+      trajectory_every: keep ``(x_t, x0_hat)`` every this many steps for the first
+        ``trajectory_size`` samples of the first chunk (0 = none).
+      mesh: a mesh with axis ``data``: each chunk is padded to a multiple of its devices and sharded
+        over them. The padding leaves the other rows' noise unchanged (partitionable threefry draws
+        row ``i`` from ``i`` alone). With several processes every process runs this and gets all
+        samples.
+      cache: a dict the caller keeps for one ``apply_fn``: the compiled chunk generator is kept in it
+        between calls with the same sampler object and shapes (sample grids during training compile
+        once).
+
+    Returns:
+      :class:`~jaxdiff.core.samplers.SampleOutput` with NumPy float32 samples (in [-1, 1] when the
+      sampler clips ``x0``), the labels, the trajectory if asked for, and ``metadata`` (sample count,
+      steps, chunk size, devices, timesteps, guidance).
+    """
+    num = int(shape[0])
+    if num < 1:
+        raise ValueError(f"number of samples must be positive, got {num}")
+    if labels is not None:
+        labels = check_labels(labels, num, num_classes)
+    scale = float(guidance_scale)
+    every = int(trajectory_every)
+    chunk = min(int(batch_size), num)
+    null_label = num_classes if num_classes else None
+    devices = mesh.devices.size if mesh is not None else 1
+    width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
+    cache_key = (id(sampler.step), scale, labels is not None, num_classes, tuple(shape[1:]), width, every,
+                 trajectory_size)
+    cached = None if cache is None else cache.get(cache_key)
+    if cached is None:
+        cached = (sampler, make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
+                                                trajectory_size, mesh))  # the sampler kept alive: its id stays unique
+        if cache is not None:
+            cache[cache_key] = cached
+    chunk_generator = cached[1]
+
+    def to_device(a, spec):  # global arrays from host data that every process holds in full
+        return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
+
+    trajectory = []
+
+    def run_chunk(c, chunk_labels):
+        y = None
+        if labels is not None:
+            from_chunk = np.resize(chunk_labels, width) if width != chunk else chunk_labels
+            y = to_device(from_chunk.astype(np.int32), jax.sharding.PartitionSpec("data"))
+        chunk_key = jax.random.fold_in(key, c)
+        if mesh is not None:
+            chunk_key = to_device(np.asarray(jax.random.key_data(chunk_key)), jax.sharding.PartitionSpec())
+        x, xt, x0 = chunk_generator(params, chunk_key, y)
+        if c == 0 and every:
+            keep = min(trajectory_size, chunk, num)  # never the padding rows
+            trajectory.extend((parallel.to_host(xt)[:, :keep], parallel.to_host(x0)[:, :keep]))
+        return parallel.to_host(x)[:chunk]  # gathers across processes when the array spans several
+
+    rows = labels if labels is not None else np.zeros(num, np.int32)
+    samples = map_chunks(run_chunk, rows, chunk)
+    metadata = {"num_samples": num, "num_steps": int(len(sampler.timesteps)), "chunk_size": chunk,
+                "guidance_scale": scale if labels is not None else None, "conditional": labels is not None,
+                "devices": int(devices), "timesteps": [int(t) for t in sampler.timesteps]}
+    traj_t = (np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1)
+              if every else None)
+    return SampleOutput(samples, trajectory[0] if trajectory else None, trajectory[1] if trajectory else None,
+                        traj_t, labels, metadata)

@@ -1,0 +1,300 @@
+"""Sample quality and likelihood of a checkpoint: FID, KID, bits/dim, conditional accuracy.
+
+``--mode=eval`` and the FID logged while training, from a config. Protocol (docs/evaluation.md
+states it for readers; every number is written with it):
+
+* samples come from the **EMA** parameters with the configured sampler, ``eval.num_samples`` of
+  them (the count is written next to each number); a class-conditional model samples balanced
+  labels at guidance scale ``eval.fid_guidance_scale``;
+* samples are quantised exactly like stored images: ``uint8(round((clip(x, -1, 1) + 1) * 127.5))``;
+  data images are already uint8, so both sides enter the feature extractor identically;
+* reference statistics are the features of the whole ``eval.reference_split`` (the training split
+  by default), computed once and cached in ``<workdir>/eval/`` under a name that includes the
+  extractor's fingerprint;
+* features: ``classifier`` (jaxdiff's own CNN trained on the dataset, 128-d penultimate layer; not
+  comparable with papers) or ``inception`` (the FID InceptionV3, pool3 2048-d; comparable with
+  papers that use the TF/pytorch-fid Inception weights);
+* FID = ``|mu_1 - mu_2|^2 + tr(S_1) + tr(S_2) - 2 tr sqrt(S_1 S_2)`` in float64 with the unbiased
+  (``n - 1``) covariance; it needs more samples than feature dimensions;
+* KID = unbiased MMD^2 with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over
+  ``eval.kid_subsets`` subset pairs of ``eval.kid_subset_size`` (Binkowski et al. 2018; clean-fid).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from jaxdiff.common import paths
+from jaxdiff.core import likelihood
+from jaxdiff.core.generation import make_chunk_generator
+from jaxdiff.data import ArraySource, load_source
+from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers.sampling import sampler_from_config
+from jaxdiff.evaluation import classifier as classifier_lib
+from jaxdiff.evaluation.accuracy import (accuracy_table, balanced_labels, conditional_accuracy, generate_uint8,
+                                         plot_conditional_accuracy)
+from jaxdiff.evaluation.features import (FeatureExtractor, classifier_extractor, extract_features, fid_kid,
+                                         inception_extractor, reference_statistics)
+from jaxdiff.evaluation.fid import feature_stats, frechet_distance
+from jaxdiff.training.keys import EVAL_STREAM
+
+HELD_OUT_FRACTION = 0.2  # test share carved from a source that has no test split (digits)
+
+
+def load_splits(data_config, train_source=None) -> tuple:
+    """``(train, test, note)``: the sources of the configured dataset's splits (``train_source`` when
+    the caller has it loaded already, so nothing is decoded twice). Images are read batch by batch
+    by whatever uses them; in-memory sources stay as they are.
+
+    A source without a test split (``load_source`` gives the training images for ``"test"``, as for
+    scikit-learn's digits) is split once, deterministically: a ``default_rng(0)`` permutation sends
+    :data:`HELD_OUT_FRACTION` of it to ``test``; ``note`` says so.
+    """
+    train = train_source if train_source is not None else load_source(data_config, "train")
+    try:
+        test = load_source(data_config, "test")
+    except (ValueError, KeyError, TypeError):
+        test = train
+    same = test is train or (isinstance(test, ArraySource) and isinstance(train, ArraySource)
+                             and test.images.shape == train.images.shape
+                             and np.array_equal(test.labels, train.labels) and np.array_equal(test.images, train.images))
+    if not same:
+        return train, test, f"{data_config.dataset} train/test splits"
+    n = len(train)
+    perm = np.random.default_rng(0).permutation(n)
+    k = int(round(n * HELD_OUT_FRACTION))
+    te, tr = np.sort(perm[:k]), np.sort(perm[k:])
+    images, labels = train[np.arange(n)]
+    subset = lambda idx: ArraySource(np.asarray(images)[idx], np.asarray(labels)[idx], train.num_classes,  # noqa: E731
+                                     train.name, tuple(train.class_names))
+    note = (f"{data_config.dataset} has no test split: a fixed default_rng(0) permutation holds out "
+            f"{k} of {n} images as the test split (a model trained on the whole source has seen them)")
+    return subset(tr), subset(te), note
+
+
+def classifier_spec(config, train) -> classifier_lib.ClassifierSpec:
+    """What the feature classifier of ``config`` trained on ``train`` (a labelled source) depends on."""
+    ev = config.eval
+    if not train.num_classes:
+        raise config_checks.ConfigError(f"{config.data.dataset} has no labels, so jaxdiff's classifier cannot be "
+                                        "trained on it: set --config.eval.feature_extractor=inception")
+    return classifier_lib.ClassifierSpec(
+        dataset=config.data.dataset, image_shape=tuple(int(s) for s in train.image_shape),
+        num_classes=int(train.num_classes), num_train=int(len(train)),
+        ch=ev.classifier_ch, features=ev.classifier_features, steps=ev.classifier_steps,
+        batch_size=ev.classifier_batch_size, learning_rate=float(ev.classifier_learning_rate), seed=int(config.seed))
+
+
+def classifier_dir(config, workdir):
+    return paths.as_path(config.eval.classifier_dir or paths.as_path(workdir) / "eval")
+
+
+def reference_path(workdir, dataset: str, image_shape, split: str, extractor: FeatureExtractor):
+    size = "x".join(str(s) for s in image_shape)
+    return paths.as_path(workdir) / "eval" / (f"reference_{dataset}_{size}_{split}_{extractor.name}_"
+                                              f"{extractor.fingerprint}.npz")
+
+
+def sampling_steps(sampling_config, tables) -> int:
+    """Network evaluations per sample of the configured sampler."""
+    return int(sampling_config.get("num_steps", 0) or tables.num_timesteps)
+
+
+def make_image_generator(experiment, sampling_config, image_shape: tuple, guidance_scale: float = 1.0,
+                         batch_size: int = 256):
+    """A compiled ``generate(params, key, labels [batch_size]) -> images [batch_size, H, W, C] in [-1, 1]``.
+
+    The sampler ``config.sampling`` describes, through :func:`jaxdiff.core.generation.make_chunk_generator`
+    (``x_T`` from ``fold_in(key, 0)``, sampler noise from ``fold_in(key, 1)``, as in sample mode).
+    A class-conditional model (``model.num_classes > 0``) samples ``labels`` with classifier-free
+    guidance ``guidance_scale`` (0 = unconditional, 1 = plain conditional); an unconditional one
+    ignores them.
+    """
+    sampler = sampler_from_config(experiment.tables, sampling_config, experiment.config.diffusion.target)
+    null_label = experiment.model.num_classes or None
+    generate = make_chunk_generator(experiment.apply_fn, sampler, image_shape, batch_size, float(guidance_scale),
+                                    null_label)
+    return lambda params, key, labels: generate(params, key, labels if null_label else None)[0]
+
+
+def build_extractor(config, workdir, train, test, log=print, for_accuracy: bool = True):
+    """``(extractor, classifier or None)``: the classifier is trained/cached whenever it is needed
+    (classifier features, or, with ``for_accuracy``, conditional accuracy of a class-conditional model)."""
+    clf = None
+    if config.eval.feature_extractor == "classifier" or (for_accuracy and config.model.class_conditional):
+        clf = classifier_lib.get_classifier(classifier_spec(config, train), train, test,
+                                            classifier_dir(config, workdir), log)
+    if config.eval.feature_extractor == "inception":
+        return inception_extractor(config.eval.inception_weights), clf
+    return classifier_extractor(clf), clf
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(type(o))
+
+
+def write_json(path, obj: dict) -> None:
+    paths.write_text(path, json.dumps(obj, indent=1, default=_json_default))
+
+
+def evaluate_params(config, workdir, params, experiment, step: int, log=print,
+                    make_generate: Callable | None = None) -> dict:
+    """All metrics of ``params`` (the EMA parameters of checkpoint ``step``); writes
+    ``<workdir>/eval/metrics_<step>.json`` (and ``metrics.json``), the reference statistics, and for
+    conditional models ``conditional_accuracy_<step>.{json,md,png}``. Returns the metrics.
+
+    ``make_generate(w) -> generate(params, key, labels) -> images in [-1, 1]`` may replace the
+    built-in DDPM sampler (:func:`make_image_generator`)."""
+    ev, dc = config.eval, config.diffusion
+    model, tables = experiment.model, experiment.tables
+    t0 = time.perf_counter()
+    train, test, split_note = load_splits(config.data)
+    image_shape = tuple(train.image_shape)
+    num_classes = int(model.num_classes)
+    extractor, clf = build_extractor(config, workdir, train, test, log)
+    if make_generate is None:
+        cache: dict = {}
+
+        def make_generate(w):  # one compiled sampler per guidance scale, shared by FID and accuracy
+            if w not in cache:
+                cache[w] = make_image_generator(experiment, config.sampling, image_shape, w, ev.batch_size)
+            return cache[w]
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM), step)
+
+    ref = reference_statistics(extractor, train if ev.reference_split == "train" else test,
+                               reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
+                                              extractor), ev.batch_size, log)
+    guidance = float(ev.fid_guidance_scale) if num_classes else None
+    log(f"eval: generating {ev.num_samples} samples (EMA params, {config.sampling.sampler}, "
+        f"{sampling_steps(config.sampling, tables)} steps)")
+    images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
+                            balanced_labels(ev.num_samples, num_classes), ev.batch_size, jax.random.fold_in(key, 0))
+    metrics = {"checkpoint_step": int(step), "params": "ema", "sampler": config.sampling.sampler,
+               "sampling_steps": sampling_steps(config.sampling, tables), "variance": config.sampling.variance,
+               "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,
+               "quantisation": "uint8(round((clip(x, -1, 1) + 1) * 127.5))",
+               "dataset": config.data.dataset, "image_shape": list(image_shape), "splits": split_note,
+               "reference_split": ev.reference_split, "reference_path": ref.path, "seed": int(config.seed)}
+    metrics.update(fid_kid(extractor, images, ref, ev.batch_size, ev.kid_subsets, ev.kid_subset_size))
+    metrics.update(extractor.info)
+    log(f"eval: FID {metrics['fid']:.3f}  KID {metrics['kid']:.5f} ({extractor.name} features, "
+        f"{ev.num_samples} samples vs {ref.stats.n} {ev.reference_split} images)")
+
+    if ev.bpd:
+        images_test = np.asarray(test[np.arange(min(len(test), ev.bpd_num_images or len(test)))][0])
+        apply = lambda p, x, t: experiment.apply_fn(p, x, t, None)  # noqa: E731  (null label if conditional)
+        bpd_fn = likelihood.make_bpd_fn(apply, tables, dc.target, config.sampling.variance, ev.bpd_clip_x0)
+        res = likelihood.dataset_bpd(bpd_fn, params, images_test, ev.bpd_batch_size, jax.random.fold_in(key, 1))
+        metrics.update({"bpd": res["bpd"], "bpd_stderr": res["bpd_stderr"], "bpd_prior": res["prior_bpd"],
+                        "bpd_decoder": float(res["terms_bpd"][0]), "bpd_num_images": res["num_images"],
+                        "bpd_variance": config.sampling.variance, "bpd_clip_x0": bool(ev.bpd_clip_x0),
+                        "bpd_split": "test", "bpd_conditioning": "null label" if num_classes else "none"})
+        log(f"eval: {res['bpd']:.4f} +- {res['bpd_stderr']:.4f} bits/dim on {res['num_images']} test images")
+
+    eval_dir = paths.as_path(workdir) / "eval"
+    write = paths.is_writer()
+    if num_classes and clf is not None:
+        apply_clf = clf.apply_fn()
+        rows = conditional_accuracy(make_generate, params, lambda x: apply_clf(x)[0], num_classes,
+                                    ev.samples_per_class, ev.guidance_scales, ev.batch_size,
+                                    jax.random.fold_in(key, 2))
+        stem = f"conditional_accuracy_{step:07d}"
+        if write:
+            write_json(eval_dir / f"{stem}.json", {"rows": rows, "classifier_test_accuracy": clf.test_accuracy})
+            paths.write_text(eval_dir / f"{stem}.md", accuracy_table(rows, clf.test_accuracy))
+            plot_conditional_accuracy(rows, clf.test_accuracy, eval_dir / f"{stem}.png")
+        metrics["conditional_accuracy"] = {f"{r['guidance_scale']:g}": r["accuracy"] for r in rows}
+        log("eval: conditional accuracy " + ", ".join(f"w={r['guidance_scale']:g}: {r['accuracy']:.3f}"
+                                                      for r in rows))
+    metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    if write:
+        write_json(eval_dir / f"metrics_{step:07d}.json", metrics)
+        write_json(eval_dir / "metrics.json", metrics)
+    return metrics
+
+
+def summary_line(m: dict) -> str:
+    """One line naming each number with the protocol it needs (extractor, sample counts)."""
+    out = (f"FID {m['fid']:.3f} KID {m['kid']:.5f} ({m['feature_extractor']} features, {m['num_samples']} EMA "
+           f"samples vs {m['num_reference']} {m['reference_split']} images"
+           f"{'' if m['comparable_with_papers'] else '; not comparable with papers'})")
+    if "bpd" in m:
+        out += f", {m['bpd']:.3f} bits/dim ({m['bpd_num_images']} test images)"
+    if "conditional_accuracy" in m:
+        out += ", conditional accuracy " + " ".join(f"w={w}:{a:.3f}" for w, a in m["conditional_accuracy"].items())
+    return out
+
+
+def run_eval(config, workdir, log=print, make_generate: Callable | None = None) -> dict:
+    """``--mode=eval``: all metrics of the latest checkpoint in ``workdir`` (its EMA parameters),
+    written to ``<workdir>/eval/metrics.json`` (see :func:`evaluate_params`).
+
+    Every input is checked first, before anything is compiled or written: the config (including
+    ``eval.*``: sample count above the feature dimension, the Inception weights file and its
+    shapes), then the presence of a checkpoint."""
+    config_checks.validate_eval(config, check_weights=True)
+    opened = restore.open_latest(config, workdir, "eval")
+    state = restore.restore(opened)
+    opened.manager.close()
+    log(f"eval: checkpoint {opened.step} of {opened.workdir} (EMA parameters)")
+    return evaluate_params(config, opened.workdir, state.ema_params, opened.experiment, opened.step, log,
+                           make_generate)
+
+
+def make_train_fid_hook(config, workdir, experiment, train_source=None, start_step: int = 0, log=print):
+    """The cheap FID logged while training: ``hook(step, ema_params) -> row`` appending
+    ``{"step", "fid", "fid_samples", "feature_extractor", "seconds"}`` to
+    ``<workdir>/eval/train_fid.jsonl`` (rows after ``start_step`` from an interrupted run are
+    dropped first). ``None`` when ``training.eval_every`` is 0.
+
+    Same protocol as ``--mode=eval`` (EMA parameters, uint8 quantisation, cached training-split
+    reference statistics, same extractor) with ``eval.train_fid_samples`` samples and no KID;
+    FID is biased upwards at small sample counts, so compare these numbers only with each other.
+    ``train_source`` is the training loop's own source: nothing is decoded a second time (the
+    reference statistics and the classifier read it batch by batch, and not at all when cached).
+    Everything is built (classifier trained, reference statistics computed, sampler traced) once,
+    here; each call only samples and extracts features."""
+    ev = config.eval
+    if not config.training.get("eval_every", 0):
+        return None
+    config_checks.validate_eval(config, check_weights=True)
+    train, test, _ = load_splits(config.data, train_source)
+    image_shape = tuple(train.image_shape)
+    extractor, _ = build_extractor(config, workdir, train, test, log, for_accuracy=False)
+    ref = reference_statistics(extractor, train if ev.reference_split == "train" else test,
+                               reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
+                                              extractor), ev.batch_size, log)
+    num_classes = int(experiment.model.num_classes)
+    generate = make_image_generator(experiment, config.sampling, image_shape,
+                                    float(ev.fid_guidance_scale) if num_classes else 1.0, ev.batch_size)
+    labels = balanced_labels(ev.train_fid_samples, num_classes)
+    path = paths.as_path(workdir) / "eval" / "train_fid.jsonl"
+    if paths.is_writer() and path.exists():
+        rows = [line + "\n" for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start_step]
+        paths.write_text(path, "".join(rows))
+
+    def hook(step: int, params) -> dict:
+        t0 = time.perf_counter()
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM + 1), step)
+        images = generate_uint8(generate, params, labels, ev.batch_size, key)
+        stats = feature_stats(extract_features(extractor, images, ev.batch_size))
+        row = {"step": int(step), "fid": frechet_distance(stats.mu, stats.sigma, ref.stats.mu, ref.stats.sigma),
+               "fid_samples": int(len(images)), "feature_extractor": extractor.name,
+               "seconds": round(time.perf_counter() - t0, 2)}
+        if paths.is_writer():
+            paths.append_text(path, json.dumps(row) + "\n")
+        return row
+
+    return hook

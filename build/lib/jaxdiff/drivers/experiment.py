@@ -1,0 +1,114 @@
+"""What one configuration describes, built from the library: the network, the schedule tables,
+the optimiser, the mesh and shardings, the compiled train step and the state initialiser.
+
+This is the config-to-arguments adapter of the command line (and of anyone who drives jaxdiff with
+a config file): every piece is a library call with explicit arguments (``jaxdiff.models``,
+``jaxdiff.core``, ``jaxdiff.training``), and :class:`Experiment` is used alike by the train loop,
+sample mode and eval mode.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdiff.common import parallel
+from jaxdiff.core import schedules
+from jaxdiff.data import preprocess
+from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
+from jaxdiff.models.unet import UNet
+from jaxdiff.training.keys import INIT_STREAM, stream_key
+from jaxdiff.training.optim import learning_rate_schedule, make_optimizer
+from jaxdiff.training.state import TrainState, init_train_state
+from jaxdiff.training.step import make_train_step
+
+
+def unet_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32) -> UNet:
+    """The :class:`~jaxdiff.models.unet.UNet` of a ``config.model`` block."""
+    m = model_config
+    return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
+                attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, out_ch=out_ch,
+                num_classes=num_classes, num_heads=m.num_heads, groups=m.groups,
+                dtype=dtype, remat=m.get("remat", False))
+
+
+def build_model(config, channels: int, num_classes: int) -> UNet:
+    """The U-Net of ``config.model`` for images with ``channels`` channels; conditional on
+    ``num_classes`` labels when ``model.class_conditional``."""
+    return unet_from_config(config.model, out_ch=channels,
+                            num_classes=num_classes if config.model.class_conditional else 0,
+                            dtype=jnp.dtype(config.training.dtype))
+
+
+def learning_rate_from_config(training_config) -> optax.Schedule:
+    """``training.learning_rate`` with ``training.warmup_steps`` of linear warm-up."""
+    return learning_rate_schedule(training_config.learning_rate, training_config.warmup_steps)
+
+
+def optimizer_from_config(training_config) -> optax.GradientTransformation:
+    """The optimiser of a ``config.training`` block (clipping, Adam/AdamW, the warm-up schedule)."""
+    tc = training_config
+    return make_optimizer(learning_rate_from_config(tc), optimizer=tc.optimizer, b1=tc.adam_b1, b2=tc.adam_b2,
+                          eps=tc.adam_eps, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm)
+
+
+def train_step_from_config(config, apply_fn, tables, optimizer, num_classes: int, mesh=None):
+    """:func:`jaxdiff.training.make_train_step` with the arguments a config gives (uint8 batches
+    scaled to [-1, 1] and flipped per ``data.random_flip`` inside the step)."""
+    tc, dc = config.training, config.diffusion
+    return make_train_step(
+        apply_fn, tables, optimizer, target=dc.target, loss_weighting=dc.loss_weighting,
+        min_snr_gamma=dc.min_snr_gamma, ema_decay_rate=tc.ema_decay, ema_warmup=tc.ema_warmup,
+        num_classes=num_classes, label_dropout=tc.label_dropout,
+        preprocess=functools.partial(preprocess, random_flip=config.data.random_flip), seed=config.seed,
+        grad_accum_steps=tc.grad_accum_steps, learning_rate_fn=learning_rate_from_config(tc), mesh=mesh)
+
+
+class Experiment:
+    """The compiled pieces of one configuration for images of ``channels`` channels and a dataset of
+    ``num_classes`` classes: ``model`` (a Flax module), ``apply_fn``, ``tables``, ``tx``, ``mesh``,
+    ``state_sharding``, ``step`` (the jitted train step), :meth:`init`, :meth:`abstract_state`."""
+
+    def __init__(self, config, channels: int, num_classes: int, mesh=None):
+        parallel.check_partitionable_rng()
+        self.config = config
+        pc = config.parallel
+        self.mesh = mesh or parallel.make_mesh(pc.num_devices)
+        parallel.check_batch_divides(config.training.batch_size, self.mesh,
+                                     accum_steps=config.training.grad_accum_steps)
+        self.num_classes = num_classes
+        self.image_shape = (config.data.image_size, config.data.image_size, channels)
+        self.model = build_model(config, channels, num_classes)
+        self.apply_fn = denoiser_apply(self.model)
+        self.tables = schedules.tables_from_config(config.diffusion)
+        self.tx = optimizer_from_config(config.training)
+        init = lambda key: init_train_state(init_denoiser(self.model, key, self.image_shape), self.tx)  # noqa: E731
+        shapes = jax.eval_shape(init, jax.random.key(0))
+        self.state_sharding = parallel.state_shardings(shapes, self.mesh, pc.shard_params, pc.shard_min_size)
+        self._shapes = shapes
+        rep, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
+        step = train_step_from_config(config, self.apply_fn, self.tables, self.tx, self.model.num_classes, self.mesh)
+        self.step = jax.jit(step, in_shardings=(self.state_sharding, batch),
+                            out_shardings=(self.state_sharding, rep), donate_argnums=0)
+        # The key is made inside the program, so every process builds the same state without inputs.
+        self._init = jax.jit(lambda: init(stream_key(config.seed, INIT_STREAM, 0)),
+                             out_shardings=self.state_sharding)
+        # Compiled sampling programs of this model (sample grids during training reuse them).
+        self.sampler_cache: dict = {}
+
+    def init(self) -> TrainState:
+        return self._init()
+
+    def abstract_state(self) -> TrainState:
+        """Shapes, dtypes and shardings of the state, without computing it."""
+        return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            self._shapes, self.state_sharding)
+
+    def meta(self) -> dict:
+        """What a checkpoint records besides the state: the config and the data's shape."""
+        return {"config": json.loads(self.config.to_json()), "channels": self.image_shape[-1],
+                "num_classes": self.num_classes}

@@ -1,0 +1,104 @@
+"""``--mode=sample`` and the sample grids of training: a config's sampler run on an experiment's
+network, pictures and arrays written into the work directory by process 0."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from jaxdiff.common import paths, plotting
+from jaxdiff.core.samplers import SampleOutput
+from jaxdiff.drivers import restore
+from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.drivers.sampling import check_sampling_config, generate_from_config, parse_labels
+from jaxdiff.training.keys import SAMPLE_STREAM, stream_key
+
+
+def trajectory_stride(num_steps: int, trajectory_every: int, min_frames: int = 10) -> int:
+    """Keep every ``trajectory_every``-th step, but at least ``min_frames`` frames for short samplers
+    (DDIM with 20 steps and ``trajectory_every=100`` keeps every 2nd step); 0 = no trajectory."""
+    if not trajectory_every:
+        return 0
+    return max(1, min(int(trajectory_every), -(-num_steps // min_frames)))
+
+
+def generate(experiment: Experiment, params, key, num_samples: int, sampling_config=None,
+             trajectory: bool = False) -> SampleOutput:
+    """``num_samples`` images from ``params`` with the sampler of ``sampling_config`` (default
+    ``config.sampling``), chunked and keyed as :func:`jaxdiff.core.generation.generate` describes,
+    the batch sharded over the experiment's mesh. With ``trajectory`` the first chunk's trajectory
+    comes back too."""
+    config = experiment.config
+    sc = sampling_config or config.sampling
+    num_steps = sc.num_steps or experiment.tables.num_timesteps
+    every = trajectory_stride(num_steps, sc.trajectory_every) if trajectory else 0
+    return generate_from_config(
+        experiment.apply_fn, params, experiment.tables, sc, (num_samples,) + tuple(experiment.image_shape), key,
+        target=config.diffusion.target, num_classes=experiment.model.num_classes, trajectory_every=every,
+        mesh=experiment.mesh, cache=experiment.sampler_cache)
+
+
+def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool) -> str:
+    """File-name tag ``<sampler><steps>[_w<guidance>]_<checkpoint step>``, e.g. ``ddim20_w3_0002000``."""
+    sc = sampling_config
+    guidance = f"_w{sc.guidance_scale:g}" if conditional and sc.guidance_scale != 1.0 else ""
+    return f"{sc.sampler}{sc.num_steps or num_timesteps}{guidance}_{step:07d}"
+
+
+def write_training_samples(experiment: Experiment, state, workdir, step: int):
+    """Sample ``sampling.num_samples`` images with the EMA parameters and save ``samples_<step>.png``
+    (a class-conditional model: column k of the grid is class k). Returns the path."""
+    config = experiment.config
+    sc = config.sampling
+    params = state.ema_params if sc.use_ema else state.params
+    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples)
+    path = paths.as_path(workdir) / f"samples_{step:07d}.png"
+    conditional_grid = out.labels is not None and str(sc.labels) in ("auto", "all")
+    if paths.is_writer():  # every process samples (a collective); one writes
+        plotting.save_image_grid(out.samples, path, nrow=experiment.model.num_classes if conditional_grid else None)
+    return path
+
+
+def run_sample_mode(config, workdir) -> dict:
+    """Restore the latest checkpoint in ``workdir`` and write, tagged by :func:`sample_tag`:
+    ``sample_<tag>.png`` (grid of up to 256), ``sample_<tag>_classes.png`` (one row per class, for a
+    class-conditional model), ``trajectory_<tag>.png`` (x_t and predicted x0 over time, when
+    ``sampling.trajectory_every > 0``) and ``sample_<tag>.npz`` (``images`` uint8 ``[N, H, W, C]``,
+    ``labels`` int32, -1 when unconditional, ``meta`` a JSON string). Returns the metadata.
+    Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``."""
+    opened = restore.open_latest(config, workdir, "sample")
+    experiment, step = opened.experiment, opened.step
+    sc = config.sampling
+    # Labels and guidance against the checkpoint's class count, before restoring or compiling.
+    check_sampling_config(sc, experiment.tables.num_timesteps, experiment.model.num_classes > 0)
+    parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
+    state = restore.restore(opened)
+    params = state.ema_params if sc.use_ema else state.params
+    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
+                   trajectory=True)
+
+    images = out.samples
+    tag = sample_tag(sc, experiment.tables.num_timesteps, step, out.labels is not None)
+    info = {"checkpoint_step": int(step), "seed": int(config.seed), "use_ema": bool(sc.use_ema),
+            "labels": str(sc.labels), "key": "fold_in(fold_in(fold_in(key(seed), 1), checkpoint_step), chunk)",
+            **out.metadata}
+    files = {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz"}
+    if out.labels is not None:
+        files["classes"] = f"sample_{tag}_classes.png"
+    if out.trajectory_xt is not None:
+        files["trajectory"] = f"trajectory_{tag}.png"
+    info["files"] = files
+    if not paths.is_writer():  # every process samples (a collective); one writes
+        return info
+    out_dir = opened.workdir
+    plotting.save_image_grid(images[:256], out_dir / files["grid"])
+    if out.labels is not None:
+        plotting.save_class_grid(images, out.labels, out_dir / files["classes"])
+    if out.trajectory_xt is not None:
+        plotting.save_trajectory(out.trajectory_xt, out.trajectory_x0, out.trajectory_t,
+                                 out_dir / files["trajectory"])
+    labels = out.labels if out.labels is not None else np.full(len(images), -1, np.int32)
+    paths.save_npz(out_dir / files["npz"], compressed=True, images=plotting.to_uint8(images), labels=labels,
+                   meta=json.dumps(info))
+    return info

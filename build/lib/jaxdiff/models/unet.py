@@ -1,0 +1,188 @@
+"""The noise-prediction U-Net of DDPM (Ho et al. 2020), in Flax Linen, NHWC.
+
+With ``ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1`` on
+32x32x3 images this is exactly the DDPM CIFAR-10 network (35,746,307 parameters), laid out as in
+the original ``diffusion_tf/models/unet.py``:
+
+  temb = Dense(4ch)(swish(Dense(4ch)(sinusoidal(t, ch))))   [+ Embed(num_classes + 1, 4ch)(y)]
+  conv_in -> per level: num_res_blocks x (ResBlock [+ Attention]) then a stride-2 conv (not at the last)
+  middle: ResBlock, Attention, ResBlock
+  per level, reversed: (num_res_blocks + 1) x (concat skip -> ResBlock [+ Attention]), then
+  nearest-neighbour x2 + conv3x3 (not at the first)
+  GroupNorm -> swish -> conv3x3 (zero-initialised) to the image channels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.models import layers
+
+# DDPM's default_init: variance scaling, fan_avg, uniform (scale 1; 1e-10 stands in for "zero").
+default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+zero_init = nn.initializers.zeros
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding of integer timesteps, shape ``[B, dim]``.
+
+    ``freq_k = exp(-ln(max_period) k / (half - 1))`` for ``k < half = dim // 2``;
+    ``emb = [sin(t freq), cos(t freq)]`` (zero-padded when ``dim`` is odd).
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+    args = t.astype(jnp.float32)[:, None] * freqs[None, :]
+    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    if dim % 2:
+        emb = jnp.pad(emb, ((0, 0), (0, 1)))
+    return emb
+
+
+def num_groups(channels: int, groups: int) -> int:
+    """The largest group count ``<= groups`` that divides ``channels`` (32 for the DDPM widths)."""
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> swish -> conv3x3, + Dense(swish(temb)), GroupNorm -> swish -> dropout -> conv3x3 (zero init).
+
+    A 1x1 convolution maps the input to ``out_ch`` when the channel count changes.
+    """
+
+    out_ch: int
+    dropout: float = 0.0
+    groups: int = 32
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, temb, train: bool):
+        conv = lambda ch, k, init, name: layers.Conv(ch, (k, k), kernel_init=init,  # noqa: E731
+                                                    dtype=self.dtype, name=name)
+        norm_swish = lambda c, name: layers.GroupNorm(num_groups(c, self.groups), 1e-6,  # noqa: E731
+                                                      swish=True, dtype=self.dtype, name=name)
+        h = conv(self.out_ch, 3, default_init, "conv1")(norm_swish(x.shape[-1], "norm1")(x))
+        h = layers.add_bias(h, nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
+                                        name="temb_proj")(nn.swish(temb)))  # + per example [B, C]
+        h = norm_swish(self.out_ch, "norm2")(h)
+        h = layers.Dropout(self.dropout, deterministic=not train)(h)
+        h = conv(self.out_ch, 3, zero_init, "conv2")(h)
+        if x.shape[-1] != self.out_ch:
+            x = conv(self.out_ch, 1, default_init, "nin_shortcut")(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over the ``H*W`` positions: GroupNorm, 1x1 q/k/v, softmax(q k^T / sqrt(d)) v,
+    1x1 output projection (zero init), residual. One head in DDPM."""
+
+    num_heads: int = 1
+    groups: int = 32
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, hgt, wid, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"model.num_heads={self.num_heads} does not divide {c} channels")
+        h = layers.GroupNorm(num_groups(c, self.groups), 1e-6, dtype=self.dtype, name="norm")(x)
+        h = h.reshape(b, hgt * wid, c)
+        heads = lambda name: layers.Dense(c, default_init, self.dtype,  # noqa: E731
+                                          name=name)(h).reshape(b, hgt * wid, self.num_heads, c // self.num_heads)
+        out = jax.nn.dot_product_attention(heads("q"), heads("k"), heads("v"))
+        out = layers.Dense(c, zero_init, self.dtype, name="proj_out")(out.reshape(b, hgt * wid, c))
+        return x + out.reshape(b, hgt, wid, c)
+
+
+def check_image_size(image_size: int, ch_mult: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless ``image_size`` halves cleanly ``len(ch_mult) - 1`` times."""
+    factor = 2 ** (len(ch_mult) - 1)
+    if image_size <= 0 or image_size % factor:
+        raise ValueError(
+            f"data.image_size={image_size} cannot be downsampled {len(ch_mult) - 1} times by the U-Net "
+            f"(model.ch_mult={tuple(ch_mult)}): it must be a positive multiple of {factor}")
+
+
+class UNet(nn.Module):
+    """DDPM U-Net. ``__call__(x [B,H,W,C], t [B] int, y [B] int or None, train) -> [B,H,W,out_ch]``.
+
+    ``num_classes > 0`` adds a class embedding with ``num_classes + 1`` rows: row ``num_classes`` is the
+    null label used for classifier-free guidance. ``y=None`` on a conditional model means "null".
+    """
+
+    ch: int = 128
+    ch_mult: Sequence[int] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: Sequence[int] = (16,)
+    dropout: float = 0.1
+    out_ch: int = 3
+    num_classes: int = 0
+    num_heads: int = 1
+    groups: int = 32
+    dtype: jnp.dtype = jnp.float32
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x, t, y=None, train: bool = False):
+        check_image_size(x.shape[1], self.ch_mult)
+        res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
+        block = lambda ch, name: res_block(ch, self.dropout, self.groups, self.dtype, name=name)  # noqa: E731
+        attn = lambda name: AttnBlock(self.num_heads, self.groups, self.dtype, name=name)  # noqa: E731
+        conv3 = lambda ch, name, init=default_init: layers.Conv(ch, (3, 3), kernel_init=init,  # noqa: E731
+                                                                dtype=self.dtype, name=name)
+
+        temb = timestep_embedding(t, self.ch)
+        temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype, name="temb_dense0")(temb)
+        temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype,
+                        name="temb_dense1")(nn.swish(temb))
+        if self.num_classes > 0:
+            if y is None:
+                y = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
+            temb = temb + nn.Embed(self.num_classes + 1, self.ch * 4, dtype=self.dtype,
+                                   name="class_embed")(y)
+
+        x = x.astype(self.dtype)
+        hs = [conv3(self.ch, "conv_in")(x)]
+        levels = len(self.ch_mult)
+        for level, mult in enumerate(self.ch_mult):
+            for i in range(self.num_res_blocks):
+                h = block(self.ch * mult, f"down_{level}_block_{i}")(hs[-1], temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(f"down_{level}_attn_{i}")(h)
+                hs.append(h)
+            if level != levels - 1:
+                hs.append(layers.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                                      kernel_init=default_init, dtype=self.dtype,
+                                      name=f"down_{level}_downsample")(hs[-1]))
+
+        h = hs[-1]
+        h = block(h.shape[-1], "mid_block_1")(h, temb, train)
+        h = attn("mid_attn")(h)
+        h = block(h.shape[-1], "mid_block_2")(h, temb, train)
+
+        for level in reversed(range(levels)):
+            for i in range(self.num_res_blocks + 1):
+                h = block(self.ch * self.ch_mult[level], f"up_{level}_block_{i}")(
+                    jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+                if h.shape[1] in self.attn_resolutions:
+                    h = attn(f"up_{level}_attn_{i}")(h)
+            if level != 0:
+                h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2
+                h = conv3(h.shape[-1], f"up_{level}_upsample")(h)
+        assert not hs
+
+        h = layers.GroupNorm(num_groups(h.shape[-1], self.groups), 1e-6, swish=True, dtype=self.dtype,
+                             name="norm_out")(h)
+        return conv3(self.out_ch, "conv_out", zero_init)(h).astype(jnp.float32)
+
+
+def count_params(params) -> int:
+    """Total number of scalars in a parameter pytree."""
+    return sum(int(math.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))

@@ -1,0 +1,70 @@
+"""Orbax checkpoints of the train state in ``<workdir>/checkpoints``.
+
+Orbax writes each step to a temporary directory and renames it when complete, so a crash or kill
+during a save leaves the previous checkpoints intact and never a half-written one that looks valid.
+Each checkpoint holds the train state (step, params, EMA params, optimizer state) and a JSON item
+with the configuration it was trained with.
+"""
+
+from __future__ import annotations
+
+import orbax.checkpoint as ocp
+
+from jaxdiff.common import paths
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or cannot be restored."""
+
+
+def _short(error: Exception, limit: int = 160) -> str:
+    """The first line of ``error``'s message, cut to ``limit`` characters (TensorStore's carry a long spec)."""
+    line = str(error).splitlines()[0] if str(error) else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def checkpoint_dir(workdir: paths.PathLike):
+    """``<workdir>/checkpoints`` as an ``epath.Path`` (a ``gs://`` workdir stays a URL)."""
+    return paths.as_path(workdir) / "checkpoints"
+
+
+def manager(workdir: paths.PathLike, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
+    """A CheckpointManager over ``<workdir>/checkpoints`` keeping the ``keep`` newest steps."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only, enable_async_checkpointing=True)
+    return ocp.CheckpointManager(checkpoint_dir(workdir),
+                                 options=options, item_names=("state", "config"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, config_json: dict) -> None:
+    """Start saving ``state`` at ``step`` (asynchronously; :func:`wait` or ``close`` finishes it)."""
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            config=ocp.args.JsonSave(config_json)), force=True)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """Restore the state at ``step`` (default: the latest) into the structure/shardings of
+    ``abstract_state`` (a pytree of ``jax.ShapeDtypeStruct``). Returns ``(state, config_json)``."""
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+        raise CheckpointError(f"no checkpoint in {mngr.directory}: train first "
+                              "(python main.py --mode=train with the same --config and --workdir)")
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for damaged or mismatched files
+        raise CheckpointError(
+            f"checkpoint {step} in {mngr.directory} cannot be restored ({type(e).__name__}: "
+            f"{_short(e)}). If it is damaged, delete that step's folder to "
+            "fall back to the previous one; if the model config changed, use the config it was "
+            "trained with or a new --workdir") from e
+    return restored.state, restored.config
+
+
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON item of checkpoint ``step`` (config, channels, num_classes) without the arrays."""
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {step} in {mngr.directory} has no readable metadata "
+                              f"({type(e).__name__}); delete that step's folder or use a new --workdir") from e

@@ -1,0 +1,128 @@
+"""The training step as a pure function of explicit arguments.
+
+:func:`make_train_step` returns ``step(state, batch) -> (state, metrics)``, one optimizer update that
+``jax.jit`` compiles into one program (with shardings and donated state when the drivers build it
+over a mesh). Everything random in step ``n`` comes from :func:`jaxdiff.training.keys.step_keys`
+``(seed, n)`` and is drawn for the global batch, so devices draw different noise, 8 devices compute
+what 1 device computes (see :mod:`jaxdiff.common.parallel`), and a resumed run needs no saved RNG.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdiff.core import diffusion
+from jaxdiff.core.schedules import DiffusionTables
+from jaxdiff.training.keys import step_keys
+from jaxdiff.training.optim import ema_decay, ema_update
+from jaxdiff.training.state import TrainState
+
+ApplyFn = Callable  # apply(params, x_t, t, labels | None, dropout_key) -> network output
+Preprocess = Callable  # preprocess(images, key) -> x0 float32 [B, H, W, C] in [-1, 1]
+
+
+def as_float(images, key):
+    """The default preprocessing: the batch is already ``x0`` (float in [-1, 1]); cast to float32."""
+    del key
+    return jnp.asarray(images).astype(jnp.float32)
+
+
+def micro_batches(tree, k: int, mesh=None):
+    """Split the leading axis ``B`` into ``k`` micro-batches, ``[B, ...] -> [k, B / k, ...]``, with
+    micro-batch ``i`` holding rows ``i, i + k, i + 2k, ...``: each device's contiguous block of rows
+    contributes equally to every micro-batch, so the split needs no communication."""
+    def split(a):
+        a = jnp.moveaxis(a.reshape(a.shape[0] // k, k, *a.shape[1:]), 1, 0)
+        if mesh is not None:
+            a = jax.lax.with_sharding_constraint(a, jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec(None, "data")))
+        return a
+
+    return jax.tree.map(split, tree)
+
+
+def make_train_step(apply_fn: ApplyFn, tables: DiffusionTables, optimizer: optax.GradientTransformation,
+                    *, target: str = "eps", loss_weighting: str = "none", min_snr_gamma: float = 5.0,
+                    ema_decay_rate: float = 0.9999, ema_warmup: bool = False, num_classes: int = 0,
+                    label_dropout: float = 0.0, preprocess: Preprocess = as_float, seed: int = 0,
+                    grad_accum_steps: int = 1, learning_rate_fn: Callable | None = None, mesh=None):
+    """The pure ``step(state, batch) -> (state, metrics)`` of denoising diffusion training.
+
+    ``loss = w(t) || f(x_t, t) - target ||^2`` (mean over pixels and batch) with ``t ~ U{0..T-1}``,
+    ``eps ~ N(0, I)``, ``x_t = q_sample(x0, t, eps)``; then one optimizer update and
+    ``ema <- d ema + (1 - d) params``.
+
+    Args:
+      apply_fn: the network, ``apply_fn(params, x_t, t, labels, dropout_key)`` (labels ``None`` for an
+        unconditional model); :func:`jaxdiff.models.denoiser_apply` makes one from a Flax module.
+      tables: the schedule's :class:`~jaxdiff.core.schedules.DiffusionTables`.
+      optimizer: an optax transformation (:func:`jaxdiff.training.make_optimizer`).
+      target: what the network predicts, ``eps``, ``x0`` or ``v``.
+      loss_weighting: ``none`` or ``min_snr`` (with ``min_snr_gamma``).
+      ema_decay_rate: EMA decay; with ``ema_warmup`` it is ``min(decay, (1 + n) / (10 + n))``.
+      num_classes: > 0 for a class-conditional model; the batch then carries ``"label"`` and each
+        label is replaced by the null label ``num_classes`` with probability ``label_dropout``.
+      preprocess: ``preprocess(batch["image"], key) -> x0`` inside the compiled step (default
+        :func:`as_float`: the batch already holds floats in [-1, 1]; the command line passes
+        uint8 -> [-1, 1] with random flips, :func:`jaxdiff.data.preprocess`).
+      seed: the run's seed; step ``n`` draws from ``step_keys(seed, n)``.
+      grad_accum_steps: ``k > 1`` takes the loss and gradient as the means over ``k`` equal
+        micro-batches scanned inside the step (one in memory at a time) of the same draws, i.e. the
+        same quantity as one ``B``-batch step up to float rounding; network dropout then uses
+        ``fold_in(dropout_key, i)`` in micro-batch ``i``.
+      learning_rate_fn: the schedule, to report ``learning_rate`` in the metrics (optional).
+      mesh: the device mesh, to keep micro-batches sharded over ``data``.
+
+    Returns:
+      ``step(state: TrainState, batch: {"image": [B, H, W, C], "label": int [B]}) -> (state,
+      {"loss", "grad_norm"[, "learning_rate"]})``.
+    """
+    if target not in diffusion.TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
+    if loss_weighting not in diffusion.WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {loss_weighting!r}; choose one of {', '.join(diffusion.WEIGHTINGS)}")
+    k = int(grad_accum_steps)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        keys = step_keys(seed, state.step)
+        x0 = preprocess(batch["image"], keys["flip"])
+        labels = None
+        if num_classes:
+            drop = jax.random.bernoulli(keys["label"], label_dropout, batch["label"].shape)
+            labels = jnp.where(drop, num_classes, batch["label"])
+        t, noise = diffusion.draw_t_noise(keys["loss"], x0, tables.num_timesteps)
+
+        def loss_fn(params, inputs, dropout_key):
+            x0, t, noise, labels = inputs
+            denoise = lambda xt, tt: apply_fn(params, xt, tt, labels, dropout_key)  # noqa: E731
+            loss, _ = diffusion.loss_given_noise(denoise, tables, x0, t, noise, target, loss_weighting,
+                                                 min_snr_gamma)
+            return loss
+
+        grad_fn = jax.value_and_grad(loss_fn)
+        if k == 1:
+            loss, grads = grad_fn(state.params, (x0, t, noise, labels), keys["dropout"])
+        else:
+            def accumulate(carry, inputs):
+                i, micro = inputs
+                loss, grads = grad_fn(state.params, micro, jax.random.fold_in(keys["dropout"], i))
+                return jax.tree.map(jnp.add, carry, (loss, grads)), None
+
+            zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+            micro = micro_batches((x0, t, noise, labels), k, mesh)
+            (loss, grads), _ = jax.lax.scan(accumulate, zero, (jnp.arange(k), micro))
+            loss, grads = jax.tree.map(lambda g: g / k, (loss, grads))
+
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = ema_update(state.ema_params, params, ema_decay(state.step, ema_decay_rate, ema_warmup))
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        if learning_rate_fn is not None:
+            metrics["learning_rate"] = learning_rate_fn(state.step)
+        return TrainState(state.step + 1, params, ema, opt_state), metrics
+
+    return step
