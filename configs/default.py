@@ -1,7 +1,7 @@
 """Every configuration field jaxdiff reads, with its default. Dataset configs override a few.
 
 Override any field on the command line: ``--config.training.batch_size=64``. An unknown field is
-an error (ml_collections refuses it), and :func:`jaxdiff.config.validate` checks values before any
+an error (ml_collections refuses it), and :func:`jaxdiff.drivers.config_checks.validate` checks values before any
 compile or write.
 """
 

@@ -158,6 +158,12 @@ def test_cli_info_reports_fashion_mnist(capsys):
     assert data_cli.main(["info", "--dataset", "idx", "--data_dir", "/nonexistent"]) == 1
 
 
+def test_cli_info_defaults_are_the_configs_defaults():
+    """The library never imports configs/, so the CLI keeps its own copy of the data defaults."""
+    want = default.get_config().data.to_dict()
+    assert data_cli.INFO_DEFAULTS == dict(want, download=False)  # info never downloads
+
+
 # --- a folder of images -----------------------------------------------------------------------------
 
 
