@@ -9,10 +9,13 @@ Multi-process (multi-host GPU, TPU pods): run the same command on every host wit
 ``--num_processes`` and ``--process_id`` (or the environment variables ``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``). See docs/scaling.md.
 
-Exit codes: 0 done; 2 bad input or unusable checkpoint; 128 + N (143 for SIGTERM, 130 for SIGINT)
-when training was stopped by signal N after saving a checkpoint: re-run the same command to continue.
+Exit codes: 0 done; 2 bad input, an unusable checkpoint, a failed save or a work directory in use by
+another run; 3 training diverged (a non-finite loss; nothing non-finite was saved); 128 + N (143 for
+SIGTERM, 130 for SIGINT) when training was stopped by signal N after saving a checkpoint: re-run the
+same command to continue.
 """
 
+import re
 import sys
 
 from jaxdiff.common import cpu_tuning
@@ -25,6 +28,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from jaxdiff.common import parallel  # noqa: E402
+from jaxdiff.common.run_lock import WorkdirLocked  # noqa: E402
 from jaxdiff.drivers import config_checks, eval_mode, sample_mode, train_loop  # noqa: E402
 from jaxdiff.training import checkpoint  # noqa: E402
 
@@ -40,10 +44,49 @@ flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
+def ignore_abandoned_writes(unraisable, default=sys.unraisablehook) -> None:
+    """``sys.unraisablehook`` without the "Event loop is closed" reports that TensorStore's callback
+    threads raise when they finish writes of a save that already failed (one per array); everything
+    else goes to Python's own hook."""
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+        return
+    default(unraisable)
+
+
+def flag_error_line(error: Exception) -> str:
+    """One line for a flag that cannot be parsed: an unknown ``--config.FIELD`` (ml_collections' own
+    "did you mean" kept), a config file that is missing or does not load, a value of the wrong type."""
+    text = str(error)
+    if isinstance(error, (AttributeError, KeyError)):  # ml_collections: a repr of the field and a hint
+        decoded = text.encode().decode("unicode_escape")
+        name = re.search(r"'(\w+)'", decoded)
+        hint = re.search(r"Did you mean.*", decoded)
+        return (f"unknown config field {name.group(1) if name else decoded.strip()}"
+                + (f": {hint.group(0).rstrip(chr(39))}" if hint else ""))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Failed loading config file" in text and lines:
+        return f"cannot load the --config file: {lines[-1]}"
+    return " ".join(lines) or type(error).__name__
+
+
+def parse_flags(argv):
+    """absl's flag parsing and the loading of the config file, with every failure one ``error:`` line
+    and exit code 2 (no traceback)."""
+    try:
+        argv = FLAGS(argv)
+        FLAGS.config.to_json()  # config_flags reports a file that failed to load on first use
+    except Exception as e:  # noqa: BLE001 (config_flags raises many types: all are bad input)
+        print(f"error: {flag_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    return argv
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
+    sys.unraisablehook = ignore_abandoned_writes
     config = FLAGS.config
     try:
         parallel.initialize_distributed(FLAGS.jax_distributed, FLAGS.coordinator_address,
@@ -54,6 +97,9 @@ def main(argv):
             except train_loop.Preempted as e:
                 print(str(e), file=sys.stderr)
                 sys.exit(128 + e.signum)
+            except train_loop.Diverged as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(3)
             print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {FLAGS.workdir}")
         elif FLAGS.mode == "sample":
             info = sample_mode.run_sample_mode(config, FLAGS.workdir)
@@ -61,10 +107,10 @@ def main(argv):
         elif FLAGS.mode == "eval":
             m = eval_mode.run_eval(config, FLAGS.workdir)
             print(f"wrote {FLAGS.workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
-    except (config_checks.ConfigError, checkpoint.CheckpointError, ValueError, FileNotFoundError) as e:
+    except (config_checks.ConfigError, checkpoint.CheckpointError, WorkdirLocked, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -405,7 +405,8 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
     bpd_fn = likelihood.make_bpd_fn(lambda p, x, t: trainer.apply_fn(p, x, t, None),
                                     trainer.tables, "eps", config.sampling.variance)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), keys.EVAL_STREAM), 20)
-    untrained = likelihood.dataset_bpd(bpd_fn, trainer.init().ema_params, test.images[:40], 20, jax.random.fold_in(key, 1))
+    untrained = likelihood.dataset_bpd(bpd_fn, trainer.init().ema_params, test.images[:40], 20,
+                                       jax.random.fold_in(key, 1))
     print("bits/dim trained", m["bpd"], "untrained", untrained["bpd"])
     assert m["bpd"] < untrained["bpd"] - 5 * (m["bpd_stderr"] + untrained["bpd_stderr"]), (m["bpd"], untrained)
 

@@ -42,8 +42,14 @@ def save_image_grid(images, path: paths.PathLike, nrow: int | None = None, scale
 
 
 def read_metrics(path: paths.PathLike) -> list[dict]:
-    """The JSON lines of a ``metrics.jsonl`` file."""
-    return [json.loads(line) for line in paths.as_path(path).read_text().splitlines() if line.strip()]
+    """The JSON lines of a ``metrics.jsonl`` file; a line cut short by a killed process is skipped."""
+    rows = []
+    for line in paths.as_path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def save_loss_curve(metrics_path: paths.PathLike, path: paths.PathLike) -> None:

@@ -70,7 +70,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
 def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array, *,
              labels=None, num_classes: int = 0, guidance_scale: float = 1.0, batch_size: int = 256,
              trajectory_every: int = 0, trajectory_size: int = 16, mesh=None,
-             cache: dict | None = None) -> SampleOutput:
+             cache: dict | None = None, progress=None) -> SampleOutput:
     """Generate ``shape[0]`` images of shape ``shape[1:]`` with ``sampler``.
 
     Args:
@@ -95,6 +95,7 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
       cache: a dict the caller keeps for one ``apply_fn``: the compiled chunk generator is kept in it
         between calls with the same sampler object and shapes (sample grids during training compile
         once).
+      progress: a ``tqdm`` bar (or anything with ``update(n)``) advanced by each chunk's images.
 
     Returns:
       :class:`~jaxdiff.core.samplers.SampleOutput` with NumPy float32 samples (in [-1, 1] when the
@@ -142,7 +143,7 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
         return parallel.to_host(x)[:chunk]  # gathers across processes when the array spans several
 
     rows = labels if labels is not None else np.zeros(num, np.int32)
-    samples = map_chunks(run_chunk, rows, chunk)
+    samples = map_chunks(run_chunk, rows, chunk, progress)
     metadata = {"num_samples": num, "num_steps": int(len(sampler.timesteps)), "chunk_size": chunk,
                 "guidance_scale": scale if labels is not None else None, "conditional": labels is not None,
                 "devices": int(devices), "timesteps": [int(t) for t in sampler.timesteps]}

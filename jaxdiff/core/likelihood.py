@@ -145,7 +145,7 @@ def make_bpd_fn(apply_fn: ApplyFn, tables: DiffusionTables, target: str = "eps",
     return jax.jit(bpd)
 
 
-def dataset_bpd(bpd_fn, params, images: np.ndarray, batch_size: int, key: jax.Array) -> dict:
+def dataset_bpd(bpd_fn, params, images: np.ndarray, batch_size: int, key: jax.Array, progress=None) -> dict:
     """Bits/dim of uint8 ``images [N, H, W, C]`` under ``bpd_fn`` (from :func:`make_bpd_fn`).
 
     Batches are of a fixed size (the last one padded and its padding dropped), so one compiled
@@ -161,7 +161,7 @@ def dataset_bpd(bpd_fn, params, images: np.ndarray, batch_size: int, key: jax.Ar
         out = jax.device_get(bpd_fn(params, x0, jax.random.fold_in(key, j)))
         return out.bpd, out.prior, np.swapaxes(out.terms, 0, 1)  # terms with the batch axis first
 
-    per_image, prior, terms = map_chunks(bpd_chunk, images, batch_size)
+    per_image, prior, terms = map_chunks(bpd_chunk, images, batch_size, progress)
     per_image = per_image.astype(np.float64)
     return {
         "bpd": float(per_image.mean()),

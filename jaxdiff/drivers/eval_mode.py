@@ -28,6 +28,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxdiff.common import paths
 from jaxdiff.core import likelihood
@@ -62,7 +63,8 @@ def load_splits(data_config, train_source=None) -> tuple:
         test = train
     same = test is train or (isinstance(test, ArraySource) and isinstance(train, ArraySource)
                              and test.images.shape == train.images.shape
-                             and np.array_equal(test.labels, train.labels) and np.array_equal(test.images, train.images))
+                             and np.array_equal(test.labels, train.labels)
+                             and np.array_equal(test.images, train.images))
     if not same:
         return train, test, f"{data_config.dataset} train/test splits"
     n = len(train)
@@ -98,6 +100,11 @@ def reference_path(workdir, dataset: str, image_shape, split: str, extractor: Fe
     size = "x".join(str(s) for s in image_shape)
     return paths.as_path(workdir) / "eval" / (f"reference_{dataset}_{size}_{split}_{extractor.name}_"
                                               f"{extractor.fingerprint}.npz")
+
+
+def progress_bar(total: int, desc: str, unit: str = "img"):
+    """The bar of one long part of an evaluation (rate and ETA), shown by process 0."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not paths.is_writer(), dynamic_ncols=True, leave=False)
 
 
 def sampling_steps(sampling_config, tables) -> int:
@@ -172,14 +179,18 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
             return cache[w]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM), step)
 
-    ref = reference_statistics(extractor, train if ev.reference_split == "train" else test,
-                               reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
-                                              extractor), ev.batch_size, log)
+    reference = train if ev.reference_split == "train" else test
+    with progress_bar(len(reference), "eval: reference features") as bar:
+        ref = reference_statistics(extractor, reference, reference_path(workdir, config.data.dataset, image_shape,
+                                                                        ev.reference_split, extractor),
+                                   ev.batch_size, log, bar)
     guidance = float(ev.fid_guidance_scale) if num_classes else None
     log(f"eval: generating {ev.num_samples} samples (EMA params, {config.sampling.sampler}, "
         f"{sampling_steps(config.sampling, tables)} steps)")
-    images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
-                            balanced_labels(ev.num_samples, num_classes), ev.batch_size, jax.random.fold_in(key, 0))
+    with progress_bar(ev.num_samples, "eval: samples") as bar:
+        images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
+                                balanced_labels(ev.num_samples, num_classes), ev.batch_size,
+                                jax.random.fold_in(key, 0), bar)
     metrics = {"checkpoint_step": int(step), "params": "ema", "sampler": config.sampling.sampler,
                "sampling_steps": sampling_steps(config.sampling, tables), "variance": config.sampling.variance,
                "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,
@@ -195,7 +206,9 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
         images_test = np.asarray(test[np.arange(min(len(test), ev.bpd_num_images or len(test)))][0])
         apply = lambda p, x, t: experiment.apply_fn(p, x, t, None)  # noqa: E731  (null label if conditional)
         bpd_fn = likelihood.make_bpd_fn(apply, tables, dc.target, config.sampling.variance, ev.bpd_clip_x0)
-        res = likelihood.dataset_bpd(bpd_fn, params, images_test, ev.bpd_batch_size, jax.random.fold_in(key, 1))
+        with progress_bar(len(images_test), "eval: bits/dim") as bar:
+            res = likelihood.dataset_bpd(bpd_fn, params, images_test, ev.bpd_batch_size,
+                                         jax.random.fold_in(key, 1), bar)
         metrics.update({"bpd": res["bpd"], "bpd_stderr": res["bpd_stderr"], "bpd_prior": res["prior_bpd"],
                         "bpd_decoder": float(res["terms_bpd"][0]), "bpd_num_images": res["num_images"],
                         "bpd_variance": config.sampling.variance, "bpd_clip_x0": bool(ev.bpd_clip_x0),
@@ -206,9 +219,11 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     write = paths.is_writer()
     if num_classes and clf is not None:
         apply_clf = clf.apply_fn()
-        rows = conditional_accuracy(make_generate, params, lambda x: apply_clf(x)[0], num_classes,
-                                    ev.samples_per_class, ev.guidance_scales, ev.batch_size,
-                                    jax.random.fold_in(key, 2))
+        with progress_bar(num_classes * ev.samples_per_class * len(ev.guidance_scales),
+                          "eval: conditional accuracy") as bar:
+            rows = conditional_accuracy(make_generate, params, lambda x: apply_clf(x)[0], num_classes,
+                                        ev.samples_per_class, ev.guidance_scales, ev.batch_size,
+                                        jax.random.fold_in(key, 2), bar)
         stem = f"conditional_accuracy_{step:07d}"
         if write:
             write_json(eval_dir / f"{stem}.json", {"rows": rows, "classifier_test_accuracy": clf.test_accuracy})

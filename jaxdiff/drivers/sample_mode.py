@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxdiff.common import paths, plotting
 from jaxdiff.core.samplers import SampleOutput
@@ -24,7 +25,7 @@ def trajectory_stride(num_steps: int, trajectory_every: int, min_frames: int = 1
 
 
 def generate(experiment: Experiment, params, key, num_samples: int, sampling_config=None,
-             trajectory: bool = False) -> SampleOutput:
+             trajectory: bool = False, progress=None) -> SampleOutput:
     """``num_samples`` images from ``params`` with the sampler of ``sampling_config`` (default
     ``config.sampling``), chunked and keyed as :func:`jaxdiff.core.generation.generate` describes,
     the batch sharded over the experiment's mesh. With ``trajectory`` the first chunk's trajectory
@@ -36,7 +37,7 @@ def generate(experiment: Experiment, params, key, num_samples: int, sampling_con
     return generate_from_config(
         experiment.apply_fn, params, experiment.tables, sc, (num_samples,) + tuple(experiment.image_shape), key,
         target=config.diffusion.target, num_classes=experiment.model.num_classes, trajectory_every=every,
-        mesh=experiment.mesh, cache=experiment.sampler_cache)
+        mesh=experiment.mesh, cache=experiment.sampler_cache, progress=progress)
 
 
 def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool) -> str:
@@ -48,16 +49,17 @@ def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool
 
 def write_training_samples(experiment: Experiment, state, workdir, step: int):
     """Sample ``sampling.num_samples`` images with the EMA parameters and save ``samples_<step>.png``
-    (a class-conditional model: column k of the grid is class k). Returns the path."""
+    (a class-conditional model: column k of the grid is class k). Returns the uint8 grid (``None``
+    on processes other than 0, which sample but do not write)."""
     config = experiment.config
     sc = config.sampling
     params = state.ema_params if sc.use_ema else state.params
     out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples)
     path = paths.as_path(workdir) / f"samples_{step:07d}.png"
     conditional_grid = out.labels is not None and str(sc.labels) in ("auto", "all")
-    if paths.is_writer():  # every process samples (a collective); one writes
-        plotting.save_image_grid(out.samples, path, nrow=experiment.model.num_classes if conditional_grid else None)
-    return path
+    if not paths.is_writer():  # every process samples (a collective); one writes
+        return None
+    return plotting.save_image_grid(out.samples, path, nrow=experiment.model.num_classes if conditional_grid else None)
 
 
 def run_sample_mode(config, workdir) -> dict:
@@ -75,8 +77,10 @@ def run_sample_mode(config, workdir) -> dict:
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     state = restore.restore(opened)
     params = state.ema_params if sc.use_ema else state.params
-    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
-                   trajectory=True)
+    with tqdm(total=sc.num_samples, desc="sample", unit="img", disable=not paths.is_writer(),
+              dynamic_ncols=True) as bar:
+        out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
+                       trajectory=True, progress=bar)
 
     images = out.samples
     tag = sample_tag(sc, experiment.tables.num_timesteps, step, out.labels is not None)

@@ -7,6 +7,11 @@ experiment's jitted step, and every so often logs metrics, checkpoints, samples 
 while parameters, gradients, optimizer state and EMA stay float32. SIGTERM/SIGINT save a checkpoint
 at the next step boundary and raise :class:`Preempted` (``main.py`` exits with ``128 + signal``);
 re-running the command continues exactly.
+
+A non-finite loss or gradient norm, seen where the loop syncs with the device anyway (every log line,
+and before every checkpoint, sample grid and FID), stops training with :class:`Diverged` before that
+state is saved: every checkpoint on disk is finite, so keep-the-newest retention never deletes the
+last good one. One process at a time holds a work directory (:class:`~jaxdiff.common.run_lock.RunLock`).
 """
 
 from __future__ import annotations
@@ -19,8 +24,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxdiff.common import parallel, paths, plotting, preemption
+from jaxdiff.common.run_lock import RunLock
+from jaxdiff.common.tensorboard import TensorBoard
 from jaxdiff.data import batch_stream, load_source
 from jaxdiff.drivers import config_checks, eval_mode, sample_mode
+from jaxdiff.drivers.sampling import parse_labels
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
 from jaxdiff.training.state import TrainState
@@ -36,6 +44,19 @@ class Preempted(Exception):
         self.step, self.signum, self.state = step, signum, state
 
 
+class Diverged(RuntimeError):
+    """Training met a non-finite loss or gradient norm; nothing from that step on was saved."""
+
+    def __init__(self, step: int, first_bad: int, row: dict, last_checkpoint: int | None, directory):
+        kept = (f"the last good checkpoint is step {last_checkpoint} in {directory}" if last_checkpoint is not None
+                else "no checkpoint was saved")
+        values = ", ".join(f"{k}={row[k]}" for k in ("loss", "grad_norm") if k in row)
+        super().__init__(f"training diverged at step {first_bad} ({values}); stopped at step {step}, nothing "
+                         f"non-finite was saved and {kept}. Lower training.learning_rate (or raise "
+                         "training.warmup_steps) and re-run")
+        self.step, self.first_bad, self.last_checkpoint = step, first_bad, last_checkpoint
+
+
 def truncate_metrics(path, last_step: int) -> None:
     """Drop metric lines logged after ``last_step`` (work lost since the last checkpoint)."""
     path = paths.as_path(path)
@@ -46,19 +67,31 @@ def truncate_metrics(path, last_step: int) -> None:
 
 
 class MetricsLog:
-    """Metrics of the steps since the last log line, fetched from the device only when a line is
-    written (the loop's one host sync): ``steps_per_sec`` over that interval, a ``metrics.jsonl``
-    line (process 0), and the progress bar's postfix."""
+    """Metrics of the steps since the last log line, fetched from the device only when needed (the
+    loop's one host sync): ``steps_per_sec`` over that interval, a ``metrics.jsonl`` line (process
+    0), and the progress bar's postfix. :meth:`check` fetches them early (before a save) and returns
+    the first step whose loss or gradient norm is not finite."""
 
     def __init__(self, path, start_step: int, bar, write: bool):
         self.path, self.bar, self.write_file = path, bar, write
         self.pending, self.last_time, self.last_step = [], time.perf_counter(), start_step
+        self.fetched = 0  # how many of the pending metrics are already host values
 
     def add(self, metrics) -> None:
         self.pending.append(metrics)
 
+    def check(self) -> tuple[int, dict] | None:
+        """``(step, metrics)`` of the first pending step with a non-finite loss or gradient norm, or None."""
+        self.pending[self.fetched:] = jax.device_get(self.pending[self.fetched:])
+        self.fetched = len(self.pending)
+        for i, values in enumerate(self.pending):
+            if not all(np.isfinite(values[k]) for k in ("loss", "grad_norm") if k in values):
+                return self.last_step + 1 + i, {k: float(v) for k, v in values.items()}
+        return None
+
     def write(self, step: int) -> dict:
         values = jax.device_get(self.pending)
+        self.fetched = 0
         now = time.perf_counter()
         row = {"step": step, **{k: float(np.mean([v[k] for v in values])) for k in values[0]},
                "steps_per_sec": (step - self.last_step) / (now - self.last_time)}
@@ -69,12 +102,15 @@ class MetricsLog:
         return row
 
 
-def resume_or_init(experiment: Experiment, mngr) -> TrainState:
-    """The latest checkpoint's state, or a fresh one."""
-    if mngr.latest_step() is not None:
-        state, _ = checkpoint.restore(mngr, experiment.abstract_state())
-        return state
-    return experiment.init()
+def resume_or_init(experiment: Experiment, mngr, log=print) -> TrainState:
+    """The latest checkpoint's state (saying so), or a fresh one."""
+    step, total = mngr.latest_step(), experiment.config.training.num_train_steps
+    if step is None:
+        return experiment.init()
+    log(f"resuming from checkpoint {step} of {total} steps in {mngr.directory}"
+        + (": training is complete" if step >= total else ""))
+    state, _ = checkpoint.restore(mngr, experiment.abstract_state())
+    return state
 
 
 def train(config, workdir, progress: bool = True) -> TrainState:
@@ -82,6 +118,7 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     the final state.
 
     Writes ``checkpoints/``, ``metrics.jsonl`` (step, loss, grad_norm, learning_rate, steps_per_sec),
+    the same scalars and the sample grids as TensorBoard events in ``tensorboard/``,
     ``samples_<step>.png``, ``loss.png``, and with ``training.eval_every`` a cheap FID in
     ``eval/train_fid.jsonl`` (:func:`jaxdiff.drivers.eval_mode.make_train_fid_hook`). Re-running with
     the same workdir resumes at the latest checkpoint. With several processes every process runs
@@ -92,12 +129,20 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     config_checks.validate(config)
     source = load_source(config.data, "train")
     experiment = Experiment(config, source.image_shape[-1], source.num_classes)  # checks devices; compiles nothing
+    sc = config.sampling  # the grids' labels against the data's classes, before any work
+    parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     workdir = config_checks.check_workdir(workdir)
+    writer = paths.is_writer()
+    with RunLock(workdir, enabled=writer):
+        return _train(config, workdir, source, experiment, progress)
+
+
+def _train(config, workdir, source, experiment: Experiment, progress: bool) -> TrainState:
+    """The loop of :func:`train`, with the work directory locked."""
     tc = config.training
     writer = paths.is_writer()
-
     mngr = checkpoint.manager(workdir, tc.keep_checkpoints)
-    state = resume_or_init(experiment, mngr)
+    state = resume_or_init(experiment, mngr, log=print if progress and writer else lambda *_: None)
     start = int(state.step)
     metrics_path, loss_png = workdir / "metrics.jsonl", workdir / "loss.png"
     if writer:
@@ -110,6 +155,8 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     bar = tqdm(total=tc.num_train_steps, initial=start, disable=not progress or not writer,
                desc="train", unit="step", dynamic_ncols=True, smoothing=0.05)
     log = MetricsLog(metrics_path, start, bar, writer)
+    board = TensorBoard(workdir, enabled=writer, purge_step=start + 1 if start else None)
+    finished = False
     try:
         with preemption.PreemptionGuard() as guard:
             for n in range(start + 1, tc.num_train_steps + 1):
@@ -118,24 +165,37 @@ def train(config, workdir, progress: bool = True) -> TrainState:
                 bar.update(1)
                 last = n == tc.num_train_steps
                 stop = guard.should_stop(n)
+                save = n % tc.checkpoint_every == 0 or last or stop
+                sample_grid = (tc.sample_every and n % tc.sample_every == 0) or last
+                fid = fid_hook and n % tc.eval_every == 0
+                if save or sample_grid or fid or n % tc.log_every == 0:
+                    bad = log.check()
+                    if bad:
+                        raise Diverged(n, bad[0], bad[1], mngr.latest_step(), mngr.directory)
                 if n % tc.log_every == 0 or last or (stop and log.pending):
-                    log.write(n)
-                if n % tc.checkpoint_every == 0 or last or stop:
+                    board.scalars(n, log.write(n))
+                if save:
                     checkpoint.save(mngr, n, state, experiment.meta())
                 if stop:
-                    mngr.wait_until_finished()
                     raise Preempted(n, guard.signum, state)
-                if (tc.sample_every and n % tc.sample_every == 0) or last:
-                    sample_mode.write_training_samples(experiment, state, workdir, n)
+                if sample_grid:
+                    image = sample_mode.write_training_samples(experiment, state, workdir, n)
                     if writer:
+                        board.image("samples", n, image)
                         plotting.save_loss_curve(metrics_path, loss_png)
-                if fid_hook and n % tc.eval_every == 0:
+                if fid:
                     row = fid_hook(n, state.ema_params)
+                    board.scalars(n, {"fid": row["fid"]}, prefix="eval/")
                     bar.write(f"step {n}: FID {row['fid']:.3f} ({row['fid_samples']} EMA samples, "
                               f"{row['feature_extractor']} features) -> eval/train_fid.jsonl")
+        finished = True
     finally:
         bar.close()
         stream.close()
-        mngr.wait_until_finished()
-        mngr.close()
+        board.close()
+        try:
+            mngr.close()  # waits for anything still being written
+        except Exception:
+            if finished:  # otherwise the error already on its way (a failed save) is the one to report
+                raise
     return state

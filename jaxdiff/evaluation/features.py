@@ -57,7 +57,7 @@ class Reference(NamedTuple):
 
 
 def reference_statistics(extractor: FeatureExtractor, source, path: paths.PathLike, batch_size: int,
-                         log=print) -> Reference:
+                         log=print, progress=None) -> Reference:
     """Statistics of the images of ``source`` (a random-access source, ``source[indices] -> (uint8
     images, labels)``, or a uint8 array) under ``extractor``: loaded from ``path`` if cached, else
     computed in batches, never holding more than one batch of images (mean and covariance over all
@@ -82,6 +82,8 @@ def reference_statistics(extractor: FeatureExtractor, source, path: paths.PathLi
         f = extract_features(extractor, np.asarray(images), batch_size)
         acc.update(f)
         kept.append(f[keep[rows]])
+        if progress is not None:
+            progress.update(len(rows))
     ref = Reference(acc.result(), np.concatenate(kept).astype(np.float32), str(path))
     if paths.is_writer():
         paths.save_npz(path, mu=ref.stats.mu, sigma=ref.stats.sigma, n=ref.stats.n, kid_features=ref.kid_features)

@@ -1,12 +1,18 @@
 """Orbax checkpoints of the train state in ``<workdir>/checkpoints``.
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash or kill
-during a save leaves the previous checkpoints intact and never a half-written one that looks valid.
-Each checkpoint holds the train state (step, params, EMA params, optimizer state) and a JSON item
-with the configuration it was trained with.
+during a save leaves the previous checkpoints intact and never a half-written one that looks valid;
+the temporary folders such a crash leaves are removed when the next run opens the directory. A save
+is waited for, so a full disk or a lost permission is one :class:`CheckpointError` at that save,
+naming the checkpoint that is still intact. Each checkpoint holds the train state (step, params,
+EMA params, optimizer state) and a JSON item with the configuration it was trained with.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+import os
 
 import orbax.checkpoint as ocp
 
@@ -29,17 +35,49 @@ def checkpoint_dir(workdir: paths.PathLike):
 
 
 def manager(workdir: paths.PathLike, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """A CheckpointManager over ``<workdir>/checkpoints`` keeping the ``keep`` newest steps."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                           read_only=read_only, enable_async_checkpointing=True)
+    """A CheckpointManager over ``<workdir>/checkpoints`` keeping the ``keep`` newest steps (and,
+    unless ``read_only``, removing the temporary folders of interrupted saves)."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=not read_only)
     return ocp.CheckpointManager(checkpoint_dir(workdir),
                                  options=options, item_names=("state", "config"))
 
 
+@contextlib.contextmanager
+def quiet_orbax_errors():
+    """Keep Orbax's own ERROR lines (a traceback per array that failed to write) off the terminal
+    while a save runs, so that a failure is the one :class:`CheckpointError` line;
+    ``JAXDIFF_DEBUG=1`` shows them."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    if os.environ.get("JAXDIFF_DEBUG") != "1":
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, config_json: dict) -> None:
-    """Start saving ``state`` at ``step`` (asynchronously; :func:`wait` or ``close`` finishes it)."""
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            config=ocp.args.JsonSave(config_json)), force=True)
+    """Save ``state`` at ``step`` and wait until it is complete on disk.
+
+    Raises :class:`CheckpointError` (one line: why, and which checkpoint is still intact) when the
+    write fails, for example on a full disk; the failed step's temporary folder is removed.
+    """
+    previous = mngr.latest_step()
+    try:
+        with quiet_orbax_errors():
+            mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                    config=ocp.args.JsonSave(config_json)), force=True)
+            mngr.wait_until_finished()
+    except Exception as e:  # OSError, TensorStore's ValueError, ...: all mean the write failed
+        for leftover in mngr.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+            leftover.rmtree(missing_ok=True)
+        kept = f"checkpoint {previous} is intact" if previous is not None else "no earlier checkpoint exists"
+        raise CheckpointError(f"saving checkpoint {step} in {mngr.directory} failed ({type(e).__name__}: "
+                              f"{_short(e)}); {kept}. Free space or fix permissions, then re-run the same "
+                              "command to resume") from e
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
