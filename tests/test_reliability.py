@@ -233,3 +233,20 @@ def test_kill_9_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert not [n for n in os.listdir(crashed / "checkpoints") if "tmp" in n]
     steps = [row["step"] for row in plotting.read_metrics(crashed / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == 40, outcomes
+
+
+def test_a_second_sigterm_ends_the_process_at_once():
+    code = ("import signal, sys, time; sys.path.insert(0, sys.argv[1])\n"
+            "from jaxdiff.common.preemption import PreemptionGuard\n"
+            "with PreemptionGuard() as g:\n"
+            "    print('ready', flush=True)\n"
+            "    while not g.signum:\n"
+            "        time.sleep(0.05)\n"
+            "    print('first', flush=True)\n"
+            "    time.sleep(60)  # still working when the second one comes\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, ROOT], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().strip() == "first"  # the first one only asks to stop
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == -signal.SIGTERM

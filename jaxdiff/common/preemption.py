@@ -2,8 +2,9 @@
 
 Cluster schedulers (Cloud TPU, GKE, SLURM) announce an eviction with SIGTERM some seconds ahead.
 :class:`PreemptionGuard` catches it (and Ctrl-C) so the training loop can finish the step in flight,
-save, wait for the checkpoint to be complete and exit, instead of dying mid-write. A second Ctrl-C
-interrupts at once.
+save, wait for the checkpoint to be complete and exit, instead of dying mid-write. A second SIGTERM
+ends the process at once (the checkpoints on disk stay intact: Orbax commits by renaming); a second
+Ctrl-C interrupts at once.
 
 With several processes the stop step must be the same everywhere (the save is a collective). There
 JAX's preemption sync service does it: its coordination service receives SIGTERM on any host and all
@@ -60,6 +61,9 @@ class PreemptionGuard:
         if self.signum is not None and signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if self.signum is not None and signum == signal.SIGTERM:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)  # a second SIGTERM: die now, as without the guard
         self.signum = signum
         if self._service:
             signal.raise_signal(signal.SIGTERM)  # let the sync service tell every host
