@@ -12,7 +12,8 @@ Multi-process (multi-host GPU, TPU pods): run the same command on every host wit
 Exit codes: 0 done; 2 bad input, an unusable checkpoint, a failed save or a work directory in use by
 another run; 3 training diverged (a non-finite loss; nothing non-finite was saved); 128 + N (143 for
 SIGTERM, 130 for SIGINT) when training was stopped by signal N after saving a checkpoint: re-run the
-same command to continue.
+same command to continue; 128 + N too when ``--mode=sample`` or ``--mode=eval`` was stopped by signal N
+(between two chunks, before anything was written).
 """
 
 import re
@@ -27,7 +28,7 @@ if __name__ == "__main__":
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from jaxdiff.common import parallel  # noqa: E402
+from jaxdiff.common import parallel, preemption  # noqa: E402
 from jaxdiff.common.run_lock import WorkdirLocked  # noqa: E402
 from jaxdiff.drivers import config_checks, eval_mode, sample_mode, train_loop  # noqa: E402
 from jaxdiff.training import checkpoint  # noqa: E402
@@ -87,26 +88,25 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
     sys.unraisablehook = ignore_abandoned_writes
-    config = FLAGS.config
+    config, workdir = FLAGS.config, FLAGS.workdir
     try:
         parallel.initialize_distributed(FLAGS.jax_distributed, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.mode == "train":
-            try:
-                train_loop.train(config, FLAGS.workdir)
-            except train_loop.Preempted as e:
-                print(str(e), file=sys.stderr)
-                sys.exit(128 + e.signum)
-            except train_loop.Diverged as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(3)
-            print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {FLAGS.workdir}")
+            train_loop.train(config, workdir)
+            print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {workdir}")
         elif FLAGS.mode == "sample":
-            info = sample_mode.run_sample_mode(config, FLAGS.workdir)
-            print(f"wrote {info['num_samples']} samples to {FLAGS.workdir}")
+            info = sample_mode.run_sample_mode(config, workdir)
+            print(f"wrote {info['num_samples']} samples to {workdir}")
         elif FLAGS.mode == "eval":
-            m = eval_mode.run_eval(config, FLAGS.workdir)
-            print(f"wrote {FLAGS.workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
+            m = eval_mode.run_eval(config, workdir)
+            print(f"wrote {workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
+    except (train_loop.Preempted, preemption.Interrupted) as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except train_loop.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     except (config_checks.ConfigError, checkpoint.CheckpointError, WorkdirLocked, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -250,3 +250,34 @@ def test_a_second_sigterm_ends_the_process_at_once():
     assert proc.stdout.readline().strip() == "first"  # the first one only asks to stop
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == -signal.SIGTERM
+
+
+# ----------------------------------------------------------------------------- signals in sample / eval
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trained")
+    r = run_main(*TINY, f"--workdir={workdir}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return workdir
+
+
+@pytest.mark.parametrize("mode,flags,written", [
+    ("sample", ["--config.sampling.num_samples=100000", "--config.sampling.batch_size=4"], "sample_*"),
+    ("eval", ["--config.eval.classifier_steps=20", "--config.eval.num_samples=100000", "--config.eval.batch_size=4",
+              "--config.eval.bpd=False"], "eval/metrics*.json"),
+])
+def test_sigterm_stops_sample_and_eval_between_chunks_writing_nothing(trained_workdir, mode, flags, written):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "main.py"), *TINY, *flags, f"--mode={mode}",
+                             f"--workdir={trained_workdir}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(12)  # past start-up and compiling: inside the chunked work
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert time.monotonic() - sent < 10  # within seconds
+    assert err.strip().splitlines()[-1].startswith(f"stopped by signal {int(signal.SIGTERM)} during")
+    assert not list(trained_workdir.glob(written))
+    assert sorted(os.listdir(trained_workdir / "checkpoints")) == ["3", "6"]

@@ -26,7 +26,8 @@ def map_chunks(fn: Callable[[int, Any], Any], inputs, chunk_size: int, progress=
     full size with :func:`pad_rows`. ``fn`` returns a pytree of arrays whose leading axis is
     ``chunk_size``; the padding rows are dropped from every leaf and the chunks concatenated (as
     NumPy, on the host). ``progress`` (a ``tqdm`` bar, or anything with ``update(n)``) is advanced
-    by the valid rows of each chunk. Returns that pytree of ``[N, ...]`` arrays."""
+    by the valid rows of each chunk (it may raise to stop the work between chunks, as the drivers'
+    signal-aware bars do). Returns that pytree of ``[N, ...]`` arrays."""
     leaves = jax.tree.leaves(inputs)
     if not leaves:
         raise ValueError("map_chunks needs at least one input array")

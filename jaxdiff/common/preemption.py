@@ -26,6 +26,16 @@ from jax.experimental import multihost_utils
 from jaxdiff.common import jax_internals
 
 
+class Interrupted(Exception):
+    """Long work (sampling, evaluation) stopped on signal ``signum`` between two of its chunks;
+    nothing of it was written."""
+
+    def __init__(self, signum: int, what: str = "the work"):
+        super().__init__(f"stopped by signal {signum} during {what}; nothing of it was written (the "
+                         "checkpoints are untouched): re-run the same command to do it again")
+        self.signum = signum
+
+
 class PreemptionGuard:
     """Context manager: ``with PreemptionGuard() as g: ... if g.should_stop(step): save; stop``.
 
@@ -67,6 +77,18 @@ class PreemptionGuard:
         self.signum = signum
         if self._service:
             signal.raise_signal(signal.SIGTERM)  # let the sync service tell every host
+
+    def stop_check(self, what: str):
+        """A ``should_stop()`` callable for chunked work (:func:`jaxdiff.common.chunks.map_chunks`):
+        it raises :class:`Interrupted` once a signal has arrived (agreed by every process, as
+        :meth:`should_stop`, counting its own calls as steps)."""
+        calls = iter(range(1, 2 ** 62))
+
+        def check() -> None:
+            if self.should_stop(next(calls)):
+                raise Interrupted(self.signum or signal.SIGTERM, what)
+
+        return check
 
     def should_stop(self, step: int) -> bool:
         """Whether to checkpoint after ``step`` and stop; call it at every step on every process."""

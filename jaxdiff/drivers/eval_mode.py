@@ -28,13 +28,13 @@ from typing import Callable
 
 import jax
 import numpy as np
-from tqdm.auto import tqdm
 
-from jaxdiff.common import paths
+from jaxdiff.common import paths, preemption
 from jaxdiff.core import likelihood
 from jaxdiff.core.generation import make_chunk_generator
 from jaxdiff.data import ArraySource, load_source
 from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import sampler_from_config
 from jaxdiff.evaluation import classifier as classifier_lib
 from jaxdiff.evaluation.accuracy import (accuracy_table, balanced_labels, conditional_accuracy, generate_uint8,
@@ -102,11 +102,6 @@ def reference_path(workdir, dataset: str, image_shape, split: str, extractor: Fe
                                               f"{extractor.fingerprint}.npz")
 
 
-def progress_bar(total: int, desc: str, unit: str = "img"):
-    """The bar of one long part of an evaluation (rate and ETA), shown by process 0."""
-    return tqdm(total=total, desc=desc, unit=unit, disable=not paths.is_writer(), dynamic_ncols=True, leave=False)
-
-
 def sampling_steps(sampling_config, tables) -> int:
     """Network evaluations per sample of the configured sampler."""
     return int(sampling_config.get("num_steps", 0) or tables.num_timesteps)
@@ -156,13 +151,19 @@ def write_json(path, obj: dict) -> None:
 
 
 def evaluate_params(config, workdir, params, experiment, step: int, log=print,
-                    make_generate: Callable | None = None) -> dict:
+                    make_generate: Callable | None = None, stop_check=None) -> dict:
     """All metrics of ``params`` (the EMA parameters of checkpoint ``step``); writes
     ``<workdir>/eval/metrics_<step>.json`` (and ``metrics.json``), the reference statistics, and for
     conditional models ``conditional_accuracy_<step>.{json,md,png}``. Returns the metrics.
 
     ``make_generate(w) -> generate(params, key, labels) -> images in [-1, 1]`` may replace the
-    built-in DDPM sampler (:func:`make_image_generator`)."""
+    built-in DDPM sampler (:func:`make_image_generator`). ``stop_check()`` runs after every chunk of
+    work (:meth:`~jaxdiff.common.preemption.PreemptionGuard.stop_check`); when it raises, nothing of
+    this evaluation has been written."""
+
+    def progress_bar(total: int, desc: str):
+        return GuardedBar(total, desc, stop_check, leave=False)
+
     ev, dc = config.eval, config.diffusion
     model, tables = experiment.model, experiment.tables
     t0 = time.perf_counter()
@@ -257,14 +258,16 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None) 
 
     Every input is checked first, before anything is compiled or written: the config (including
     ``eval.*``: sample count above the feature dimension, the Inception weights file and its
-    shapes), then the presence of a checkpoint."""
+    shapes), then the presence of a checkpoint. SIGTERM or Ctrl-C stops it between two chunks
+    (:class:`~jaxdiff.common.preemption.Interrupted`) before any metric is written."""
     config_checks.validate_eval(config, check_weights=True)
     opened = restore.open_latest(config, workdir, "eval")
     state = restore.restore(opened)
     opened.manager.close()
     log(f"eval: checkpoint {opened.step} of {opened.workdir} (EMA parameters)")
-    return evaluate_params(config, opened.workdir, state.ema_params, opened.experiment, opened.step, log,
-                           make_generate)
+    with preemption.PreemptionGuard() as guard:
+        return evaluate_params(config, opened.workdir, state.ema_params, opened.experiment, opened.step, log,
+                               make_generate, guard.stop_check("evaluation"))
 
 
 def make_train_fid_hook(config, workdir, experiment, train_source=None, start_step: int = 0, log=print):

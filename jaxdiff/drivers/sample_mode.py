@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from jaxdiff.common import paths, plotting
+from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.core.samplers import SampleOutput
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import check_sampling_config, generate_from_config, parse_labels
 from jaxdiff.training.keys import SAMPLE_STREAM, stream_key
 
@@ -68,7 +68,9 @@ def run_sample_mode(config, workdir) -> dict:
     class-conditional model), ``trajectory_<tag>.png`` (x_t and predicted x0 over time, when
     ``sampling.trajectory_every > 0``) and ``sample_<tag>.npz`` (``images`` uint8 ``[N, H, W, C]``,
     ``labels`` int32, -1 when unconditional, ``meta`` a JSON string). Returns the metadata.
-    Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``."""
+    Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``. SIGTERM
+    or Ctrl-C stops it between two chunks with :class:`~jaxdiff.common.preemption.Interrupted`,
+    before anything is written."""
     opened = restore.open_latest(config, workdir, "sample")
     experiment, step = opened.experiment, opened.step
     sc = config.sampling
@@ -77,8 +79,8 @@ def run_sample_mode(config, workdir) -> dict:
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     state = restore.restore(opened)
     params = state.ema_params if sc.use_ema else state.params
-    with tqdm(total=sc.num_samples, desc="sample", unit="img", disable=not paths.is_writer(),
-              dynamic_ncols=True) as bar:
+    with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
+                                                           guard.stop_check("sampling")) as bar:
         out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
                        trajectory=True, progress=bar)
 
