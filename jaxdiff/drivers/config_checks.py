@@ -5,6 +5,7 @@ Each failure is a :class:`ConfigError` whose message names the field and what is
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from jaxdiff.common import paths
@@ -33,10 +34,64 @@ def _positive(value, field, allow_zero=False):
         raise ConfigError(f"{field} must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
 
 
+def _number(value, field, low=None, high=None, low_open=False, high_open=False):
+    """``value`` must be a finite real number in the interval ``low .. high`` (ends open or closed)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low is None or (value > low if low_open else value >= low))
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        bounds = (f"{'(' if low_open else '['}{'-inf' if low is None else low}, "
+                  f"{'inf' if high is None else high}{')' if high_open else ']'}")
+        raise ConfigError(f"{field} must be a number in {bounds}, got {value!r}")
+
+
+def _bool(value, field):
+    if not isinstance(value, bool):
+        raise ConfigError(f"{field} must be True or False, got {value!r}")
+
+
+def _positive_ints(value, field, allow_empty=False):
+    if (not isinstance(value, (tuple, list)) or (not value and not allow_empty)
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)):
+        raise ConfigError(f"{field} must be a {'' if allow_empty else 'non-empty '}tuple of positive integers, "
+                          f"got {value!r}")
+
+
+def _name(value, field):
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{field} must be a non-empty name, got {value!r}")
+
+
 def validate(config) -> None:
     """Raise :class:`ConfigError` for the first invalid value in ``config``."""
     d, m, f, t, s = config.data, config.model, config.diffusion, config.training, config.sampling
+    _positive(config.seed, "seed", allow_zero=True)
     _positive(d.image_size, "data.image_size")
+    _bool(d.download, "data.download")
+    _bool(d.random_flip, "data.random_flip")
+    _name(d.image_key, "data.image_key")
+    _name(d.label_key, "data.label_key")
+    if not isinstance(d.data_dir, str):
+        raise ConfigError(f"data.data_dir must be a path, got {d.data_dir!r}")
+    _positive_ints(m.ch_mult, "model.ch_mult")
+    _positive_ints(m.attn_resolutions, "model.attn_resolutions", allow_empty=True)
+    _positive(m.num_heads, "model.num_heads")
+    _positive(m.groups, "model.groups")
+    _bool(m.class_conditional, "model.class_conditional")
+    _bool(m.remat, "model.remat")
+    _number(f.beta_start, "diffusion.beta_start", 0.0, 1.0, low_open=True, high_open=True)
+    _number(f.beta_end, "diffusion.beta_end", f.beta_start, 1.0, high_open=True)
+    _number(f.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, low_open=True)
+    _bool(f.scale_betas_to_t, "diffusion.scale_betas_to_t")
+    _number(t.adam_b1, "training.adam_b1", 0.0, 1.0, high_open=True)
+    _number(t.adam_b2, "training.adam_b2", 0.0, 1.0, high_open=True)
+    _number(t.adam_eps, "training.adam_eps", 0.0, low_open=True)
+    _number(t.weight_decay, "training.weight_decay", 0.0)
+    _number(t.grad_clip_norm, "training.grad_clip_norm", 0.0)
+    _bool(t.ema_warmup, "training.ema_warmup")
+    _bool(config.parallel.shard_params, "parallel.shard_params")
+    for field in ("clip_x0", "set_alpha_to_one", "use_ema"):
+        _bool(s[field], f"sampling.{field}")
     try:
         check_data_config(d)
     except DataError as e:
@@ -97,19 +152,23 @@ def validate_eval(config, check_weights: bool = True) -> None:
     With ``check_weights`` and the Inception extractor, the weights file is read and every array's
     shape checked (no compile)."""
     ev = config.eval
-
-    def positive(value, field):
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{field} must be a positive integer, got {value!r}")
-
-    if ev.feature_extractor not in EXTRACTORS:
-        raise ConfigError(f"eval.feature_extractor={ev.feature_extractor!r} is not one of {', '.join(EXTRACTORS)}")
+    _choice(ev.feature_extractor, EXTRACTORS, "eval.feature_extractor")
     for field in ("num_samples", "batch_size", "kid_subsets", "kid_subset_size", "bpd_batch_size",
                   "samples_per_class", "train_fid_samples", "classifier_ch", "classifier_features",
                   "classifier_steps", "classifier_batch_size"):
-        positive(ev[field], f"eval.{field}")
-    if not isinstance(ev.bpd_num_images, int) or ev.bpd_num_images < 0:
-        raise ConfigError(f"eval.bpd_num_images must be a non-negative integer, got {ev.bpd_num_images!r}")
+        _positive(ev[field], f"eval.{field}")
+    _positive(ev.bpd_num_images, "eval.bpd_num_images", allow_zero=True)
+    _bool(ev.bpd, "eval.bpd")
+    _bool(ev.bpd_clip_x0, "eval.bpd_clip_x0")
+    _number(ev.classifier_learning_rate, "eval.classifier_learning_rate", 0.0, low_open=True)
+    _number(ev.fid_guidance_scale, "eval.fid_guidance_scale", 0.0)
+    if not isinstance(ev.guidance_scales, (tuple, list)) or not ev.guidance_scales:
+        raise ConfigError(f"eval.guidance_scales must be a non-empty tuple of numbers >= 0, got {ev.guidance_scales!r}")
+    for w in ev.guidance_scales:
+        _number(w, "eval.guidance_scales", 0.0)
+    for field in ("inception_weights", "classifier_dir"):
+        if not isinstance(ev[field], str):
+            raise ConfigError(f"eval.{field} must be a path, got {ev[field]!r}")
     if ev.reference_split not in ("train", "test"):
         raise ConfigError(f"eval.reference_split={ev.reference_split!r} is not one of train, test")
     every = config.training.get("eval_every", 0)

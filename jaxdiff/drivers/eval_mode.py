@@ -124,13 +124,15 @@ def make_image_generator(experiment, sampling_config, image_shape: tuple, guidan
     return lambda params, key, labels: generate(params, key, labels if null_label else None)[0]
 
 
-def build_extractor(config, workdir, train, test, log=print, for_accuracy: bool = True):
+def build_extractor(config, workdir, train, test, log=print, for_accuracy: bool = True, stop_check=None):
     """``(extractor, classifier or None)``: the classifier is trained/cached whenever it is needed
-    (classifier features, or, with ``for_accuracy``, conditional accuracy of a class-conditional model)."""
+    (classifier features, or, with ``for_accuracy``, conditional accuracy of a class-conditional model).
+    Training it shows a bar whose updates run ``stop_check`` (see :func:`evaluate_params`)."""
     clf = None
     if config.eval.feature_extractor == "classifier" or (for_accuracy and config.model.class_conditional):
-        clf = classifier_lib.get_classifier(classifier_spec(config, train), train, test,
-                                            classifier_dir(config, workdir), log)
+        spec = classifier_spec(config, train)
+        with GuardedBar(spec.steps, "classifier", stop_check, unit="step", leave=False) as bar:
+            clf = classifier_lib.get_classifier(spec, train, test, classifier_dir(config, workdir), log, bar)
     if config.eval.feature_extractor == "inception":
         return inception_extractor(config.eval.inception_weights), clf
     return classifier_extractor(clf), clf
@@ -170,7 +172,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     train, test, split_note = load_splits(config.data)
     image_shape = tuple(train.image_shape)
     num_classes = int(model.num_classes)
-    extractor, clf = build_extractor(config, workdir, train, test, log)
+    extractor, clf = build_extractor(config, workdir, train, test, log, stop_check=stop_check)
     if make_generate is None:
         cache: dict = {}
 

@@ -85,11 +85,12 @@ class TrainedClassifier(NamedTuple):
         return jax.jit(lambda images: self.model.apply({"params": self.params}, images, train=False))
 
 
-def train_classifier(spec: ClassifierSpec, train_source):
+def train_classifier(spec: ClassifierSpec, train_source, progress=None):
     """Train :class:`ClassifierCNN` by Adam on softmax cross-entropy; returns ``(model, params)``.
 
     ``train_source`` is random-access (``source[indices] -> (uint8 images, int labels)``, such as a
-    :mod:`jaxdiff.data` source): only the minibatches are read.
+    :mod:`jaxdiff.data` source): only the minibatches are read. ``progress`` (a ``tqdm`` bar, or
+    anything with ``update(n)``) is advanced once per step.
 
     Step ``s`` uses the minibatch ``rng.choice(N, batch_size)`` of ``default_rng([seed, s])`` and
     dropout key ``fold_in(PRNGKey(seed), s)``.
@@ -116,6 +117,8 @@ def train_classifier(spec: ClassifierSpec, train_source):
         images, labels = train_source[idx]
         params, opt_state, _ = step(params, opt_state, np.asarray(images), np.asarray(labels),
                                     jax.random.fold_in(base, s))
+        if progress is not None:
+            progress.update(1)
     return model, params
 
 
@@ -144,7 +147,7 @@ def cache_paths(cache_dir: paths.PathLike, spec: ClassifierSpec):
 
 
 def get_classifier(spec: ClassifierSpec, train_source, test_source, cache_dir: paths.PathLike,
-                   log=print) -> TrainedClassifier:
+                   log=print, progress=None) -> TrainedClassifier:
     """Load the classifier of ``spec`` from ``cache_dir``, or train, evaluate and cache it.
 
     ``train_source`` / ``test_source`` are random-access sources (``source[indices] -> (uint8
@@ -163,7 +166,7 @@ def get_classifier(spec: ClassifierSpec, train_source, test_source, cache_dir: p
         return TrainedClassifier(model, params, spec, record["test_accuracy"], record["num_test"])
 
     log(f"classifier: training on {spec.num_train} {spec.dataset} images for {spec.steps} steps")
-    model, params = train_classifier(spec, train_source)
+    model, params = train_classifier(spec, train_source, progress)
     clf = TrainedClassifier(model, params, spec, 0.0, len(test_source))
     acc = accuracy(clf.apply_fn(), test_source)
     clf = clf._replace(test_accuracy=acc)

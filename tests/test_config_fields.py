@@ -1,0 +1,144 @@
+"""Every field of configs/default.py: a bad value of each is refused by ``validate`` (before any
+compile or write) with a one-line message that names the field. A field added to the config
+without an entry here fails ``test_every_field_has_a_bad_value``."""
+
+import ml_collections
+import pytest
+
+from configs import default
+from jaxdiff.drivers import config_checks
+
+# field -> (bad value, other fields it needs to be checked, what the message must contain if not the field)
+BAD = {
+    "seed": (-1,),
+    "data.dataset": ("",),
+    "data.image_size": (0,),
+    "data.channels": (2,),
+    "data.data_dir": ("/nonexistent", {"data.dataset": "idx", "data.data_dir": "/tmp"}),
+    "data.download": (1,),
+    "data.image_key": ("",),
+    "data.label_key": ("",),
+    "data.random_flip": (1,),
+    "data.cache_max_mb": (-1,),
+    "data.num_workers": (0,),
+    "data.prefetch": (0,),
+    "model.ch": (0,),
+    "model.ch_mult": ((),),
+    "model.num_res_blocks": (0,),
+    "model.attn_resolutions": ((0,),),
+    "model.dropout": (1.0,),
+    "model.num_heads": (0,),
+    "model.groups": (0,),
+    "model.class_conditional": (1,),
+    "model.remat": ("yes",),
+    "diffusion.num_timesteps": (0,),
+    "diffusion.schedule": ("quadratic",),
+    "diffusion.beta_start": (0.0,),
+    "diffusion.beta_end": (1e-5,),
+    "diffusion.scale_betas_to_t": (1,),
+    "diffusion.target": ("score",),
+    "diffusion.loss_weighting": ("p2",),
+    "diffusion.min_snr_gamma": (0.0,),
+    "training.batch_size": (0,),
+    "training.grad_accum_steps": (0,),
+    "training.dtype": ("float16",),
+    "training.num_train_steps": (0,),
+    "training.optimizer": ("sgd",),
+    "training.learning_rate": (0.0,),
+    "training.warmup_steps": (-1,),
+    "training.adam_b1": (1.0,),
+    "training.adam_b2": (-0.1,),
+    "training.adam_eps": (0.0,),
+    "training.weight_decay": (-1.0,),
+    "training.grad_clip_norm": (float("nan"),),
+    "training.ema_decay": (1.0,),
+    "training.ema_warmup": (0,),
+    "training.label_dropout": (1.0,),
+    "training.log_every": (0,),
+    "training.checkpoint_every": (0,),
+    "training.sample_every": (-1,),
+    "training.keep_checkpoints": (0,),
+    "training.eval_every": (-1,),
+    "parallel.num_devices": (-1,),
+    "parallel.shard_params": (1,),
+    "parallel.shard_min_size": (-1,),
+    "sampling.sampler": ("euler",),
+    "sampling.num_steps": (-1,),
+    "sampling.spacing": ("random",),
+    "sampling.eta": (-1.0,),
+    "sampling.set_alpha_to_one": (1,),
+    "sampling.labels": ("3,5",),
+    "sampling.guidance_scale": (-1.0,),
+    "sampling.num_samples": (0,),
+    "sampling.batch_size": (0,),
+    "sampling.variance": ("learned",),
+    "sampling.clip_x0": (1,),
+    "sampling.use_ema": (1,),
+    "sampling.trajectory_every": (-1,),
+    "eval.feature_extractor": ("lenet",),
+    "eval.inception_weights": ("/nonexistent.npz", {"eval.feature_extractor": "inception",
+                                                    "eval.num_samples": 4096}, "/nonexistent.npz"),
+    "eval.num_samples": (0,),
+    "eval.batch_size": (0,),
+    "eval.reference_split": ("val",),
+    "eval.kid_subsets": (0,),
+    "eval.kid_subset_size": (0,),
+    "eval.bpd": (1,),
+    "eval.bpd_num_images": (-1,),
+    "eval.bpd_batch_size": (0,),
+    "eval.bpd_clip_x0": (1,),
+    "eval.fid_guidance_scale": (-1.0,),
+    "eval.guidance_scales": ((),),
+    "eval.samples_per_class": (0,),
+    "eval.train_fid_samples": (0,),
+    "eval.classifier_dir": (5,),
+    "eval.classifier_ch": (0,),
+    "eval.classifier_features": (0,),
+    "eval.classifier_steps": (0,),
+    "eval.classifier_batch_size": (0,),
+    "eval.classifier_learning_rate": (0.0,),
+}
+
+
+def fields(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from fields(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def with_values(values: dict) -> ml_collections.ConfigDict:
+    """configs/default.py with ``values`` set, of any type (as a config file could set them)."""
+    tree = default.get_config().to_dict()
+    for field, value in values.items():
+        node = tree
+        *path, leaf = field.split(".")
+        for p in path:
+            node = node[p]
+        node[leaf] = value
+    return ml_collections.ConfigDict(tree)
+
+
+def test_every_field_has_a_bad_value():
+    assert set(fields(default.get_config().to_dict())) == set(BAD)
+
+
+def test_the_defaults_are_valid():
+    config_checks.validate(default.get_config())
+
+
+@pytest.mark.parametrize("field", sorted(BAD))
+def test_a_bad_value_is_refused_naming_the_field(field):
+    """Through what the modes run first: ``validate`` (every mode), then the eval checks with the
+    Inception weights read (``--mode=eval``, and training with ``training.eval_every``)."""
+    entry = BAD[field]
+    bad, needs = entry[0], entry[1] if len(entry) > 1 else {}
+    names = entry[2] if len(entry) > 2 else field
+    config_checks.validate(with_values(needs))  # the context alone is valid
+    config = with_values({**needs, field: bad})
+    with pytest.raises(config_checks.ConfigError) as e:
+        config_checks.validate(config)
+        config_checks.validate_eval(config, check_weights=True)
+    message = str(e.value)
+    assert "\n" not in message and names in message, message
