@@ -1,2 +1,0 @@
-"""Layer 2, the networks: fast layers (``layers``), the DDPM U-Net (``unet``), and the calling
-convention the rest of jaxdiff uses for any denoiser (``denoiser``)."""

@@ -1,2 +1,0 @@
-"""Layer 3, training as functions of explicit arguments: the train state, the optimiser and EMA,
-the key streams, the compiled step (``make_train_step``), and Orbax checkpoints."""
