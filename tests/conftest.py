@@ -18,6 +18,12 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
+# In-process tests run with the CPU tuning main.py applies (before any JAX computation), so they
+# compute what the main.py subprocesses of the end-to-end tests compute, bit for bit.
+from jaxdiff.common import cpu_tuning  # noqa: E402
+
+cpu_tuning.apply()
+
 
 def tiny_config(**overrides):
     """The digits config shrunk to a model that compiles and trains in seconds."""

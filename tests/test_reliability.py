@@ -9,11 +9,13 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxdiff.common import plotting
 from jaxdiff.common.run_lock import RunLock, WorkdirLocked
+from jaxdiff.core import generation, samplers, schedules
 from jaxdiff.drivers import train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
@@ -295,3 +297,53 @@ def test_sigterm_stops_sample_and_eval_between_chunks_writing_nothing(trained_wo
     assert err.strip().splitlines()[-1].startswith(f"stopped by signal {int(signal.SIGTERM)} during")
     assert not list(trained_workdir.glob(written))
     assert sorted(os.listdir(trained_workdir / "checkpoints")) == ["3", "6"]
+
+
+# ----------------------------------------------------------------------------- signals in training grids
+
+
+def test_a_sampler_in_pieces_computes_what_one_scan_computes():
+    """The pieces signal checks run between give the same samples and trajectory, bit for bit."""
+    tables = schedules.make_tables(schedules.make_betas("linear", 60))
+    apply_fn = lambda p, x, t, y: 0.3 * x + 0.01 * t[:, None, None, None] * p  # noqa: E731
+    for name in ("ddpm", "ddim", "dpm_solver++"):
+        sampler = samplers.make_sampler(tables, name, 0 if name == "ddpm" else 20, "auto")
+        outs = []
+        for segments in (0, 7):
+            gen = generation.make_chunk_generator(apply_fn, sampler, (4, 4, 1), 3, 1.0, None, 5, 2,
+                                                  segment_steps=segments)
+            outs.append(gen(jnp.float32(0.5), jax.random.key(3), None, should_stop=lambda: None))
+        for a, b in zip(*outs):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_signal_during_a_training_grid_saves_and_stops_within_the_grid(tmp_path):
+    """SIGTERM while a (long) sample grid is being drawn: the grid stops after the current piece,
+    the step's state is saved, training raises Preempted, and the resumed run ends as always."""
+    config = tiny_config(**{"diffusion.num_timesteps": 400, "training.num_train_steps": 6,
+                            "training.checkpoint_every": 4, "training.sample_every": 3,
+                            "sampling.num_samples": 16})
+    calls = []
+    real = generation.make_chunk_generator
+
+    def counting(*args, **kwargs):
+        gen = real(*args, **kwargs)
+
+        def wrapped(params, key, y, should_stop=None):
+            def check():
+                calls.append(1)
+                if len(calls) == 3:
+                    signal.raise_signal(signal.SIGTERM)  # arrives in the middle of the grid of step 3
+                should_stop()
+            return gen(params, key, y, check if should_stop else None)
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generation, "make_chunk_generator", counting)
+        with pytest.raises(train_loop.Preempted) as e:
+            train_loop.train(config, str(tmp_path), progress=False)
+    assert e.value.step == 3 and e.value.signum == signal.SIGTERM
+    assert len(calls) == 3  # stopped at the next piece, not after the 16 pieces of the grid
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"] and not (tmp_path / "samples_0000003.png").exists()
+    train_loop.train(config, str(tmp_path), progress=False)
+    assert (tmp_path / "samples_0000006.png").exists()

@@ -17,9 +17,10 @@ import numpy as np
 
 from jaxdiff.common import parallel
 from jaxdiff.common.chunks import map_chunks
-from jaxdiff.core.samplers import Sampler, SampleOutput, guided_denoise_fn, run_sampler, trajectory_positions
+from jaxdiff.core.samplers import Sampler, SampleOutput, guided_denoise_fn, sampler_scan, trajectory_positions
 
 ApplyFn = Callable  # apply_fn(params, x [B, H, W, C], t int32 [B], labels int32 [B] | None) -> output
+SEGMENT_STEPS = 25  # sampler steps per program when the caller may stop in between (should_stop)
 
 
 def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
@@ -38,30 +39,61 @@ def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
 
 def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
                          null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
-                         mesh=None):
-    """A compiled ``generate(params, key, y) -> (samples, trajectory_xt, trajectory_x0)`` for one chunk
-    of ``width`` images of ``image_shape``.
+                         mesh=None, segment_steps: int = 0):
+    """A compiled ``generate(params, key, y, should_stop=None) -> (samples, trajectory_xt,
+    trajectory_x0)`` for one chunk of ``width`` images of ``image_shape``.
 
     ``x_T ~ N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from ``fold_in(key, 1)``;
     ``apply_fn(params, x, t, y)`` is the network, guided by :func:`guided_denoise_fn` with labels ``y``
     (``None``: unconditional). With a ``mesh`` the key arrives as key data in a global array, and with
-    several devices the batch is sharded over ``data``.
+    several devices the batch is sharded over ``data``. With ``segment_steps = L > 0`` the sampler runs
+    as programs of ``L`` steps (:func:`~jaxdiff.core.samplers.sampler_scan`: the same numbers) and
+    ``should_stop()`` is called between them, so a signal can stop a long sampler within ``L`` steps
+    (it raises to stop); with 0 it is one program and ``should_stop`` is not called.
     """
     batch_sharding = None
     if mesh is not None and mesh.devices.size > 1:
         batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
-    @jax.jit
-    def generate(params, key, y):
+    def setup(params, key, y):
         if mesh is not None:  # inputs arrive as global arrays (key data replicated, labels sharded)
             key = jax.random.wrap_key_data(key)
+        if batch_sharding is not None and y is not None:
+            y = jax.lax.with_sharding_constraint(y, batch_sharding)
+        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label)
+        return key, sampler_scan(sampler, denoise, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
+
+    def start(params, key, y):
+        key, scan = setup(params, key, y)
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(image_shape), jnp.float32)
         if batch_sharding is not None:
             x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
-            y = None if y is None else jax.lax.with_sharding_constraint(y, batch_sharding)
-        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label)
-        out = run_sampler(sampler, denoise, x_T, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
+        return scan.init(x_T)
+
+    def output(carry):
+        out = sampler_scan(sampler, None, None, trajectory_every, trajectory_size).output(carry)
         return out.samples, out.trajectory_xt, out.trajectory_x0
+
+    positions, timesteps = np.arange(len(sampler.timesteps)), np.asarray(sampler.timesteps, np.int32)
+
+    if not segment_steps:
+        @jax.jit
+        def whole(params, key, y):
+            carry = start(params, key, y)
+            return output(setup(params, key, y)[1].run(carry, jnp.asarray(positions), jnp.asarray(timesteps)))
+
+        return lambda params, key, y, should_stop=None: whole(params, key, y)
+
+    start_jit, output_jit = jax.jit(start), jax.jit(output)
+    segment = jax.jit(lambda params, key, y, carry, i, t: setup(params, key, y)[1].run(carry, i, t))
+
+    def generate(params, key, y, should_stop=None):
+        carry = start_jit(params, key, y)
+        for a in range(0, len(positions), segment_steps):
+            if should_stop is not None:
+                should_stop()
+            carry = segment(params, key, y, carry, positions[a:a + segment_steps], timesteps[a:a + segment_steps])
+        return output_jit(carry)
 
     return generate
 
@@ -70,7 +102,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
 def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array, *,
              labels=None, num_classes: int = 0, guidance_scale: float = 1.0, batch_size: int = 256,
              trajectory_every: int = 0, trajectory_size: int = 16, mesh=None,
-             cache: dict | None = None, progress=None) -> SampleOutput:
+             cache: dict | None = None, progress=None, should_stop=None) -> SampleOutput:
     """Generate ``shape[0]`` images of shape ``shape[1:]`` with ``sampler``.
 
     Args:
@@ -96,6 +128,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
         between calls with the same sampler object and shapes (sample grids during training compile
         once).
       progress: a ``tqdm`` bar (or anything with ``update(n)``) advanced by each chunk's images.
+      should_stop: called every :data:`SEGMENT_STEPS` sampler steps; it raises to stop (a signal
+        handler's check). The sampler then runs in pieces that compute the same numbers.
 
     Returns:
       :class:`~jaxdiff.core.samplers.SampleOutput` with NumPy float32 samples (in [-1, 1] when the
@@ -113,12 +147,13 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
     null_label = num_classes if num_classes else None
     devices = mesh.devices.size if mesh is not None else 1
     width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
+    segments = SEGMENT_STEPS if should_stop is not None else 0
     cache_key = (id(sampler.step), scale, labels is not None, num_classes, tuple(shape[1:]), width, every,
-                 trajectory_size)
+                 trajectory_size, segments)
     cached = None if cache is None else cache.get(cache_key)
     if cached is None:
         cached = (sampler, make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
-                                                trajectory_size, mesh))  # the sampler kept alive: its id stays unique
+                                                trajectory_size, mesh, segments))  # the sampler kept alive: its id stays unique
         if cache is not None:
             cache[cache_key] = cached
     chunk_generator = cached[1]
@@ -136,7 +171,7 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
         chunk_key = jax.random.fold_in(key, c)
         if mesh is not None:
             chunk_key = to_device(np.asarray(jax.random.key_data(chunk_key)), jax.sharding.PartitionSpec())
-        x, xt, x0 = chunk_generator(params, chunk_key, y)
+        x, xt, x0 = chunk_generator(params, chunk_key, y, should_stop)
         if c == 0 and every:
             keep = min(trajectory_size, chunk, num)  # never the padding rows
             trajectory.extend((parallel.to_host(xt)[:, :keep], parallel.to_host(x0)[:, :keep]))

@@ -284,33 +284,31 @@ def trajectory_positions(num_steps: int, trajectory_every: int) -> np.ndarray:
     return np.arange(0, num_steps, trajectory_every) if trajectory_every else np.zeros(0, np.int64)
 
 
-def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: jax.Array,
-                trajectory_every: int = 0, trajectory_size: int | None = None) -> SampleOutput:
-    """Scan ``sampler.step`` over its timesteps starting from ``x_T``; one network call per step.
+class SamplerScan(NamedTuple):
+    """:func:`run_sampler` in pieces, for callers that stop between them (a signal during a long
+    sampler): ``init(x_T) -> carry``, ``run(carry, i, t) -> carry`` scans the positions ``i`` (int
+    ``[L]``, consecutive) with their timesteps ``t``, ``output(carry) -> SampleOutput``. Running all
+    positions in any number of pieces computes what one scan computes."""
 
-    Position ``i`` evaluates ``denoise_fn(x, timesteps[i])`` and steps with key ``fold_in(key, i)``.
-    With ``trajectory_every = k > 0`` the ``(x_t, x0_hat)`` of positions ``0, k, 2k, ...`` of the first
-    ``trajectory_size`` samples (default all) are written into a buffer carried by the scan (memory
-    ``frames x size``, never ``steps x batch``), followed by the final sample as the last frame.
+    init: Callable
+    run: Callable
+    output: Callable
 
-    Args:
-      sampler: a :class:`Sampler`.
-      denoise_fn: ``denoise_fn(x, t int32 [B]) -> network output`` (e.g. :func:`guided_denoise_fn`).
-      x_T: the start, usually ``N(0, I)`` of shape ``[B, H, W, C]``.
-      key: the sampler's noise key.
-      trajectory_every, trajectory_size: see above (0 = no trajectory).
 
-    Returns:
-      :class:`SampleOutput` (``samples`` and, if asked for, the trajectory).
-    """
+def sampler_scan(sampler: Sampler, denoise_fn: DenoiseFn, key: jax.Array, trajectory_every: int = 0,
+                 trajectory_size: int | None = None) -> SamplerScan:
+    """The pieces of :func:`run_sampler` (same arguments but ``x_T``, which ``init`` takes)."""
     timesteps = np.asarray(sampler.timesteps, np.int32)
     keep = trajectory_positions(len(timesteps), trajectory_every)
-    n = x_T.shape[0] if trajectory_size is None else min(trajectory_size, x_T.shape[0])
-    traj0 = ((jnp.zeros((len(keep), n) + x_T.shape[1:], x_T.dtype),) * 2) if len(keep) else ()
+
+    def init(x_T):
+        n = x_T.shape[0] if trajectory_size is None else min(trajectory_size, x_T.shape[0])
+        traj0 = ((jnp.zeros((len(keep), n) + x_T.shape[1:], x_T.dtype),) * 2) if len(keep) else ()
+        return x_T, sampler.init_state(x_T), traj0
 
     def record(traj, i, x, x0):
-        j = i // trajectory_every
-        return traj[0].at[j].set(x[:n]), traj[1].at[j].set(x0[:n].astype(x_T.dtype))
+        j, n = i // trajectory_every, traj[0].shape[1]
+        return traj[0].at[j].set(x[:n]), traj[1].at[j].set(x0[:n].astype(traj[1].dtype))
 
     def body(carry, inputs):
         x, state, traj = carry
@@ -322,14 +320,43 @@ def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: ja
                                 lambda tr: tr, traj)
         return (x_next, state, traj), None
 
-    xs = (jnp.arange(len(timesteps)), jnp.asarray(timesteps))
-    (final, _, traj), _ = jax.lax.scan(body, (x_T, sampler.init_state(x_T), traj0), xs)
-    if not len(keep):
-        return SampleOutput(final)
-    return SampleOutput(final,
-                        jnp.concatenate([traj[0], final[None, :n]]),
-                        jnp.concatenate([traj[1], final[None, :n]]),
-                        np.append(timesteps[keep], -1))
+    def run(carry, i, t):
+        return jax.lax.scan(body, carry, (i, t))[0]
+
+    def output(carry):
+        final, _, traj = carry
+        if not len(keep):
+            return SampleOutput(final)
+        n = traj[0].shape[1]
+        return SampleOutput(final, jnp.concatenate([traj[0], final[None, :n]]),
+                            jnp.concatenate([traj[1], final[None, :n]]), np.append(timesteps[keep], -1))
+
+    return SamplerScan(init, run, output)
+
+
+def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: jax.Array,
+                trajectory_every: int = 0, trajectory_size: int | None = None) -> SampleOutput:
+    """Scan ``sampler.step`` over its timesteps starting from ``x_T``; one network call per step.
+
+    Position ``i`` evaluates ``denoise_fn(x, timesteps[i])`` and steps with key ``fold_in(key, i)``.
+    With ``trajectory_every = k > 0`` the ``(x_t, x0_hat)`` of positions ``0, k, 2k, ...`` of the first
+    ``trajectory_size`` samples (default all) are written into a buffer carried by the scan (memory
+    ``frames x size``, never ``steps x batch``), followed by the final sample as the last frame.
+    :func:`sampler_scan` gives the same computation in pieces.
+
+    Args:
+      sampler: a :class:`Sampler`.
+      denoise_fn: ``denoise_fn(x, t int32 [B]) -> network output`` (e.g. :func:`guided_denoise_fn`).
+      x_T: the start, usually ``N(0, I)`` of shape ``[B, H, W, C]``.
+      key: the sampler's noise key.
+      trajectory_every, trajectory_size: see above (0 = no trajectory).
+
+    Returns:
+      :class:`SampleOutput` (``samples`` and, if asked for, the trajectory).
+    """
+    scan = sampler_scan(sampler, denoise_fn, key, trajectory_every, trajectory_size)
+    timesteps = np.asarray(sampler.timesteps, np.int32)
+    return scan.output(scan.run(scan.init(x_T), jnp.arange(len(timesteps)), jnp.asarray(timesteps)))
 
 
 # --------------------------------------------------------------------------- conditioning

@@ -273,7 +273,7 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None) 
 
 
 def make_train_fid_hook(config, workdir, experiment, train_source=None, start_step: int = 0, log=print):
-    """The cheap FID logged while training: ``hook(step, ema_params) -> row`` appending
+    """The cheap FID logged while training: ``hook(step, ema_params, progress=None) -> row`` appending
     ``{"step", "fid", "fid_samples", "feature_extractor", "seconds"}`` to
     ``<workdir>/eval/train_fid.jsonl`` (rows after ``start_step`` from an interrupted run are
     dropped first). ``None`` when ``training.eval_every`` is 0.
@@ -305,10 +305,10 @@ def make_train_fid_hook(config, workdir, experiment, train_source=None, start_st
                 if line.strip() and json.loads(line)["step"] <= start_step]
         paths.write_text(path, "".join(rows))
 
-    def hook(step: int, params) -> dict:
+    def hook(step: int, params, progress=None) -> dict:
         t0 = time.perf_counter()
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM + 1), step)
-        images = generate_uint8(generate, params, labels, ev.batch_size, key)
+        images = generate_uint8(generate, params, labels, ev.batch_size, key, progress)
         stats = feature_stats(extract_features(extractor, images, ev.batch_size))
         row = {"step": int(step), "fid": frechet_distance(stats.mu, stats.sigma, ref.stats.mu, ref.stats.sigma),
                "fid_samples": int(len(images)), "feature_extractor": extractor.name,

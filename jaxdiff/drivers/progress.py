@@ -20,6 +20,10 @@ class GuardedBar(tqdm):
 
     def update(self, n=1):
         shown = super().update(n)
+        self.check()
+        return shown
+
+    def check(self) -> None:
+        """Run the stop check now (between the chunks' own updates, e.g. every few sampler steps)."""
         if self._check is not None:
             self._check()
-        return shown

@@ -25,7 +25,7 @@ def trajectory_stride(num_steps: int, trajectory_every: int, min_frames: int = 1
 
 
 def generate(experiment: Experiment, params, key, num_samples: int, sampling_config=None,
-             trajectory: bool = False, progress=None) -> SampleOutput:
+             trajectory: bool = False, progress=None, should_stop=None) -> SampleOutput:
     """``num_samples`` images from ``params`` with the sampler of ``sampling_config`` (default
     ``config.sampling``), chunked and keyed as :func:`jaxdiff.core.generation.generate` describes,
     the batch sharded over the experiment's mesh. With ``trajectory`` the first chunk's trajectory
@@ -37,7 +37,7 @@ def generate(experiment: Experiment, params, key, num_samples: int, sampling_con
     return generate_from_config(
         experiment.apply_fn, params, experiment.tables, sc, (num_samples,) + tuple(experiment.image_shape), key,
         target=config.diffusion.target, num_classes=experiment.model.num_classes, trajectory_every=every,
-        mesh=experiment.mesh, cache=experiment.sampler_cache, progress=progress)
+        mesh=experiment.mesh, cache=experiment.sampler_cache, progress=progress, should_stop=should_stop)
 
 
 def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool) -> str:
@@ -47,14 +47,16 @@ def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool
     return f"{sc.sampler}{sc.num_steps or num_timesteps}{guidance}_{step:07d}"
 
 
-def write_training_samples(experiment: Experiment, state, workdir, step: int):
+def write_training_samples(experiment: Experiment, state, workdir, step: int, should_stop=None):
     """Sample ``sampling.num_samples`` images with the EMA parameters and save ``samples_<step>.png``
     (a class-conditional model: column k of the grid is class k). Returns the uint8 grid (``None``
-    on processes other than 0, which sample but do not write)."""
+    on processes other than 0, which sample but do not write). ``should_stop()`` is called every
+    few sampler steps and may raise to stop (then nothing is written)."""
     config = experiment.config
     sc = config.sampling
     params = state.ema_params if sc.use_ema else state.params
-    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples)
+    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
+                   should_stop=should_stop)
     path = paths.as_path(workdir) / f"samples_{step:07d}.png"
     conditional_grid = out.labels is not None and str(sc.labels) in ("auto", "all")
     if not paths.is_writer():  # every process samples (a collective); one writes
@@ -82,7 +84,7 @@ def run_sample_mode(config, workdir) -> dict:
     with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
                                                            guard.stop_check("sampling")) as bar:
         out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
-                       trajectory=True, progress=bar)
+                       trajectory=True, progress=bar, should_stop=bar.check)
 
     images = out.samples
     tag = sample_tag(sc, experiment.tables.num_timesteps, step, out.labels is not None)

@@ -98,7 +98,7 @@ def sampling_metadata(sampling_config, target: str) -> dict:
 def generate_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
                          *, target: str = "eps", num_classes: int = 0, labels=None,
                          trajectory_every: int | None = None, trajectory_size: int = 16,
-                         mesh=None, cache: dict | None = None, progress=None) -> SampleOutput:
+                         mesh=None, cache: dict | None = None, progress=None, should_stop=None) -> SampleOutput:
     """:func:`jaxdiff.core.generation.generate` with the sampler, labels, guidance, chunk size and
     trajectory stride of a ``config.sampling`` block (``labels`` overrides ``sampling.labels``).
     ``cache`` also keeps the samplers built from the same block, so the compiled chunk generator is
@@ -119,5 +119,5 @@ def generate_from_config(apply_fn, params, tables: DiffusionTables, sampling_con
     out = generation.generate(apply_fn, params, sampler, shape, key, labels=labels, num_classes=num_classes,
                               guidance_scale=float(sc.guidance_scale), batch_size=int(sc.batch_size),
                               trajectory_every=every, trajectory_size=trajectory_size, mesh=mesh, cache=cache,
-                              progress=progress)
+                              progress=progress, should_stop=should_stop)
     return out._replace(metadata={**out.metadata, **sampling_metadata(sc, target)})

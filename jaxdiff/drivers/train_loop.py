@@ -30,6 +30,7 @@ from jaxdiff.data import batch_stream, load_source
 from jaxdiff.drivers import config_checks, eval_mode, sample_mode
 from jaxdiff.drivers.sampling import parse_labels
 from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.training import checkpoint
 from jaxdiff.training.state import TrainState
 
@@ -159,6 +160,12 @@ def _train(config, workdir, source, experiment: Experiment, progress: bool) -> T
     finished = False
     try:
         with preemption.PreemptionGuard() as guard:
+            # Grids and the FID poll for a signal between sampler pieces / chunks (one process:
+            # several would have to agree on where, as they do at step boundaries).
+            def poll(what):
+                if guard.signum is not None and jax.process_count() == 1:
+                    raise preemption.Interrupted(guard.signum, what)
+
             for n in range(start + 1, tc.num_train_steps + 1):
                 state, metrics = experiment.step(state, parallel.global_batch(next(stream), experiment.mesh))
                 log.add(metrics)
@@ -178,13 +185,22 @@ def _train(config, workdir, source, experiment: Experiment, progress: bool) -> T
                     checkpoint.save(mngr, n, state, experiment.meta())
                 if stop:
                     raise Preempted(n, guard.signum, state)
-                if sample_grid:
-                    image = sample_mode.write_training_samples(experiment, state, workdir, n)
-                    if writer:
-                        board.image("samples", n, image)
-                        plotting.save_loss_curve(metrics_path, loss_png)
+                try:
+                    if sample_grid:
+                        image = sample_mode.write_training_samples(experiment, state, workdir, n,
+                                                                   should_stop=lambda: poll("the sample grid"))
+                        if writer:
+                            board.image("samples", n, image)
+                            plotting.save_loss_curve(metrics_path, loss_png)
+                    if fid:
+                        with GuardedBar(config.eval.train_fid_samples, "train FID",
+                                        lambda: poll("the training-time FID"), leave=False) as fid_bar:
+                            row = fid_hook(n, state.ema_params, fid_bar)
+                except preemption.Interrupted as e:  # the state of step n is good: keep it, then stop
+                    if not save:
+                        checkpoint.save(mngr, n, state, experiment.meta())
+                    raise Preempted(n, e.signum, state) from None
                 if fid:
-                    row = fid_hook(n, state.ema_params)
                     board.scalars(n, {"fid": row["fid"]}, prefix="eval/")
                     bar.write(f"step {n}: FID {row['fid']:.3f} ({row['fid_samples']} EMA samples, "
                               f"{row['feature_extractor']} features) -> eval/train_fid.jsonl")
