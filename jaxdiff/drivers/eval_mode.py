@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxdiff.common import paths, preemption
 from jaxdiff.core import likelihood
-from jaxdiff.core.generation import make_chunk_generator
+from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator
 from jaxdiff.data import ArraySource, load_source
 from jaxdiff.drivers import config_checks, restore
 from jaxdiff.drivers.progress import GuardedBar
@@ -109,7 +109,9 @@ def sampling_steps(sampling_config, tables) -> int:
 
 def make_image_generator(experiment, sampling_config, image_shape: tuple, guidance_scale: float = 1.0,
                          batch_size: int = 256):
-    """A compiled ``generate(params, key, labels [batch_size]) -> images [batch_size, H, W, C] in [-1, 1]``.
+    """A compiled ``generate(params, key, labels [batch_size], should_stop=None) -> images [batch_size,
+    H, W, C] in [-1, 1]``, run in pieces of :data:`~jaxdiff.core.generation.SEGMENT_STEPS` sampler steps
+    with ``should_stop()`` between them (the same numbers as one program).
 
     The sampler ``config.sampling`` describes, through :func:`jaxdiff.core.generation.make_chunk_generator`
     (``x_T`` from ``fold_in(key, 0)``, sampler noise from ``fold_in(key, 1)``, as in sample mode).
@@ -120,8 +122,9 @@ def make_image_generator(experiment, sampling_config, image_shape: tuple, guidan
     sampler = sampler_from_config(experiment.tables, sampling_config, experiment.config.diffusion.target)
     null_label = experiment.model.num_classes or None
     generate = make_chunk_generator(experiment.apply_fn, sampler, image_shape, batch_size, float(guidance_scale),
-                                    null_label)
-    return lambda params, key, labels: generate(params, key, labels if null_label else None)[0]
+                                    null_label, segment_steps=SEGMENT_STEPS)
+    return lambda params, key, labels, should_stop=None: generate(params, key, labels if null_label else None,
+                                                                  should_stop)[0]
 
 
 def build_extractor(config, workdir, train, test, log=print, for_accuracy: bool = True, stop_check=None):
@@ -193,7 +196,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     with progress_bar(ev.num_samples, "eval: samples") as bar:
         images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
                                 balanced_labels(ev.num_samples, num_classes), ev.batch_size,
-                                jax.random.fold_in(key, 0), bar)
+                                jax.random.fold_in(key, 0), bar, stop_check)
     metrics = {"checkpoint_step": int(step), "params": "ema", "sampler": config.sampling.sampler,
                "sampling_steps": sampling_steps(config.sampling, tables), "variance": config.sampling.variance,
                "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,
@@ -226,7 +229,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                           "eval: conditional accuracy") as bar:
             rows = conditional_accuracy(make_generate, params, lambda x: apply_clf(x)[0], num_classes,
                                         ev.samples_per_class, ev.guidance_scales, ev.batch_size,
-                                        jax.random.fold_in(key, 2), bar)
+                                        jax.random.fold_in(key, 2), bar, stop_check)
         stem = f"conditional_accuracy_{step:07d}"
         if write:
             write_json(eval_dir / f"{stem}.json", {"rows": rows, "classifier_test_accuracy": clf.test_accuracy})
@@ -273,7 +276,8 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None) 
 
 
 def make_train_fid_hook(config, workdir, experiment, train_source=None, start_step: int = 0, log=print):
-    """The cheap FID logged while training: ``hook(step, ema_params, progress=None) -> row`` appending
+    """The cheap FID logged while training: ``hook(step, ema_params, progress=None, should_stop=None)
+    -> row`` appending
     ``{"step", "fid", "fid_samples", "feature_extractor", "seconds"}`` to
     ``<workdir>/eval/train_fid.jsonl`` (rows after ``start_step`` from an interrupted run are
     dropped first). ``None`` when ``training.eval_every`` is 0.
@@ -305,10 +309,10 @@ def make_train_fid_hook(config, workdir, experiment, train_source=None, start_st
                 if line.strip() and json.loads(line)["step"] <= start_step]
         paths.write_text(path, "".join(rows))
 
-    def hook(step: int, params, progress=None) -> dict:
+    def hook(step: int, params, progress=None, should_stop=None) -> dict:
         t0 = time.perf_counter()
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM + 1), step)
-        images = generate_uint8(generate, params, labels, ev.batch_size, key, progress)
+        images = generate_uint8(generate, params, labels, ev.batch_size, key, progress, should_stop)
         stats = feature_stats(extract_features(extractor, images, ev.batch_size))
         row = {"step": int(step), "fid": frechet_distance(stats.mu, stats.sigma, ref.stats.mu, ref.stats.sigma),
                "fid_samples": int(len(images)), "feature_extractor": extractor.name,

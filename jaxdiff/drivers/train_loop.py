@@ -195,7 +195,7 @@ def _train(config, workdir, source, experiment: Experiment, progress: bool) -> T
                     if fid:
                         with GuardedBar(config.eval.train_fid_samples, "train FID",
                                         lambda: poll("the training-time FID"), leave=False) as fid_bar:
-                            row = fid_hook(n, state.ema_params, fid_bar)
+                            row = fid_hook(n, state.ema_params, fid_bar, fid_bar.check)
                 except preemption.Interrupted as e:  # the state of step n is good: keep it, then stop
                     if not save:
                         checkpoint.save(mngr, n, state, experiment.meta())

@@ -16,13 +16,16 @@ from jaxdiff.evaluation import classifier as classifier_lib
 
 
 def generate_uint8(generate, params, labels: np.ndarray, batch_size: int, key: jax.Array,
-                   progress=None) -> np.ndarray:
+                   progress=None, should_stop=None) -> np.ndarray:
     """``len(labels)`` quantised samples from ``generate(params, key, labels)`` in fixed-size chunks
     (the last padded, padding dropped); chunk ``i`` uses ``fold_in(key, i)``; ``progress`` as
-    :func:`jaxdiff.common.chunks.map_chunks` takes it."""
-    return map_chunks(lambda i, chunk: to_uint8(jax.device_get(generate(params, jax.random.fold_in(key, i),
-                                                                        jnp.asarray(chunk)))),
-                      np.asarray(labels, np.int32), batch_size, progress)
+    :func:`jaxdiff.common.chunks.map_chunks` takes it. With ``should_stop``, ``generate`` is called
+    as ``generate(params, key, labels, should_stop)`` (it polls it inside a chunk)."""
+    def chunk_images(i, chunk):
+        args = (params, jax.random.fold_in(key, i), jnp.asarray(chunk))
+        return to_uint8(jax.device_get(generate(*args) if should_stop is None else generate(*args, should_stop)))
+
+    return map_chunks(chunk_images, np.asarray(labels, np.int32), batch_size, progress)
 
 
 def balanced_labels(n: int, num_classes: int) -> np.ndarray:
@@ -32,7 +35,7 @@ def balanced_labels(n: int, num_classes: int) -> np.ndarray:
 
 def conditional_accuracy(make_generate: Callable[[float], Callable], params, classify: Callable,
                          num_classes: int, per_class: int, scales, batch_size: int, key: jax.Array,
-                         progress=None) -> list:
+                         progress=None, should_stop=None) -> list:
     """For each guidance scale ``w``: the share of ``per_class`` samples of every class that
     ``classify`` (uint8 images -> logits) assigns to the class asked for, overall and per class.
     ``make_generate(w)`` gives a compiled ``generate(params, key, labels)`` (see above)."""
@@ -40,7 +43,7 @@ def conditional_accuracy(make_generate: Callable[[float], Callable], params, cla
     rows = []
     for j, w in enumerate(scales):
         images = generate_uint8(make_generate(float(w)), params, labels, batch_size, jax.random.fold_in(key, j),
-                                progress)
+                                progress, should_stop)
         logits = classifier_lib.batched_apply(classify, images, batch_size)
         hit = np.argmax(logits, axis=-1) == labels
         rows.append({"guidance_scale": float(w), "accuracy": float(hit.mean()),
