@@ -347,3 +347,25 @@ def test_a_signal_during_a_training_grid_saves_and_stops_within_the_grid(tmp_pat
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3"] and not (tmp_path / "samples_0000003.png").exists()
     train_loop.train(config, str(tmp_path), progress=False)
     assert (tmp_path / "samples_0000006.png").exists()
+
+
+def test_a_signal_during_the_training_fid_saves_and_stops(tmp_path, monkeypatch):
+    """The training-time FID polls the same check (between and inside its chunks): a signal there
+    checkpoints the step and raises Preempted; no FID row is logged for it."""
+    polled = []
+
+    def make_hook(config, workdir, experiment, train_source=None, start_step=0, log=print):
+        def hook(step, params, progress=None, should_stop=None):
+            signal.raise_signal(signal.SIGTERM)  # arrives while the FID samples
+            polled.append(step)
+            should_stop()  # what generate_uint8 does every few sampler steps
+            raise AssertionError("should_stop did not stop")
+        return hook
+
+    monkeypatch.setattr(train_loop.eval_mode, "make_train_fid_hook", make_hook)
+    config = tiny_config(**{"training.num_train_steps": 8, "training.eval_every": 5,
+                            "training.checkpoint_every": 4})
+    with pytest.raises(train_loop.Preempted) as e:
+        train_loop.train(config, str(tmp_path), progress=False)
+    assert e.value.step == 5 and polled == [5]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "5"]
