@@ -30,8 +30,6 @@ def is_url(path: PathLike) -> bool:
 
 def as_path(path: PathLike) -> epath.Path:
     """``path`` as an ``epath.Path``: a local path expanded (``~``) and made absolute, a URL untouched."""
-    if isinstance(path, epath.Path) and is_url(path):
-        return path
     text = os.fspath(path)
     if is_url(text):
         return epath.Path(text)

@@ -17,11 +17,12 @@ NO_FLIP_DATASETS = frozenset({"digits", "mnist", "emnist", "kmnist", "binarized_
                               "svhn_cropped", "omniglot"})
 
 
-def check_data_config(data_config) -> None:
+def check_data_config(data_config):
     """Raise :class:`DataError` for the first unusable ``config.data`` value, without reading data.
 
     Checks sizes and switches, that the dataset name is a local source or a registered TFDS image
     dataset, that local sources have an existing ``data_dir``, and that digits are never flipped.
+    Returns the TFDS builder it made for a TFDS dataset (``None`` for a local source).
     """
     d = data_config
     if not isinstance(d.image_size, int) or d.image_size <= 0:
@@ -50,7 +51,8 @@ def check_data_config(data_config) -> None:
                    if os.path.abspath(os.path.expanduser(d.data_dir)) == DEBIAN_FASHION_MNIST else "")
             raise DataError(f"data.data_dir={d.data_dir!r} does not exist{fix}")
     elif name != "digits":
-        check_tfds_features(d)
+        return check_tfds_features(d)
+    return None
 
 
 def _estimated_mb(source) -> float:
@@ -63,7 +65,7 @@ def load_source(data_config, split: str = "train"):
     Raises :class:`DataError` (one line: what is wrong, how to fix it) before anything is compiled.
     Lazy sources whose decoded images fit in ``data.cache_max_mb`` are decoded into memory now.
     """
-    check_data_config(data_config)
+    tfds_builder = check_data_config(data_config)
     d = data_config
     name, size, channels = d.dataset, d.image_size, d.channels
     data_dir = os.path.expanduser(d.data_dir)
@@ -78,7 +80,7 @@ def load_source(data_config, split: str = "train"):
     elif name == "cifar_python":
         source = load_cifar_python(data_dir, split, size, channels)
     else:
-        source = load_tfds(d, split)
+        source = load_tfds(d, split, tfds_builder)
     if isinstance(source, LazySource) and _estimated_mb(source) <= d.cache_max_mb:
         source = materialize(source, d.num_workers)
     return source

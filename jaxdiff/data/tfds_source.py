@@ -55,6 +55,12 @@ def _offline_hints(name: str) -> str:
     return "or put the images in a folder and set --config.data.dataset=image_folder --config.data.data_dir=FOLDER"
 
 
+def _offline_route(name: str) -> str:
+    """How to get TFDS dataset ``name`` prepared elsewhere and onto this machine (for error messages)."""
+    return (f"run `python -m jaxdiff.data prepare {name} --data_dir DIR` on a machine with internet and "
+            f"TensorFlow, copy DIR here and set --config.data.data_dir=DIR; {_offline_hints(name)}")
+
+
 def _network_available(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
     """Whether ``host:443`` answers within ``timeout`` s (assumed yes behind an HTTP(S) proxy)."""
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
@@ -77,8 +83,7 @@ def prepare_tfds(name: str, data_dir: str = "") -> str:
     """
     builder = _tfds_builder(name, data_dir, file_format="array_record")
     where = os.path.dirname(os.path.dirname(str(builder.data_path)))
-    howto = (f"run `python -m jaxdiff.data prepare {name} --data_dir DIR` on a machine with internet and "
-             f"TensorFlow, copy DIR here and set --config.data.data_dir=DIR; {_offline_hints(name)}")
+    howto = _offline_route(name)
     if not _has_tensorflow():
         raise DataError(f"TFDS dataset {name!r} is not prepared in {where} and preparing it needs TensorFlow "
                         f"(`pip install tensorflow-cpu`); or {howto}")
@@ -92,16 +97,17 @@ def prepare_tfds(name: str, data_dir: str = "") -> str:
     return str(builder.data_path)
 
 
-def load_tfds(data_config, split: str = "train") -> LazySource:
+def load_tfds(data_config, split: str = "train", builder=None) -> LazySource:
     """TFDS dataset ``data.dataset`` read with ``tfds.data_source`` (ArrayRecord, random access).
 
     A dataset that is not prepared in ``data.data_dir`` is downloaded when ``data.download`` (see
-    :func:`prepare_tfds`), otherwise a :class:`DataError` says how to get it offline.
+    :func:`prepare_tfds`), otherwise a :class:`DataError` says how to get it offline. ``builder`` is
+    the one :func:`check_tfds_features` returned, if the caller has it (it is made otherwise).
     """
     tfds = _import_tfds()
 
     name, data_dir, size = data_config.dataset, data_config.data_dir, data_config.image_size
-    builder = check_tfds_features(data_config)
+    builder = builder or check_tfds_features(data_config)
 
     def open_source():
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
@@ -114,9 +120,8 @@ def load_tfds(data_config, split: str = "train") -> LazySource:
             if not data_config.download:
                 raise DataError(
                     f"TFDS dataset {name!r} is not prepared in {os.path.dirname(os.path.dirname(version_dir))}; set "
-                    f"--config.data.download=True (needs internet and TensorFlow), or run `python -m jaxdiff.data "
-                    f"prepare {name} --data_dir DIR` on a machine that has them and copy DIR here; "
-                    f"{_offline_hints(name)}") from None
+                    f"--config.data.download=True (needs internet and TensorFlow), or {_offline_route(name)}"
+                    ) from None
             prepare_tfds(name, data_dir)
             ds = open_source()
         elif isinstance(e, NotImplementedError):

@@ -104,9 +104,7 @@ def generate_from_config(apply_fn, params, tables: DiffusionTables, sampling_con
     ``cache`` also keeps the samplers built from the same block, so the compiled chunk generator is
     reused. Every check runs before anything is compiled; the metadata names the sampler."""
     sc = sampling_config
-    num = int(shape[0])
-    if num < 1:
-        raise ValueError(f"number of samples must be positive, got {num}")
+    num = int(shape[0])  # generation.generate refuses num < 1
     check_sampling_config(sc, tables.num_timesteps, num_classes > 0)
     sampler_key = ("sampler", sc.to_json(sort_keys=True), target)
     sampler = None if cache is None else cache.get(sampler_key)
