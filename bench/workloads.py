@@ -112,7 +112,7 @@ def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 
     import jax
     import jax.numpy as jnp
 
-    from jaxdiff.core import samplers
+    from jaxdiff.core import families, samplers, solvers
 
     n = nets.NETS[net]
     model = nets.jax_unet(net)
@@ -121,7 +121,7 @@ def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 
     params = model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32))["params"]
     # The library's sampler (DDPM over all 1000 steps, or DDIM eta 0 with diffusers' default
     # "leading" spacing and set_alpha_to_one), cut to its first `run` positions when asked.
-    full = samplers.make_sampler(tables, sampler, 0 if sampler == "ddpm" else steps, "leading")
+    full = solvers.make_sampler(families.ddpm(tables), sampler, 0 if sampler == "ddpm" else steps, "leading")
     timesteps = np.asarray(full.timesteps)
     run = len(timesteps) if not run_steps else min(run_steps, len(timesteps))
     timed = full._replace(timesteps=timesteps[:run])

@@ -3,7 +3,7 @@
 from configs import default
 
 
-def get_config():
+def get_config(family: str = "ddpm"):
     config = default.get_config()
     config.data.dataset = "cifar10"
     config.data.image_size = 32
@@ -26,4 +26,4 @@ def get_config():
     config.sampling.variance = "fixed_large"  # the setting of DDPM's FID 3.17
     config.eval.feature_extractor = "inception"  # paper-comparable FID; needs eval.inception_weights
     config.eval.num_samples = 50_000  # DDPM / DDIM protocol: 50k samples vs training-set statistics
-    return config
+    return default.with_family(config, family)

@@ -13,7 +13,7 @@ Offline: ``--config.data.dataset=cifar_python --config.data.data_dir=FOLDER`` re
 from configs import default
 
 
-def get_config():
+def get_config(family: str = "ddpm"):
     config = default.get_config()
     config.data.dataset = "cifar10"
     config.data.image_size = 64
@@ -36,4 +36,4 @@ def get_config():
     config.training.log_every = 100
     config.training.checkpoint_every = 5000
     config.training.sample_every = 20_000
-    return config
+    return default.with_family(config, family)

@@ -7,6 +7,19 @@ compile or write.
 
 import ml_collections
 
+FAMILIES = ("ddpm", "vp", "edm", "flow")
+
+
+def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:
+    """``config`` trained and sampled as ``family``: ``--config=configs/digits.py:edm`` (every dataset
+    config takes the family after a colon). The sampler stays ``auto``, each family's own: DDPM over
+    all T steps (ddpm), DPM-Solver++ 50 (vp), EDM's Heun with 18 steps / 35 NFE (edm), Euler 50 (flow)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r} after the config file's colon; choose one of "
+                         f"{', '.join(FAMILIES)}")
+    config.diffusion.family = family
+    return config
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -39,14 +52,30 @@ def get_config() -> ml_collections.ConfigDict:
     model.remat = False  # rematerialise res blocks in the backward pass (memory for compute)
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
-    diffusion.num_timesteps = 1000  # T
-    diffusion.schedule = "linear"  # linear | cosine | sigmoid_abar | sigmoid_geodiff
+    # ddpm: the discrete T-step chain (DDPM) | vp: continuous-time variance preserving (schedule linear |
+    # cosine) | edm: Karras et al. 2022 | flow: flow matching / rectified flow (the SD3 interpolant)
+    diffusion.family = "ddpm"
+    diffusion.num_timesteps = 1000  # T (ddpm)
+    diffusion.schedule = "linear"  # ddpm: linear | cosine | sigmoid_abar | sigmoid_geodiff; vp: linear | cosine
     diffusion.beta_start = 1e-4  # linear and sigmoid_geodiff only
     diffusion.beta_end = 0.02
     diffusion.scale_betas_to_t = False  # linear: multiply both ends by 1000 / T (improved-diffusion)
-    diffusion.target = "eps"  # what the network predicts: eps | x0 | v
-    diffusion.loss_weighting = "none"  # none | min_snr
+    diffusion.zero_terminal_snr = False  # ddpm: rescale to SNR 0 at t=T (Lin et al. 2024; needs target v)
+    diffusion.target = "auto"  # ddpm, vp: eps | x0 | v (auto = eps); edm and flow: auto (F, velocity)
+    diffusion.loss_weighting = "none"  # ddpm, vp: none | min_snr
     diffusion.min_snr_gamma = 5.0
+    diffusion.edm = edm = ml_collections.ConfigDict()  # family=edm (the paper's values)
+    edm.sigma_data = 0.5
+    edm.p_mean = -1.2  # training: ln sigma ~ N(p_mean, p_std^2)
+    edm.p_std = 1.2
+    edm.sigma_min = 0.002  # sampling grid: Karras sigmas from sigma_max to sigma_min, then 0
+    edm.sigma_max = 80.0
+    edm.rho = 7.0
+    diffusion.flow = flow = ml_collections.ConfigDict()  # family=flow
+    flow.t_sampling = "logit_normal"  # training times: uniform | logit_normal (SD3: t = sigmoid(N(loc, scale^2)))
+    flow.loc = 0.0
+    flow.scale = 1.0
+    flow.shift = 1.0  # t' = shift t / (1 + (shift - 1) t) in training and sampling (SD3: 3 at 1024px)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # global batch, split over all devices (and processes)
@@ -76,19 +105,31 @@ def get_config() -> ml_collections.ConfigDict:
     parallel.shard_min_size = 16384  # ... only arrays with at least this many elements (others replicated)
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    sampling.sampler = "ddpm"  # ddpm (ancestral, respaced when num_steps < T) | ddim | dpm_solver++ (2M)
-    sampling.num_steps = 0  # network evaluations per sample; 0 = all diffusion.num_timesteps (the
-    #   source documents use ddim with 20; dpm_solver++ is good at 10-20)
-    sampling.spacing = "auto"  # which timesteps: leading | trailing | linspace | uniform | quad | logsnr
-    #   (auto = linspace for ddpm, leading for ddim, logsnr for dpm_solver++)
+    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler) | ddpm (ancestral, respaced when
+    # num_steps < T) | ddim (both: ddpm family only) | euler | euler_ancestral | heun (EDM Alg. 1) |
+    # edm_stochastic (EDM Alg. 2: s_churn ...) | midpoint | dpm_solver++ (2M) | dpm_solver++_3m |
+    # dpm_solver++_sde (2M SDE)
+    sampling.sampler = "auto"
+    sampling.num_steps = 0  # sampler steps; 0 = all diffusion.num_timesteps for the ddpm family, 50 for vp
+    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations). The source documents use ddim with 20.
+    sampling.spacing = "auto"  # ddpm family: leading | trailing | linspace | uniform | quad | logsnr (auto =
+    #   linspace for ddpm, leading for ddim, logsnr otherwise); vp: uniform | logsnr | karras (auto logsnr);
+    #   edm: karras | logsnr (auto karras); flow: uniform (auto; with diffusion.flow.shift)
     sampling.eta = 0.0  # ddim only: 0 = deterministic, 1 = ancestral (DDPM fixed_small over all T steps)
+    sampling.sde_eta = 1.0  # euler_ancestral and dpm_solver++_sde: the noise of each step (1 = ancestral)
+    sampling.s_churn = 0.0  # edm_stochastic: gamma = min(s_churn / N, sqrt(2) - 1) for sigma in [s_min, s_max]
+    sampling.s_min = 0.0
+    sampling.s_max = 1e6
+    sampling.s_noise = 1.0
     sampling.set_alpha_to_one = True  # ddim / dpm_solver++: the last step ends at abar=1 (else at abar_0)
     sampling.labels = "auto"  # auto (all for a class-conditional model, else none) | none | all | 3,5,7
     #   (comma-separated class ids, cycled over the samples)
     sampling.guidance_scale = 1.0  # classifier-free guidance w: 1 = conditional, 0 = unconditional, >1 stronger
+    sampling.guidance_interval = ()  # (lo, hi): guide only where lo < sigma / alpha <= hi (Kynkaanniemi et al.
+    #   2024, e.g. (0.28, 5.42)); () = every step
     sampling.num_samples = 64
     sampling.batch_size = 256  # chunk size when generating many samples (guidance doubles the network batch)
-    sampling.variance = "fixed_small"  # ddpm only: fixed_small | fixed_large
+    sampling.variance = "fixed_small"  # sampler ddpm only: fixed_small | fixed_large
     sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step (eps recomputed from it)
     sampling.use_ema = True
     sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers

@@ -3,7 +3,7 @@
 from configs import default
 
 
-def get_config():
+def get_config(family: str = "ddpm"):
     config = default.get_config()
     config.data.dataset = "mnist"
     config.data.image_size = 28
@@ -20,4 +20,4 @@ def get_config():
     config.training.log_every = 100
     config.training.checkpoint_every = 2000
     config.training.sample_every = 5000
-    return config
+    return default.with_family(config, family)

@@ -21,18 +21,18 @@ args = parser.parse_args()
 
 # --- the example the README shows -------------------------------------------------------------
 x = load_digits().images[..., None].astype(np.float32) / 8.0 - 1.0  # your data: [N, 8, 8, 1] in [-1, 1]
-tables = jaxdiff.make_tables(jaxdiff.make_betas("linear", 1000))
+family = jaxdiff.families.ddpm(jaxdiff.make_tables(jaxdiff.make_betas("linear", 1000)))  # or families.edm(), .flow()
 model = jaxdiff.UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0, out_ch=1)
 apply_fn = jaxdiff.denoiser_apply(model)
 optimizer = jaxdiff.make_optimizer(jaxdiff.learning_rate_schedule(2e-3, warmup_steps=50), grad_clip_norm=1.0)
 state = jaxdiff.init_train_state(jaxdiff.init_denoiser(model, jax.random.key(0), x.shape[1:]), optimizer)
-step = jax.jit(jaxdiff.make_train_step(apply_fn, tables, optimizer, ema_decay_rate=0.99))
+step = jax.jit(jaxdiff.make_train_step(apply_fn, family, optimizer, ema_decay_rate=0.99))
 rng = np.random.default_rng(0)
 losses = []
 for n in range(args.steps):
     state, metrics = step(state, {"image": x[rng.choice(len(x), 64)]})
     losses.append(float(metrics["loss"]))
-sampler = jaxdiff.make_sampler(tables, "ddim", num_steps=20)
+sampler = jaxdiff.make_sampler(family, "ddim", num_steps=20)  # edm: "heun"; flow: "euler" (any: dpm_solver++)
 out = jaxdiff.generate(apply_fn, state.ema_params, sampler, (64, 8, 8, 1), jax.random.key(1))
 jaxdiff.save_image_grid(out.samples, args.out)
 # -----------------------------------------------------------------------------------------------

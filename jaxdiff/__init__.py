@@ -4,7 +4,8 @@ The library is five layers, each importing only from the ones below it (``tests/
 keeps it so)::
 
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
-    core        schedules, diffusion maths, samplers, generation, likelihood
+    core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
+                samplers and solvers, generation, likelihood
     models      layers, the U-Net, the denoiser calling convention        data   sources, stream, preprocessing
     training    train state, optimiser, EMA, keys, the step, checkpoints   evaluation   FID/KID, features, accuracy
     drivers     config checks, the config adapter, train/sample/eval modes (what main.py runs)
@@ -18,12 +19,16 @@ from jaxdiff.common.chunks import map_chunks
 from jaxdiff.common.plotting import make_grid, save_image_grid, save_loss_curve, save_trajectory, to_uint8
 from jaxdiff.core.diffusion import (TARGETS, diffusion_loss, loss_given_noise, q_posterior, q_sample,
                                     x0_eps_from_output)
+from jaxdiff.core import families, processes
+from jaxdiff.core.families import FAMILIES, Family, Grid
 from jaxdiff.core.generation import generate
 from jaxdiff.core.likelihood import dataset_bpd, make_bpd_fn
-from jaxdiff.core.samplers import (SAMPLERS, Sampler, SampleOutput, ddim_sampler, ddpm_sampler,
-                                   dpm_solver_pp_sampler, guided_denoise_fn, make_sampler, run_sampler,
+from jaxdiff.core.processes import edm_preconditioning, karras_sigmas
+from jaxdiff.core.samplers import (Sampler, SampleOutput, ddim_sampler, ddpm_sampler, guided_denoise_fn, run_sampler,
                                    spaced_timesteps)
-from jaxdiff.core.schedules import SCHEDULES, DiffusionTables, make_betas, make_tables
+from jaxdiff.core.schedules import SCHEDULES, DiffusionTables, make_betas, make_tables, rescale_zero_terminal_snr
+from jaxdiff.core.solvers import (SAMPLERS, dpm_solver_pp_sampler, euler_ancestral_sampler, heun_sampler,
+                                  make_sampler, midpoint_sampler)
 from jaxdiff.data import ArraySource, DataError, batch_stream, load_source, preprocess
 from jaxdiff.evaluation.fid import frechet_distance, kid
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
@@ -33,15 +38,17 @@ from jaxdiff.training.optim import ema_update, learning_rate_schedule, make_opti
 from jaxdiff.training.state import TrainState, init_train_state
 from jaxdiff.training.step import make_train_step
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
-    "ArraySource", "CheckpointError", "DataError", "DiffusionTables", "SAMPLERS", "SCHEDULES", "Sampler",
-    "SampleOutput", "TARGETS", "TrainState", "UNet", "batch_stream", "count_params", "cpu_tuning",
-    "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss", "dpm_solver_pp_sampler",
-    "ema_update", "frechet_distance", "generate", "guided_denoise_fn", "init_denoiser", "init_train_state",
-    "kid", "learning_rate_schedule", "load_source", "loss_given_noise", "make_betas", "make_bpd_fn",
-    "make_grid", "make_optimizer", "make_sampler", "make_tables", "make_train_step", "map_chunks",
-    "parallel", "paths", "preprocess", "q_posterior", "q_sample", "run_sampler", "save_image_grid",
-    "save_loss_curve", "save_trajectory", "spaced_timesteps", "to_uint8", "x0_eps_from_output",
+    "ArraySource", "CheckpointError", "DataError", "DiffusionTables", "FAMILIES", "Family", "Grid", "SAMPLERS",
+    "SCHEDULES", "Sampler", "SampleOutput", "TARGETS", "TrainState", "UNet", "batch_stream", "count_params",
+    "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
+    "dpm_solver_pp_sampler", "edm_preconditioning", "ema_update", "euler_ancestral_sampler", "families",
+    "frechet_distance", "generate", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
+    "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise", "make_betas",
+    "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler", "make_tables", "make_train_step", "map_chunks",
+    "midpoint_sampler", "parallel", "paths", "preprocess", "processes", "q_posterior", "q_sample",
+    "rescale_zero_terminal_snr", "run_sampler", "save_image_grid", "save_loss_curve", "save_trajectory",
+    "spaced_timesteps", "to_uint8", "x0_eps_from_output",
 ]

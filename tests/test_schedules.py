@@ -90,5 +90,7 @@ def test_bad_schedule_inputs():
         schedules.make_betas("quadratic", 10)
     with pytest.raises(ValueError, match="num_timesteps must be positive"):
         schedules.make_betas("linear", 0)
-    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
-        schedules.make_tables(np.array([0.5, 1.0]))
+    for bad in ([0.5, 1.5], [1.0, 0.5], [0.0, 0.5]):
+        with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+            schedules.make_tables(np.array(bad))
+    assert schedules.make_tables(np.array([0.5, 1.0])).alphas_cumprod[-1] == 0  # zero terminal SNR is allowed

@@ -37,6 +37,22 @@ def test_loss_falls_on_digits(trainer):
     assert 0 < max(jax.tree.leaves(diff))
 
 
+@pytest.mark.parametrize("family", ["vp", "edm", "flow"])
+def test_loss_falls_in_every_family(family):
+    config = tiny_config(**{"model.class_conditional": True, "diffusion.family": family})
+    trainer = Experiment(config, channels=1, num_classes=10)
+    source = data.load_source(config.data)
+    state = trainer.init()
+    stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
+    losses = []
+    for _ in range(60):
+        state, metrics = trainer.step(state, next(stream))
+        losses.append(float(metrics["loss"]))
+    print(family, np.mean(losses[:10]), np.mean(losses[-10:]))
+    assert np.all(np.isfinite(losses))
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+
+
 def test_ema_update_and_warmup():
     ema, params = {"w": jnp.zeros(3)}, {"w": jnp.ones(3)}
     out = optim.ema_update(ema, params, jnp.float32(0.75))
@@ -59,8 +75,9 @@ def _final_params(workdir, config):
     return state, meta
 
 
-def test_resume_is_bit_identical(tmp_path):
-    base = {"model.class_conditional": True, "training.checkpoint_every": 7}
+@pytest.mark.parametrize("family", ["ddpm", "vp", "edm", "flow"])
+def test_resume_is_bit_identical(tmp_path, family):
+    base = {"model.class_conditional": True, "training.checkpoint_every": 7, "diffusion.family": family}
     full = str(tmp_path / "full")
     train_loop.train(tiny_config(**base, **{"training.num_train_steps": 16}), full, progress=False)
     split = str(tmp_path / "split")
@@ -71,6 +88,7 @@ def test_resume_is_bit_identical(tmp_path):
     assert int(resumed.step) == 16
     a, meta = _final_params(full, tiny_config(**base))
     b, _ = _final_params(split, tiny_config(**base))
+    assert meta["config"]["diffusion"]["family"] == family
     assert int(a.step) == int(b.step) == 16
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

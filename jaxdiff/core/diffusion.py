@@ -110,20 +110,35 @@ def snr(tables: DiffusionTables, t: jax.Array) -> jax.Array:
     return jnp.asarray(tables.alphas_cumprod / (1.0 - tables.alphas_cumprod), jnp.float32)[t]
 
 
-def loss_weight(tables: DiffusionTables, t: jax.Array, target: str, weighting: str,
-                min_snr_gamma: float = 5.0) -> jax.Array:
-    """Per-example weight of the squared error, shape ``[B]``.
+def snr_loss_weight(snr_value: jax.Array, target: str, weighting: str, min_snr_gamma: float = 5.0) -> jax.Array:
+    """Per-example weight of the squared error at signal-to-noise ratio ``snr_value`` ``[B]``.
 
     ``none``: 1. ``min_snr`` (Hang et al. 2023), expressed for the target the network predicts:
     ``min(snr, gamma) / snr`` for eps, ``min(snr, gamma)`` for x0, ``min(snr, gamma) / (snr + 1)`` for v.
     """
     if weighting == "none":
-        return jnp.ones(t.shape, jnp.float32)
+        return jnp.ones(snr_value.shape, jnp.float32)
     if weighting != "min_snr":
         raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    s = snr(tables, t)
-    clipped = jnp.minimum(s, min_snr_gamma)
-    return {"eps": clipped / s, "x0": clipped, "v": clipped / (s + 1.0)}[target]
+    clipped = jnp.minimum(snr_value, min_snr_gamma)
+    return {"eps": clipped / snr_value, "x0": clipped, "v": clipped / (snr_value + 1.0)}[target]
+
+
+def loss_weight(tables: DiffusionTables, t: jax.Array, target: str, weighting: str,
+                min_snr_gamma: float = 5.0) -> jax.Array:
+    """:func:`snr_loss_weight` at table timesteps ``t`` (``snr = abar_t / (1 - abar_t)``)."""
+    if weighting == "none":
+        return jnp.ones(t.shape, jnp.float32)
+    return snr_loss_weight(snr(tables, t), target, weighting, min_snr_gamma)
+
+
+def table_index_at(tables: DiffusionTables, sigma_ratio) -> np.ndarray:
+    """The (fractional) table index whose ``sqrt((1 - abar) / abar)`` is ``sigma_ratio``: linear
+    interpolation in ``log sigma_ratio``, increasing; NumPy float64 (to place a guidance interval)."""
+    abar = tables.alphas_cumprod
+    with np.errstate(divide="ignore"):
+        log_ratio = 0.5 * (np.log1p(-abar) - np.log(abar))
+        return np.interp(np.log(sigma_ratio), log_ratio, np.arange(len(abar), dtype=np.float64))
 
 
 def training_target(tables: DiffusionTables, x0: jax.Array, t: jax.Array, noise: jax.Array,

@@ -37,15 +37,31 @@ def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def network_time_interval(sampler: Sampler, guidance_interval) -> tuple[float, float] | None:
+    """A guidance interval ``(lo, hi)`` in ``sigma / alpha`` as the network times ``(t_lo, t_hi)`` that
+    :func:`~jaxdiff.core.samplers.guided_denoise_fn` takes (``None`` stays ``None``: guide everywhere)."""
+    if guidance_interval is None:
+        return None
+    lo, hi = (float(v) for v in guidance_interval)
+    if not 0 <= lo < hi:
+        raise ValueError(f"guidance interval must be 0 <= lo < hi in sigma / alpha, got {guidance_interval}")
+    if sampler.sigma_to_input is None:
+        raise ValueError("this sampler does not say how its network times map to noise levels "
+                         "(Sampler.sigma_to_input), so it cannot take a guidance interval")
+    return (float(sampler.sigma_to_input(lo)) if lo > 0 else -np.inf,
+            float(sampler.sigma_to_input(hi)) if np.isfinite(hi) else np.inf)
+
+
 def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
                          null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
-                         mesh=None, segment_steps: int = 0):
+                         mesh=None, segment_steps: int = 0, guidance_interval=None):
     """A compiled ``generate(params, key, y, should_stop=None) -> (samples, trajectory_xt,
     trajectory_x0)`` for one chunk of ``width`` images of ``image_shape``.
 
-    ``x_T ~ N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from ``fold_in(key, 1)``;
-    ``apply_fn(params, x, t, y)`` is the network, guided by :func:`guided_denoise_fn` with labels ``y``
-    (``None``: unconditional). With a ``mesh`` the key arrives as key data in a global array, and with
+    ``x_T ~ sampler.prior_scale N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from
+    ``fold_in(key, 1)``; ``apply_fn(params, x, t, y)`` is the network, guided by
+    :func:`guided_denoise_fn` with labels ``y`` (``None``: unconditional) and, if given,
+    ``guidance_interval = (lo, hi)`` in network time units. With a ``mesh`` the key arrives as key data in a global array, and with
     several devices the batch is sharded over ``data``. With ``segment_steps = L > 0`` the sampler runs
     as programs of ``L`` steps (:func:`~jaxdiff.core.samplers.sampler_scan`: the same numbers) and
     ``should_stop()`` is called between them, so a signal can stop a long sampler within ``L`` steps
@@ -60,12 +76,15 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
             key = jax.random.wrap_key_data(key)
         if batch_sharding is not None and y is not None:
             y = jax.lax.with_sharding_constraint(y, batch_sharding)
-        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label)
+        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label,
+                                    guidance_interval)
         return key, sampler_scan(sampler, denoise, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
 
     def start(params, key, y):
         key, scan = setup(params, key, y)
         x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(image_shape), jnp.float32)
+        if sampler.prior_scale != 1.0:
+            x_T = sampler.prior_scale * x_T
         if batch_sharding is not None:
             x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
         return scan.init(x_T)
@@ -74,25 +93,25 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
         out = sampler_scan(sampler, None, None, trajectory_every, trajectory_size).output(carry)
         return out.samples, out.trajectory_xt, out.trajectory_x0
 
-    positions, timesteps = np.arange(len(sampler.timesteps)), np.asarray(sampler.timesteps, np.int32)
+    positions = np.arange(len(sampler.timesteps))
 
     if not segment_steps:
         @jax.jit
         def whole(params, key, y):
             carry = start(params, key, y)
-            return output(setup(params, key, y)[1].run(carry, jnp.asarray(positions), jnp.asarray(timesteps)))
+            return output(setup(params, key, y)[1].run(carry, jnp.asarray(positions)))
 
         return lambda params, key, y, should_stop=None: whole(params, key, y)
 
     start_jit, output_jit = jax.jit(start), jax.jit(output)
-    segment = jax.jit(lambda params, key, y, carry, i, t: setup(params, key, y)[1].run(carry, i, t))
+    segment = jax.jit(lambda params, key, y, carry, i: setup(params, key, y)[1].run(carry, i))
 
     def generate(params, key, y, should_stop=None):
         carry = start_jit(params, key, y)
         for a in range(0, len(positions), segment_steps):
             if should_stop is not None:
                 should_stop()
-            carry = segment(params, key, y, carry, positions[a:a + segment_steps], timesteps[a:a + segment_steps])
+            carry = segment(params, key, y, carry, positions[a:a + segment_steps])
         return output_jit(carry)
 
     return generate
@@ -101,7 +120,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
 
 def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array, *,
              labels=None, num_classes: int = 0, guidance_scale: float = 1.0, batch_size: int = 256,
-             trajectory_every: int = 0, trajectory_size: int = 16, mesh=None,
+             trajectory_every: int = 0, trajectory_size: int = 16, mesh=None, guidance_interval=None,
              cache: dict | None = None, progress=None, should_stop=None) -> SampleOutput:
     """Generate ``shape[0]`` images of shape ``shape[1:]`` with ``sampler``.
 
@@ -120,6 +139,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
       batch_size: images per compiled chunk; the last chunk is padded (padding dropped).
       trajectory_every: keep ``(x_t, x0_hat)`` every this many steps for the first
         ``trajectory_size`` samples of the first chunk (0 = none).
+      guidance_interval: ``(lo, hi)``: guide only at noise levels ``lo < sigma / alpha <= hi``
+        (Kynkäänniemi et al. 2024; needs ``sampler.sigma_to_input``); ``None``: at every step.
       mesh: a mesh with axis ``data``: each chunk is padded to a multiple of its devices and sharded
         over them. The padding leaves the other rows' noise unchanged (partitionable threefry draws
         row ``i`` from ``i`` alone). With several processes every process runs this and gets all
@@ -148,12 +169,13 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
     devices = mesh.devices.size if mesh is not None else 1
     width = -(-chunk // devices) * devices  # the compiled batch: the chunk padded to a multiple of the devices
     segments = SEGMENT_STEPS if should_stop is not None else 0
+    interval = network_time_interval(sampler, guidance_interval) if labels is not None and scale != 1.0 else None
     cache_key = (id(sampler.step), scale, labels is not None, num_classes, tuple(shape[1:]), width, every,
-                 trajectory_size, segments)
+                 trajectory_size, segments, interval)
     cached = None if cache is None else cache.get(cache_key)
     if cached is None:
         cached = (sampler, make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
-                                                trajectory_size, mesh, segments))  # the sampler kept alive: its id stays unique
+                                                trajectory_size, mesh, segments, interval))  # the sampler kept alive: its id stays unique
         if cache is not None:
             cache[cache_key] = cached
     chunk_generator = cached[1]
@@ -179,9 +201,12 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
 
     rows = labels if labels is not None else np.zeros(num, np.int32)
     samples = map_chunks(run_chunk, rows, chunk, progress)
-    metadata = {"num_samples": num, "num_steps": int(len(sampler.timesteps)), "chunk_size": chunk,
+    metadata = {"num_samples": num, "num_steps": int(len(sampler.timesteps)),
+                "network_evaluations": sampler.evaluations, "chunk_size": chunk,
                 "guidance_scale": scale if labels is not None else None, "conditional": labels is not None,
-                "devices": int(devices), "timesteps": [int(t) for t in sampler.timesteps]}
+                "devices": int(devices),
+                "guidance_interval": list(guidance_interval) if interval is not None else None,
+                "timesteps": [t.item() for t in np.asarray(sampler.timesteps)]}
     traj_t = (np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1)
               if every else None)
     return SampleOutput(samples, trajectory[0] if trajectory else None, trajectory[1] if trajectory else None,

@@ -1,39 +1,34 @@
-"""Reverse-process samplers, each one compiled ``jax.lax.scan`` over a descending timestep sequence.
+"""The sampler protocol, the discrete DDPM chain's own samplers, the scan that runs any sampler, and
+classifier-free guidance.
 
-A sampler is a :class:`Sampler`: the descending table timesteps ``t_0 > t_1 > ... > t_{S-1}`` at which
-the network is evaluated, and a *step function*
+A sampler is a :class:`Sampler`: the times ``t_0 > t_1 > ... > t_{S-1}`` of its steps (table indices
+for the ddpm family, the family's continuous time otherwise) and a *step function*
 
-    ``step(x_t, i, t, out, key, state) -> (x_next, x0_hat, state)``
+    ``step(net, x, i, key, state) -> (x_next, x0_hat, state)``
 
-that takes the scan position ``i``, its table index ``t = timesteps[i]``, the network output ``out`` at
-``(x_t, t)`` (an eps, x0 or v prediction), a key and a carried pytree ``state`` (``()`` for one-step
-samplers; DPM-Solver++ keeps its previous ``x0``). The step goes from ``t_i`` to ``t_{i+1}``, and after
-the last position to the end of the chain (``abar = 1``, or ``abar_0`` for DDIM/DPM-Solver++ with
-``set_alpha_to_one=False``). Every per-step coefficient is computed once in float64 NumPy from the
-schedule tables and the sequence and indexed by ``i`` inside the scan. :func:`run_sampler` scans any
-sampler; a new sampler is one function that returns a :class:`Sampler`.
-
-The network enters only through ``denoise_fn(x, t) -> output``, so classifier-free guidance
-(:func:`guided_denoise_fn`) composes in front of every sampler.
+that takes the (guided) network ``net(x_in, t_in)``, the current ``x`` at scan position ``i``, a key
+and a carried pytree ``state`` (``()`` for one-step samplers; multistep solvers keep their previous
+``x0``), evaluates the network as often as it needs, and steps to position ``i + 1`` (after the last
+position, to the end of the chain). Every per-step coefficient is computed once in float64 NumPy and
+indexed by ``i`` inside the scan. :func:`run_sampler` scans any sampler; a new sampler is one function
+that returns a :class:`Sampler`. The samplers of every family (Euler, Heun, DPM-Solver++ ...) are in
+:mod:`jaxdiff.core.solvers`; :func:`jaxdiff.core.solvers.make_sampler` builds any of them by name.
 
 Keys: position ``i`` of the scan draws its noise from ``fold_in(key, i)``; chunk ``c`` of a large
 request uses ``fold_in(key, c)``; nothing falls back to a fixed key.
 
-Samplers (the step from abar ``a = abar_t`` to ``a' = abar_{t'}``; ``x0_hat, eps_hat`` from the output):
+The discrete chain's samplers (the step from abar ``a = abar_t`` to ``a' = abar_{t'}``):
   ddpm           ancestral on the (re)spaced chain: ``beta' = 1 - a / a'``,
                  ``x' = mu~(x0_hat, x_t) + sigma z``, sigma^2 = ``beta' (1 - a') / (1 - a)`` (fixed_small)
                  or ``beta'`` (fixed_large); with all T steps this is DDPM, otherwise improved-diffusion's
                  respacing (recomputed betas over the subsequence).
   ddim           ``x' = sqrt(a') x0_hat + sqrt(1 - a' - sigma^2) eps_hat + sigma z``,
                  ``sigma = eta sqrt((1 - a') / (1 - a)) sqrt(1 - a / a')``; no noise on the last step.
-  dpm_solver++   DPM-Solver++(2M) (Lu et al. 2022, Alg. 2) in ``lambda = log(sqrt(a) / sqrt(1 - a))``:
-                 ``x' = (s'/s) x_t - alpha' expm1(-h) D``, ``h = lambda' - lambda``,
-                 ``D = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}``, ``r = h_{i-1} / h_i``; first order
-                 (``D = x0_i``) on the first step and on a last step that ends at ``sigma' = 0``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -44,7 +39,6 @@ from jaxdiff.core import diffusion
 from jaxdiff.core.schedules import DiffusionTables
 
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
-SAMPLERS = ("ddpm", "ddim", "dpm_solver++")
 SPACINGS = ("leading", "trailing", "linspace", "uniform", "quad", "logsnr")
 
 
@@ -70,12 +64,22 @@ def _no_state(x_T):
 
 
 class Sampler(NamedTuple):
-    """``timesteps``: descending int table indices ``[S]`` (one network call each); ``step``: see the
-    module docstring; ``init_state(x_T)`` builds the carried state (default ``()``)."""
+    """``timesteps``: the descending times of the steps ``[S]`` (table indices for the ddpm family);
+    ``step``: see the module docstring; ``init_state(x_T)`` builds the carried state (default ``()``);
+    ``x_T = prior_scale * N(0, I)``; ``num_evaluations``: network calls per sample (0: one per step);
+    ``sigma_to_input(sigma / alpha)``: the network time at a noise level (to place a guidance interval)."""
 
     timesteps: np.ndarray
     step: Callable[..., tuple]
     init_state: Callable[[jax.Array], Any] = _no_state
+    prior_scale: float = 1.0
+    num_evaluations: int = 0
+    sigma_to_input: Callable | None = None
+
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per sample (NFE, before guidance doubles the batch)."""
+        return int(self.num_evaluations or len(self.timesteps))
 
 
 # --------------------------------------------------------------------------- timestep sequences
@@ -171,13 +175,15 @@ def ddpm_sampler(tables: DiffusionTables, timesteps, target: str = "eps",
     coef_x0 = _f32(beta * np.sqrt(a_next) / (1.0 - a))
     coef_xt = _f32((1.0 - a_next) * np.sqrt(1.0 - beta) / (1.0 - a))
     std = _f32(np.sqrt(var))
+    ts = jnp.asarray(timesteps)
 
-    def step(x, i, t, out, key, state):
-        x0, _ = diffusion.x0_eps_from_output(tables, x, jnp.full((x.shape[0],), t), out, target, clip_x0)
+    def step(net, x, i, key, state):
+        t = jnp.full((x.shape[0],), ts[i], jnp.int32)
+        x0, _ = diffusion.x0_eps_from_output(tables, x, t, net(x, t), target, clip_x0)
         noise = jax.random.normal(key, x.shape, x.dtype)
         return coef_x0[i] * x0 + coef_xt[i] * x + std[i] * noise, x0, state
 
-    return Sampler(timesteps, step)
+    return Sampler(timesteps, step, sigma_to_input=functools.partial(diffusion.table_index_at, tables))
 
 
 def ddim_sampler(tables: DiffusionTables, timesteps, target: str = "eps", eta: float = 0.0,
@@ -200,81 +206,15 @@ def ddim_sampler(tables: DiffusionTables, timesteps, target: str = "eps", eta: f
     c_x0 = _f32(np.sqrt(a_next))
     c_eps = _f32(np.sqrt(np.maximum(1.0 - a_next - sigma ** 2, 0.0)))
     c_z = _f32(sigma)
+    ts = jnp.asarray(timesteps)
 
-    def step(x, i, t, out, key, state):
-        x0, eps = diffusion.x0_eps_from_output(tables, x, jnp.full((x.shape[0],), t), out, target, clip_x0)
+    def step(net, x, i, key, state):
+        t = jnp.full((x.shape[0],), ts[i], jnp.int32)
+        x0, eps = diffusion.x0_eps_from_output(tables, x, t, net(x, t), target, clip_x0)
         noise = jax.random.normal(key, x.shape, x.dtype)
         return c_x0[i] * x0 + c_eps[i] * eps + c_z[i] * noise, x0, state
 
-    return Sampler(timesteps, step)
-
-
-def dpm_solver_pp_sampler(tables: DiffusionTables, timesteps, target: str = "eps", clip_x0: bool = True,
-                          set_alpha_to_one: bool = True) -> Sampler:
-    """DPM-Solver++(2M), the multistep second-order solver of the diffusion ODE in data prediction.
-
-    With ``alpha = sqrt(abar)``, ``s = sqrt(1 - abar)``, ``lambda = log(alpha / s)``, ``h_i = lambda_{i+1} - lambda_i``:
-    ``x_{i+1} = (s_{i+1} / s_i) x_i - alpha_{i+1} expm1(-h_i) D_i`` with
-    ``D_i = (1 + 1 / (2 r_i)) x0_i - 1 / (2 r_i) x0_{i-1}``, ``r_i = h_{i-1} / h_i``; ``D_i = x0_i`` (first
-    order, i.e. DDIM with eta=0) on the first step and on a last step ending at ``s = 0``.
-    One network evaluation per step. The state carries the previous ``x0`` prediction.
-    """
-    timesteps = _check_timesteps(timesteps, tables.num_timesteps)
-    a, a_next = _abar_pairs(tables, timesteps, final_alpha_cumprod(tables, set_alpha_to_one))
-    alpha, s, alpha_n, s_n = np.sqrt(a), np.sqrt(1.0 - a), np.sqrt(a_next), np.sqrt(1.0 - a_next)
-    with np.errstate(divide="ignore"):
-        lam, lam_n = np.log(alpha / s), np.log(alpha_n / s_n)  # lam_n = +inf where s_n = 0
-    h = lam_n - lam
-    c_x = s_n / s
-    c_d = -alpha_n * np.expm1(-h)
-    second = np.zeros(len(timesteps), bool)
-    second[1:] = np.isfinite(h[1:])
-    r = np.ones_like(h)
-    r[1:] = np.where(second[1:], h[:-1] / np.where(second[1:], h[1:], 1.0), 1.0)
-    w_cur = np.where(second, 1.0 + 0.5 / r, 1.0)
-    w_prev = np.where(second, -0.5 / r, 0.0)
-    c_x, c_d, w_cur, w_prev = map(_f32, (c_x, c_d, w_cur, w_prev))
-
-    def step(x, i, t, out, key, x0_prev):
-        del key
-        x0, _ = diffusion.x0_eps_from_output(tables, x, jnp.full((x.shape[0],), t), out, target, clip_x0)
-        d = w_cur[i] * x0 + w_prev[i] * x0_prev
-        return c_x[i] * x + c_d[i] * d, x0, x0
-
-    return Sampler(timesteps, step, jnp.zeros_like)
-
-
-def make_sampler(tables: DiffusionTables, name: str, num_steps: int = 0, spacing: str = "leading",
-                 target: str = "eps", eta: float = 0.0, variance: str = "fixed_small",
-                 clip_x0: bool = True, set_alpha_to_one: bool = True) -> Sampler:
-    """The sampler called ``name`` over ``num_steps`` steps chosen by ``spacing``.
-
-    Args:
-      tables: the schedule's :class:`~jaxdiff.core.schedules.DiffusionTables`.
-      name: one of :data:`SAMPLERS` (``ddpm``, ``ddim``, ``dpm_solver++``).
-      num_steps: network evaluations (0 = all T).
-      spacing: one of :data:`SPACINGS`, or ``auto`` (:func:`resolve_spacing`).
-      target: what the network predicts (``eps``, ``x0``, ``v``).
-      eta: DDIM's noise (0 = deterministic).
-      variance: DDPM's ``fixed_small`` or ``fixed_large``.
-      clip_x0: clip the predicted ``x0`` to [-1, 1] at every step.
-      set_alpha_to_one: DDIM / DPM-Solver++: the last step ends at ``abar = 1`` (else ``abar_0``).
-
-    Returns:
-      a :class:`Sampler`; :func:`run_sampler` scans it. Raises ``ValueError`` (before anything is
-      compiled) on a bad choice.
-    """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampling.sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
-    if target not in diffusion.TARGETS:
-        raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
-    timesteps = spaced_timesteps(tables.num_timesteps, num_steps or tables.num_timesteps,
-                                 resolve_spacing(name, spacing), tables.alphas_cumprod)
-    if name == "ddpm":
-        return ddpm_sampler(tables, timesteps, target, variance, clip_x0)
-    if name == "ddim":
-        return ddim_sampler(tables, timesteps, target, eta, clip_x0, set_alpha_to_one)
-    return dpm_solver_pp_sampler(tables, timesteps, target, clip_x0, set_alpha_to_one)
+    return Sampler(timesteps, step, sigma_to_input=functools.partial(diffusion.table_index_at, tables))
 
 
 # --------------------------------------------------------------------------- the scan
@@ -286,9 +226,9 @@ def trajectory_positions(num_steps: int, trajectory_every: int) -> np.ndarray:
 
 class SamplerScan(NamedTuple):
     """:func:`run_sampler` in pieces, for callers that stop between them (a signal during a long
-    sampler): ``init(x_T) -> carry``, ``run(carry, i, t) -> carry`` scans the positions ``i`` (int
-    ``[L]``, consecutive) with their timesteps ``t``, ``output(carry) -> SampleOutput``. Running all
-    positions in any number of pieces computes what one scan computes."""
+    sampler): ``init(x_T) -> carry``, ``run(carry, i) -> carry`` scans the positions ``i`` (int
+    ``[L]``, consecutive), ``output(carry) -> SampleOutput``. Running all positions in any number of
+    pieces computes what one scan computes."""
 
     init: Callable
     run: Callable
@@ -298,7 +238,7 @@ class SamplerScan(NamedTuple):
 def sampler_scan(sampler: Sampler, denoise_fn: DenoiseFn, key: jax.Array, trajectory_every: int = 0,
                  trajectory_size: int | None = None) -> SamplerScan:
     """The pieces of :func:`run_sampler` (same arguments but ``x_T``, which ``init`` takes)."""
-    timesteps = np.asarray(sampler.timesteps, np.int32)
+    timesteps = np.asarray(sampler.timesteps)
     keep = trajectory_positions(len(timesteps), trajectory_every)
 
     def init(x_T):
@@ -310,18 +250,16 @@ def sampler_scan(sampler: Sampler, denoise_fn: DenoiseFn, key: jax.Array, trajec
         j, n = i // trajectory_every, traj[0].shape[1]
         return traj[0].at[j].set(x[:n]), traj[1].at[j].set(x0[:n].astype(traj[1].dtype))
 
-    def body(carry, inputs):
+    def body(carry, i):
         x, state, traj = carry
-        i, t = inputs
-        out = denoise_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
-        x_next, x0, state = sampler.step(x, i, t, out, jax.random.fold_in(key, i), state)
+        x_next, x0, state = sampler.step(denoise_fn, x, i, jax.random.fold_in(key, i), state)
         if len(keep):
             traj = jax.lax.cond(i % trajectory_every == 0, lambda tr: record(tr, i, x, x0),
                                 lambda tr: tr, traj)
         return (x_next, state, traj), None
 
-    def run(carry, i, t):
-        return jax.lax.scan(body, carry, (i, t))[0]
+    def run(carry, i):
+        return jax.lax.scan(body, carry, i)[0]
 
     def output(carry):
         final, _, traj = carry
@@ -336,18 +274,18 @@ def sampler_scan(sampler: Sampler, denoise_fn: DenoiseFn, key: jax.Array, trajec
 
 def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: jax.Array,
                 trajectory_every: int = 0, trajectory_size: int | None = None) -> SampleOutput:
-    """Scan ``sampler.step`` over its timesteps starting from ``x_T``; one network call per step.
+    """Scan ``sampler.step`` over its positions starting from ``x_T``.
 
-    Position ``i`` evaluates ``denoise_fn(x, timesteps[i])`` and steps with key ``fold_in(key, i)``.
-    With ``trajectory_every = k > 0`` the ``(x_t, x0_hat)`` of positions ``0, k, 2k, ...`` of the first
-    ``trajectory_size`` samples (default all) are written into a buffer carried by the scan (memory
-    ``frames x size``, never ``steps x batch``), followed by the final sample as the last frame.
+    Position ``i`` steps with key ``fold_in(key, i)``, calling ``denoise_fn`` as often as the sampler
+    needs. With ``trajectory_every = k > 0`` the ``(x_t, x0_hat)`` of positions ``0, k, 2k, ...`` of the
+    first ``trajectory_size`` samples (default all) are written into a buffer carried by the scan
+    (memory ``frames x size``, never ``steps x batch``), followed by the final sample as the last frame.
     :func:`sampler_scan` gives the same computation in pieces.
 
     Args:
       sampler: a :class:`Sampler`.
-      denoise_fn: ``denoise_fn(x, t int32 [B]) -> network output`` (e.g. :func:`guided_denoise_fn`).
-      x_T: the start, usually ``N(0, I)`` of shape ``[B, H, W, C]``.
+      denoise_fn: the network ``denoise_fn(x_in, t_in [B]) -> output`` (e.g. :func:`guided_denoise_fn`).
+      x_T: the start, ``sampler.prior_scale * N(0, I)`` of shape ``[B, H, W, C]``.
       key: the sampler's noise key.
       trajectory_every, trajectory_size: see above (0 = no trajectory).
 
@@ -355,19 +293,20 @@ def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: ja
       :class:`SampleOutput` (``samples`` and, if asked for, the trajectory).
     """
     scan = sampler_scan(sampler, denoise_fn, key, trajectory_every, trajectory_size)
-    timesteps = np.asarray(sampler.timesteps, np.int32)
-    return scan.output(scan.run(scan.init(x_T), jnp.arange(len(timesteps)), jnp.asarray(timesteps)))
+    return scan.output(scan.run(scan.init(x_T), jnp.arange(len(sampler.timesteps))))
 
 
 # --------------------------------------------------------------------------- conditioning
 
 def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
-                      null_label: int | None) -> DenoiseFn:
+                      null_label: int | None, interval: tuple[float, float] | None = None) -> DenoiseFn:
     """Classifier-free guidance: ``out = out_uncond + w (out_cond - out_uncond)``.
 
     ``apply_fn(x, t, y)`` is the network; ``null_label=None`` means an unconditional model (called
     with ``y=None``). ``labels=None`` samples unconditionally (null label); ``w = 1`` is plain
     conditional sampling, ``w = 0`` unconditional. Both branches run in one batched call of size ``2B``.
+    With ``interval = (lo, hi)`` in network time units, guidance applies only where
+    ``lo < t <= hi`` (Kynkäänniemi et al. 2024) and the other steps run the conditional branch alone.
     """
     if null_label is None:
         if labels is not None:
@@ -378,11 +317,19 @@ def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
     if guidance_scale == 1.0:
         return lambda x, t: apply_fn(x, t, labels)
 
-    def fn(x, t):
+    def guided(x, t):
         y = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
         out = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
         cond, uncond = jnp.split(out, 2)
         return uncond + guidance_scale * (cond - uncond)
+
+    if interval is None:
+        return guided
+    lo, hi = (float(v) for v in interval)
+
+    def fn(x, t):
+        active = (t[0] > lo) & (t[0] <= hi)
+        return jax.lax.cond(active, guided, lambda xx, tt: apply_fn(xx, tt, labels), x, t)
 
     return fn
 
@@ -394,14 +341,3 @@ def ddpm_sample(denoise_fn: DenoiseFn, tables: DiffusionTables, x_T: jax.Array, 
     timesteps = np.arange(tables.num_timesteps - 1, -1, -1)
     return run_sampler(ddpm_sampler(tables, timesteps, target, variance, clip_x0), denoise_fn,
                        x_T, key, trajectory_every)
-
-
-# --------------------------------------------------------------------------- default spacings
-
-AUTO_SPACING = {"ddpm": "linspace", "ddim": "leading", "dpm_solver++": "logsnr"}
-
-
-def resolve_spacing(sampler_name: str, spacing: str) -> str:
-    """``auto`` -> ``linspace`` for ddpm (improved-diffusion's respacing), ``leading`` for ddim
-    (diffusers' default, as in the source documents), ``logsnr`` for dpm_solver++."""
-    return AUTO_SPACING.get(sampler_name, "leading") if spacing == "auto" else spacing

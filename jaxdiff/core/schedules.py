@@ -97,6 +97,20 @@ def make_betas(name: str, num_timesteps: int, beta_start: float = 1e-4, beta_end
     raise ValueError(f"unknown diffusion.schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    """Lin et al. 2024, Algorithm 1: shift and scale ``sqrt(abar)`` so that its last entry is 0 (SNR 0 at
+    ``t = T``, pure noise) and its first is unchanged:
+    ``sqrt(abar) <- (sqrt(abar) - sqrt(abar_T)) sqrt(abar_1) / (sqrt(abar_1) - sqrt(abar_T))``,
+    then back to betas (the last beta becomes 1). Train such a schedule with the v (or x0) target
+    and sample with trailing spacing."""
+    betas = np.asarray(betas, np.float64)
+    root = np.sqrt(np.cumprod(1.0 - betas))
+    first, last = root[0], root[-1]
+    root = (root - last) * first / (first - last)
+    abar = root ** 2
+    return 1.0 - np.concatenate([abar[:1], abar[1:] / abar[:-1]])
+
+
 class DiffusionTables(NamedTuple):
     """Per-timestep constants of a discrete Gaussian diffusion, all float64 NumPy of shape ``[T]``.
 
@@ -127,14 +141,16 @@ def make_tables(betas: np.ndarray) -> DiffusionTables:
     """All diffusion tables for ``betas`` (computed in float64).
 
     Args:
-      betas: ``[T]`` noise levels, each in (0, 1) (:func:`make_betas`, or your own).
+      betas: ``[T]`` noise levels, each in (0, 1) (:func:`make_betas`, or your own); the last may be 1
+        (a zero-terminal-SNR schedule, :func:`rescale_zero_terminal_snr`).
 
     Returns:
       :class:`DiffusionTables`, the immutable pytree every other function of jaxdiff takes.
     """
     betas = np.asarray(betas, dtype=np.float64)
-    if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
-        raise ValueError("betas must be a 1-D array with every entry in (0, 1)")
+    if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)) and not (
+            np.all((betas[:-1] > 0) & (betas[:-1] < 1)) and betas[-1] == 1.0 and len(betas) > 1):
+        raise ValueError("betas must be a 1-D array with every entry in (0, 1) (the last may be 1)")
     alphas = 1.0 - betas
     abar = np.cumprod(alphas)
     abar_prev = np.concatenate([[1.0], abar[:-1]])
@@ -157,7 +173,8 @@ def make_tables(betas: np.ndarray) -> DiffusionTables:
 
 
 def tables_from_config(diffusion_config) -> DiffusionTables:
-    """Tables for a ``config.diffusion`` block (schedule, num_timesteps, beta_start, beta_end)."""
+    """Tables for a ``config.diffusion`` block (schedule, num_timesteps, beta_start, beta_end,
+    scale_betas_to_t, zero_terminal_snr)."""
     c = diffusion_config
-    return make_tables(make_betas(c.schedule, c.num_timesteps, c.beta_start, c.beta_end,
-                                  c.get("scale_betas_to_t", False)))
+    betas = make_betas(c.schedule, c.num_timesteps, c.beta_start, c.beta_end, c.get("scale_betas_to_t", False))
+    return make_tables(rescale_zero_terminal_snr(betas) if c.get("zero_terminal_snr", False) else betas)

@@ -9,8 +9,9 @@ import math
 import uuid
 
 from jaxdiff.common import paths
-from jaxdiff.core import diffusion, samplers, schedules
+from jaxdiff.core import diffusion, families, schedules
 from jaxdiff.data import DataError, check_data_config
+from jaxdiff.drivers.diffusion_config import family_from_config
 from jaxdiff.drivers.sampling import check_sampling_config
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import EvalError, check_sample_count
@@ -83,6 +84,16 @@ def validate(config) -> None:
     _number(f.beta_end, "diffusion.beta_end", f.beta_start, 1.0, high_open=True)
     _number(f.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, low_open=True)
     _bool(f.scale_betas_to_t, "diffusion.scale_betas_to_t")
+    _bool(f.zero_terminal_snr, "diffusion.zero_terminal_snr")
+    e, fl = f.edm, f.flow
+    for field in ("sigma_data", "sigma_min", "rho", "p_std"):
+        _number(e[field], f"diffusion.edm.{field}", 0.0, low_open=True)
+    _number(e.sigma_max, "diffusion.edm.sigma_max", e.sigma_min, low_open=True)
+    _number(e.p_mean, "diffusion.edm.p_mean")
+    _number(fl.loc, "diffusion.flow.loc")
+    _number(fl.scale, "diffusion.flow.scale", 0.0, low_open=True)
+    _number(fl.shift, "diffusion.flow.shift", 0.0, low_open=True)
+    _choice(fl.t_sampling, families.T_SAMPLINGS, "diffusion.flow.t_sampling")
     _number(t.adam_b1, "training.adam_b1", 0.0, 1.0, high_open=True)
     _number(t.adam_b2, "training.adam_b2", 0.0, 1.0, high_open=True)
     _number(t.adam_eps, "training.adam_eps", 0.0, low_open=True)
@@ -92,6 +103,8 @@ def validate(config) -> None:
     _bool(config.parallel.shard_params, "parallel.shard_params")
     for field in ("clip_x0", "set_alpha_to_one", "use_ema"):
         _bool(s[field], f"sampling.{field}")
+    for field in ("eta", "sde_eta", "s_churn", "s_min", "s_max", "s_noise", "guidance_scale"):
+        _number(s[field], f"sampling.{field}", 0.0)
     try:
         check_data_config(d)
     except DataError as e:
@@ -106,7 +119,8 @@ def validate(config) -> None:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     _positive(f.num_timesteps, "diffusion.num_timesteps")
     _choice(f.schedule, schedules.SCHEDULES, "diffusion.schedule")
-    _choice(f.target, diffusion.TARGETS, "diffusion.target")
+    _choice(f.family, families.FAMILIES, "diffusion.family")
+    _choice(f.target, ("auto",) + diffusion.TARGETS + ("edm", "flow"), "diffusion.target")
     _choice(f.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
     _positive(t.batch_size, "training.batch_size")
     _positive(t.num_train_steps, "training.num_train_steps")
@@ -135,10 +149,8 @@ def validate(config) -> None:
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
     try:
-        check_sampling_config(s, f.num_timesteps, bool(m.class_conditional))
-        samplers.spaced_timesteps(f.num_timesteps, s.num_steps or f.num_timesteps,  # quad may repeat steps
-                                  samplers.resolve_spacing(s.sampler, s.spacing),
-                                  schedules.tables_from_config(f).alphas_cumprod)
+        family = family_from_config(f)
+        check_sampling_config(s, family, bool(m.class_conditional))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if "eval" in config:

@@ -31,11 +31,11 @@ import numpy as np
 
 from jaxdiff.common import paths, preemption
 from jaxdiff.core import likelihood
-from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator
+from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator, network_time_interval
 from jaxdiff.data import ArraySource, load_source
 from jaxdiff.drivers import config_checks, restore
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import sampler_from_config
+from jaxdiff.drivers.sampling import resolve_sampler, sampler_from_config
 from jaxdiff.evaluation import classifier as classifier_lib
 from jaxdiff.evaluation.accuracy import (accuracy_table, balanced_labels, conditional_accuracy, generate_uint8,
                                          plot_conditional_accuracy)
@@ -102,9 +102,9 @@ def reference_path(workdir, dataset: str, image_shape, split: str, extractor: Fe
                                               f"{extractor.fingerprint}.npz")
 
 
-def sampling_steps(sampling_config, tables) -> int:
-    """Network evaluations per sample of the configured sampler."""
-    return int(sampling_config.get("num_steps", 0) or tables.num_timesteps)
+def sampling_steps(sampling_config, family) -> int:
+    """Steps of the configured sampler."""
+    return resolve_sampler(sampling_config, family)[1]
 
 
 def make_image_generator(experiment, sampling_config, image_shape: tuple, guidance_scale: float = 1.0,
@@ -119,10 +119,13 @@ def make_image_generator(experiment, sampling_config, image_shape: tuple, guidan
     guidance ``guidance_scale`` (0 = unconditional, 1 = plain conditional); an unconditional one
     ignores them.
     """
-    sampler = sampler_from_config(experiment.tables, sampling_config, experiment.config.diffusion.target)
+    sampler = sampler_from_config(experiment.family, sampling_config)
     null_label = experiment.model.num_classes or None
+    interval = None
+    if null_label and guidance_scale != 1.0:
+        interval = network_time_interval(sampler, tuple(sampling_config.guidance_interval) or None)
     generate = make_chunk_generator(experiment.apply_fn, sampler, image_shape, batch_size, float(guidance_scale),
-                                    null_label, segment_steps=SEGMENT_STEPS)
+                                    null_label, segment_steps=SEGMENT_STEPS, guidance_interval=interval)
     return lambda params, key, labels, should_stop=None: generate(params, key, labels if null_label else None,
                                                                   should_stop)[0]
 
@@ -169,8 +172,8 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     def progress_bar(total: int, desc: str):
         return GuardedBar(total, desc, stop_check, leave=False)
 
-    ev, dc = config.eval, config.diffusion
-    model, tables = experiment.model, experiment.tables
+    ev = config.eval
+    model, family = experiment.model, experiment.family
     t0 = time.perf_counter()
     train, test, split_note = load_splits(config.data)
     image_shape = tuple(train.image_shape)
@@ -192,13 +195,16 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                                    ev.batch_size, log, bar)
     guidance = float(ev.fid_guidance_scale) if num_classes else None
     log(f"eval: generating {ev.num_samples} samples (EMA params, {config.sampling.sampler}, "
-        f"{sampling_steps(config.sampling, tables)} steps)")
+        f"{sampling_steps(config.sampling, family)} steps)")
     with progress_bar(ev.num_samples, "eval: samples") as bar:
         images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
                                 balanced_labels(ev.num_samples, num_classes), ev.batch_size,
                                 jax.random.fold_in(key, 0), bar, stop_check)
-    metrics = {"checkpoint_step": int(step), "params": "ema", "sampler": config.sampling.sampler,
-               "sampling_steps": sampling_steps(config.sampling, tables), "variance": config.sampling.variance,
+    metrics = {"checkpoint_step": int(step), "params": "ema", "family": family.name,
+               "sampler": resolve_sampler(config.sampling, family)[0],
+               "sampling_steps": sampling_steps(config.sampling, family),
+               "network_evaluations": sampler_from_config(family, config.sampling).evaluations,
+               "variance": config.sampling.variance,
                "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,
                "quantisation": "uint8(round((clip(x, -1, 1) + 1) * 127.5))",
                "dataset": config.data.dataset, "image_shape": list(image_shape), "splits": split_note,
@@ -208,10 +214,15 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     log(f"eval: FID {metrics['fid']:.3f}  KID {metrics['kid']:.5f} ({extractor.name} features, "
         f"{ev.num_samples} samples vs {ref.stats.n} {ev.reference_split} images)")
 
-    if ev.bpd:
+    if ev.bpd and family.tables is None:
+        log(f"eval: bits/dim skipped: it is the discrete DDPM variational bound, and diffusion.family="
+            f"{family.name!r} has no discrete chain (the ODE likelihood is not implemented)")
+        metrics["bpd"] = None
+    elif ev.bpd:
         images_test = np.asarray(test[np.arange(min(len(test), ev.bpd_num_images or len(test)))][0])
         apply = lambda p, x, t: experiment.apply_fn(p, x, t, None)  # noqa: E731  (null label if conditional)
-        bpd_fn = likelihood.make_bpd_fn(apply, tables, dc.target, config.sampling.variance, ev.bpd_clip_x0)
+        bpd_fn = likelihood.make_bpd_fn(apply, family.tables, family.prediction, config.sampling.variance,
+                                        ev.bpd_clip_x0)
         with progress_bar(len(images_test), "eval: bits/dim") as bar:
             res = likelihood.dataset_bpd(bpd_fn, params, images_test, ev.bpd_batch_size,
                                          jax.random.fold_in(key, 1), bar)

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff.common import parallel
-from jaxdiff.core import schedules
 from jaxdiff.data import preprocess
+from jaxdiff.drivers.diffusion_config import family_from_config
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
 from jaxdiff.models.unet import UNet
 from jaxdiff.training.keys import INIT_STREAM, stream_key
@@ -56,13 +56,13 @@ def optimizer_from_config(training_config) -> optax.GradientTransformation:
                           eps=tc.adam_eps, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm)
 
 
-def train_step_from_config(config, apply_fn, tables, optimizer, num_classes: int, mesh=None):
-    """:func:`jaxdiff.training.make_train_step` with the arguments a config gives (uint8 batches
-    scaled to [-1, 1] and flipped per ``data.random_flip`` inside the step)."""
-    tc, dc = config.training, config.diffusion
+def train_step_from_config(config, apply_fn, family, optimizer, num_classes: int, mesh=None):
+    """:func:`jaxdiff.training.make_train_step` with the arguments a config gives (the family of
+    ``config.diffusion``; uint8 batches scaled to [-1, 1] and flipped per ``data.random_flip`` inside
+    the step)."""
+    tc = config.training
     return make_train_step(
-        apply_fn, tables, optimizer, target=dc.target, loss_weighting=dc.loss_weighting,
-        min_snr_gamma=dc.min_snr_gamma, ema_decay_rate=tc.ema_decay, ema_warmup=tc.ema_warmup,
+        apply_fn, family, optimizer, ema_decay_rate=tc.ema_decay, ema_warmup=tc.ema_warmup,
         num_classes=num_classes, label_dropout=tc.label_dropout,
         preprocess=functools.partial(preprocess, random_flip=config.data.random_flip), seed=config.seed,
         grad_accum_steps=tc.grad_accum_steps, learning_rate_fn=learning_rate_from_config(tc), mesh=mesh)
@@ -70,7 +70,8 @@ def train_step_from_config(config, apply_fn, tables, optimizer, num_classes: int
 
 class Experiment:
     """The compiled pieces of one configuration for images of ``channels`` channels and a dataset of
-    ``num_classes`` classes: ``model`` (a Flax module), ``apply_fn``, ``tables``, ``tx``, ``mesh``,
+    ``num_classes`` classes: ``model`` (a Flax module), ``apply_fn``, ``family`` (its ``tables`` for the
+    ddpm family, else ``None``), ``tx``, ``mesh``,
     ``state_sharding``, ``step`` (the jitted train step), :meth:`init`, :meth:`abstract_state`."""
 
     def __init__(self, config, channels: int, num_classes: int, mesh=None):
@@ -84,14 +85,15 @@ class Experiment:
         self.image_shape = (config.data.image_size, config.data.image_size, channels)
         self.model = build_model(config, channels, num_classes)
         self.apply_fn = denoiser_apply(self.model)
-        self.tables = schedules.tables_from_config(config.diffusion)
+        self.family = family_from_config(config.diffusion)
+        self.tables = self.family.tables
         self.tx = optimizer_from_config(config.training)
         init = lambda key: init_train_state(init_denoiser(self.model, key, self.image_shape), self.tx)  # noqa: E731
         shapes = jax.eval_shape(init, jax.random.key(0))
         self.state_sharding = parallel.state_shardings(shapes, self.mesh, pc.shard_params, pc.shard_min_size)
         self._shapes = shapes
         rep, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
-        step = train_step_from_config(config, self.apply_fn, self.tables, self.tx, self.model.num_classes, self.mesh)
+        step = train_step_from_config(config, self.apply_fn, self.family, self.tx, self.model.num_classes, self.mesh)
         self.step = jax.jit(step, in_shardings=(self.state_sharding, batch),
                             out_shardings=(self.state_sharding, rep), donate_argnums=0)
         # The key is made inside the program, so every process builds the same state without inputs.

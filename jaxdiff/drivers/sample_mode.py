@@ -12,7 +12,7 @@ from jaxdiff.core.samplers import SampleOutput
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import check_sampling_config, generate_from_config, parse_labels
+from jaxdiff.drivers.sampling import check_sampling_config, generate_from_config, parse_labels, resolve_sampler
 from jaxdiff.training.keys import SAMPLE_STREAM, stream_key
 
 
@@ -32,19 +32,20 @@ def generate(experiment: Experiment, params, key, num_samples: int, sampling_con
     comes back too."""
     config = experiment.config
     sc = sampling_config or config.sampling
-    num_steps = sc.num_steps or experiment.tables.num_timesteps
+    num_steps = resolve_sampler(sc, experiment.family)[1]
     every = trajectory_stride(num_steps, sc.trajectory_every) if trajectory else 0
     return generate_from_config(
-        experiment.apply_fn, params, experiment.tables, sc, (num_samples,) + tuple(experiment.image_shape), key,
-        target=config.diffusion.target, num_classes=experiment.model.num_classes, trajectory_every=every,
+        experiment.apply_fn, params, experiment.family, sc, (num_samples,) + tuple(experiment.image_shape), key,
+        num_classes=experiment.model.num_classes, trajectory_every=every,
         mesh=experiment.mesh, cache=experiment.sampler_cache, progress=progress, should_stop=should_stop)
 
 
-def sample_tag(sampling_config, num_timesteps: int, step: int, conditional: bool) -> str:
+def sample_tag(sampling_config, family, step: int, conditional: bool) -> str:
     """File-name tag ``<sampler><steps>[_w<guidance>]_<checkpoint step>``, e.g. ``ddim20_w3_0002000``."""
     sc = sampling_config
     guidance = f"_w{sc.guidance_scale:g}" if conditional and sc.guidance_scale != 1.0 else ""
-    return f"{sc.sampler}{sc.num_steps or num_timesteps}{guidance}_{step:07d}"
+    name, steps = resolve_sampler(sc, family)
+    return f"{name}{steps}{guidance}_{step:07d}"
 
 
 def write_training_samples(experiment: Experiment, state, workdir, step: int, should_stop=None):
@@ -77,7 +78,7 @@ def run_sample_mode(config, workdir) -> dict:
     experiment, step = opened.experiment, opened.step
     sc = config.sampling
     # Labels and guidance against the checkpoint's class count, before restoring or compiling.
-    check_sampling_config(sc, experiment.tables.num_timesteps, experiment.model.num_classes > 0)
+    check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     state = restore.restore(opened)
     params = state.ema_params if sc.use_ema else state.params
@@ -87,7 +88,7 @@ def run_sample_mode(config, workdir) -> dict:
                        trajectory=True, progress=bar, should_stop=bar.check)
 
     images = out.samples
-    tag = sample_tag(sc, experiment.tables.num_timesteps, step, out.labels is not None)
+    tag = sample_tag(sc, experiment.family, step, out.labels is not None)
     info = {"checkpoint_step": int(step), "seed": int(config.seed), "use_ema": bool(sc.use_ema),
             "labels": str(sc.labels), "key": "fold_in(fold_in(fold_in(key(seed), 1), checkpoint_step), chunk)",
             **out.metadata}

@@ -9,9 +9,12 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from jaxdiff.core import generation
-from jaxdiff.core.samplers import SAMPLERS, SPACINGS, SampleOutput, Sampler, make_sampler, resolve_spacing
-from jaxdiff.core.schedules import DiffusionTables
+from jaxdiff.core import generation, solvers
+from jaxdiff.core.families import Family
+from jaxdiff.core.samplers import SampleOutput, Sampler
+
+AUTO_SAMPLER = {"ddpm": "ddpm", "vp": "dpm_solver++", "edm": "heun", "flow": "euler"}
+DEFAULT_STEPS = {"vp": 50, "edm": 18, "flow": 50}  # num_steps=0 on a continuous family (ddpm: all T)
 
 
 def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
@@ -41,21 +44,41 @@ def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
     return generation.check_labels(classes[np.arange(num_samples) % len(classes)], num_samples, num_classes)
 
 
-def check_sampling_config(sampling_config, num_timesteps: int, class_conditional: bool) -> None:
-    """Raise ``ValueError`` (one line) for a ``config.sampling`` block that cannot be sampled with a
-    schedule of ``num_timesteps`` steps and a model with or without classes. Pure NumPy/Python."""
+def resolve_sampler(sampling_config, family: Family) -> tuple[str, int]:
+    """``(sampler name, number of steps)`` of a ``config.sampling`` block for ``family``: ``auto`` is
+    ddpm for the ddpm family, dpm_solver++ for vp, heun for edm (EDM's deterministic sampler), euler
+    for flow; ``num_steps=0`` is all T for the ddpm family, else :data:`DEFAULT_STEPS`."""
     sc = sampling_config
-    if sc.sampler not in SAMPLERS:
-        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    if sc.spacing != "auto" and sc.spacing not in SPACINGS:
-        raise ValueError(f"sampling.spacing={sc.spacing!r} is not one of auto, {', '.join(SPACINGS)}")
-    if not isinstance(sc.num_steps, int) or not 0 <= sc.num_steps <= num_timesteps:
-        raise ValueError(f"sampling.num_steps={sc.num_steps!r} must be 0 (all) or at most "
-                         f"diffusion.num_timesteps={num_timesteps}")
-    if not sc.eta >= 0:
-        raise ValueError(f"sampling.eta must be non-negative, got {sc.eta}")
+    name = AUTO_SAMPLER[family.name] if sc.sampler == "auto" else sc.sampler
+    steps = sc.num_steps or (family.tables.num_timesteps if family.tables is not None else DEFAULT_STEPS[family.name])
+    return name, int(steps)
+
+
+def check_sampling_config(sampling_config, family: Family, class_conditional: bool) -> None:
+    """Raise ``ValueError`` (one line) for a ``config.sampling`` block that cannot be sampled with
+    ``family`` and a model with or without classes. Builds the sampler (NumPy only, no compile)."""
+    sc = sampling_config
+    if sc.sampler != "auto" and sc.sampler not in solvers.SAMPLERS:
+        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of auto, {', '.join(solvers.SAMPLERS)}")
+    if sc.spacing != "auto" and sc.spacing not in family.spacings:
+        raise ValueError(f"sampling.spacing={sc.spacing!r} does not fit diffusion.family={family.name!r}; choose "
+                         f"one of auto, {', '.join(family.spacings)}")
+    limit = family.tables.num_timesteps if family.tables is not None else None
+    if not isinstance(sc.num_steps, int) or sc.num_steps < 0 or (limit is not None and sc.num_steps > limit):
+        raise ValueError(f"sampling.num_steps={sc.num_steps!r} must be 0 (the default) or a positive number of "
+                         "steps" + (f" at most diffusion.num_timesteps={limit}" if limit is not None else ""))
+    for field in ("eta", "sde_eta", "s_churn", "s_min"):
+        if not (np.isfinite(sc[field]) and sc[field] >= 0):
+            raise ValueError(f"sampling.{field} must be a non-negative number, got {sc[field]}")
+    if not sc.s_max >= sc.s_min or not sc.s_noise > 0:
+        raise ValueError(f"sampling.s_max ({sc.s_max}) must be at least sampling.s_min ({sc.s_min}) and "
+                         f"sampling.s_noise ({sc.s_noise}) positive")
     if not (np.isfinite(sc.guidance_scale) and sc.guidance_scale >= 0):
         raise ValueError(f"sampling.guidance_scale must be a non-negative number, got {sc.guidance_scale}")
+    interval = tuple(sc.guidance_interval)
+    if interval and (len(interval) != 2 or not 0 <= interval[0] < interval[1]):
+        raise ValueError(f"sampling.guidance_interval must be () or (lo, hi) with 0 <= lo < hi in sigma / alpha, "
+                         f"got {sc.guidance_interval!r}")
     labels = str(sc.labels).strip().lower()
     if not class_conditional:
         if labels not in ("auto", "none"):
@@ -74,48 +97,56 @@ def check_sampling_config(sampling_config, num_timesteps: int, class_conditional
                              "class ids such as 3,5") from None
         if min(ids) < 0:
             raise ValueError(f"sampling.labels has a negative class id {min(ids)}")
+    sampler_from_config(family, sc)  # the sampler's own checks (fit, spacing, repeated steps), NumPy only
 
 
-def sampler_from_config(tables: DiffusionTables, sampling_config, target: str) -> Sampler:
+def sampler_from_config(family: Family, sampling_config) -> Sampler:
     """The :class:`Sampler` a ``config.sampling`` block describes (``ValueError`` on bad values)."""
     sc = sampling_config
-    if sc.sampler not in SAMPLERS:
-        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of {', '.join(SAMPLERS)}")
-    return make_sampler(tables, sc.sampler, sc.num_steps, resolve_spacing(sc.sampler, sc.spacing), target,
-                        sc.eta, sc.variance, sc.clip_x0, sc.set_alpha_to_one)
+    name, steps = resolve_sampler(sc, family)
+    return solvers.make_sampler(family, name, steps, sc.spacing, eta=sc.eta, sde_eta=sc.sde_eta,
+                                variance=sc.variance, clip_x0=sc.clip_x0, set_alpha_to_one=sc.set_alpha_to_one,
+                                churn=sc.s_churn, s_min=sc.s_min, s_max=sc.s_max, s_noise=sc.s_noise)
 
 
-def sampling_metadata(sampling_config, target: str) -> dict:
+def sampling_metadata(sampling_config, family: Family) -> dict:
     """What a config's sampler is, for the metadata next to every sample file and metric."""
     sc = sampling_config
-    return {"sampler": sc.sampler, "spacing": resolve_spacing(sc.sampler, sc.spacing),
-            "eta": float(sc.eta) if sc.sampler == "ddim" else None,
-            "variance": sc.variance if sc.sampler == "ddpm" else None,
-            "set_alpha_to_one": bool(sc.set_alpha_to_one) if sc.sampler != "ddpm" else None,
-            "clip_x0": bool(sc.clip_x0), "target": target}
+    name, _ = resolve_sampler(sc, family)
+    return {"family": family.name, "sampler": name, "spacing": solvers.resolve_spacing(family, name, sc.spacing),
+            "eta": float(sc.eta) if name == "ddim" else None,
+            "sde_eta": float(sc.sde_eta) if name in ("euler_ancestral", "dpm_solver++_sde") else None,
+            "churn": [float(sc.s_churn), float(sc.s_min), float(sc.s_max), float(sc.s_noise)]
+            if name == "edm_stochastic" else None,
+            "variance": sc.variance if name == "ddpm" else None,
+            "set_alpha_to_one": bool(sc.set_alpha_to_one) if family.name == "ddpm" and name != "ddpm" else None,
+            "clip_x0": bool(sc.clip_x0), "target": family.prediction}
 
 
-def generate_from_config(apply_fn, params, tables: DiffusionTables, sampling_config, shape, key: jax.Array,
-                         *, target: str = "eps", num_classes: int = 0, labels=None,
-                         trajectory_every: int | None = None, trajectory_size: int = 16,
-                         mesh=None, cache: dict | None = None, progress=None, should_stop=None) -> SampleOutput:
-    """:func:`jaxdiff.core.generation.generate` with the sampler, labels, guidance, chunk size and
-    trajectory stride of a ``config.sampling`` block (``labels`` overrides ``sampling.labels``).
-    ``cache`` also keeps the samplers built from the same block, so the compiled chunk generator is
-    reused. Every check runs before anything is compiled; the metadata names the sampler."""
+def generate_from_config(apply_fn, params, family: Family, sampling_config, shape, key: jax.Array,
+                         *, num_classes: int = 0, labels=None, trajectory_every: int | None = None,
+                         trajectory_size: int = 16, mesh=None, cache: dict | None = None, progress=None,
+                         should_stop=None) -> SampleOutput:
+    """:func:`jaxdiff.core.generation.generate` with the sampler, labels, guidance (and its interval),
+    chunk size and trajectory stride of a ``config.sampling`` block for ``family`` (``labels``
+    overrides ``sampling.labels``). ``cache`` also keeps the samplers built from the same block, so
+    the compiled chunk generator is reused. Every check runs before anything is compiled; the
+    metadata names the family and the sampler."""
     sc = sampling_config
     num = int(shape[0])  # generation.generate refuses num < 1
-    check_sampling_config(sc, tables.num_timesteps, num_classes > 0)
-    sampler_key = ("sampler", sc.to_json(sort_keys=True), target)
-    sampler = None if cache is None else cache.get(sampler_key)
-    if sampler is None:
-        sampler = sampler_from_config(tables, sc, target)
+    check_sampling_config(sc, family, num_classes > 0)
+    sampler_key = ("sampler", sc.to_json(sort_keys=True), id(family.predict))
+    cached = None if cache is None else cache.get(sampler_key)
+    if cached is None:
+        cached = (family, sampler_from_config(family, sc))  # the family kept alive: its id stays unique
         if cache is not None:
-            cache[sampler_key] = sampler
+            cache[sampler_key] = cached
+    sampler = cached[1]
     labels = parse_labels(sc.labels, num, num_classes) if labels is None else labels
     every = int(sc.trajectory_every if trajectory_every is None else trajectory_every)
     out = generation.generate(apply_fn, params, sampler, shape, key, labels=labels, num_classes=num_classes,
                               guidance_scale=float(sc.guidance_scale), batch_size=int(sc.batch_size),
-                              trajectory_every=every, trajectory_size=trajectory_size, mesh=mesh, cache=cache,
+                              trajectory_every=every, trajectory_size=trajectory_size, mesh=mesh,
+                              guidance_interval=tuple(sc.guidance_interval) or None, cache=cache,
                               progress=progress, should_stop=should_stop)
-    return out._replace(metadata={**out.metadata, **sampling_metadata(sc, target)})
+    return out._replace(metadata={**out.metadata, **sampling_metadata(sc, family)})

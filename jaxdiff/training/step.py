@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxdiff.core import diffusion
+from jaxdiff.core import families
+from jaxdiff.core.families import Family
 from jaxdiff.core.schedules import DiffusionTables
 from jaxdiff.training.keys import step_keys
 from jaxdiff.training.optim import ema_decay, ema_update
@@ -45,24 +46,26 @@ def micro_batches(tree, k: int, mesh=None):
     return jax.tree.map(split, tree)
 
 
-def make_train_step(apply_fn: ApplyFn, tables: DiffusionTables, optimizer: optax.GradientTransformation,
+def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimizer: optax.GradientTransformation,
                     *, target: str = "eps", loss_weighting: str = "none", min_snr_gamma: float = 5.0,
                     ema_decay_rate: float = 0.9999, ema_warmup: bool = False, num_classes: int = 0,
                     label_dropout: float = 0.0, preprocess: Preprocess = as_float, seed: int = 0,
                     grad_accum_steps: int = 1, learning_rate_fn: Callable | None = None, mesh=None):
     """The pure ``step(state, batch) -> (state, metrics)`` of denoising diffusion training.
 
-    ``loss = w(t) || f(x_t, t) - target ||^2`` (mean over pixels and batch) with ``t ~ U{0..T-1}``,
-    ``eps ~ N(0, I)``, ``x_t = q_sample(x0, t, eps)``; then one optimizer update and
-    ``ema <- d ema + (1 - d) params``.
+    The family's loss (for ddpm ``w(t) || f(x_t, t) - target ||^2``, mean over pixels and batch, with
+    ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, ``x_t = q_sample(x0, t, eps)``; EDM's and flow matching's
+    in :mod:`jaxdiff.core.families`); then one optimizer update and ``ema <- d ema + (1 - d) params``.
 
     Args:
       apply_fn: the network, ``apply_fn(params, x_t, t, labels, dropout_key)`` (labels ``None`` for an
         unconditional model); :func:`jaxdiff.models.denoiser_apply` makes one from a Flax module.
-      tables: the schedule's :class:`~jaxdiff.core.schedules.DiffusionTables`.
+      family: a :class:`~jaxdiff.core.families.Family` (``families.edm()``, ``families.flow()``, ...), or
+        a schedule's :class:`~jaxdiff.core.schedules.DiffusionTables`, which means
+        ``families.ddpm(tables, target, loss_weighting, min_snr_gamma)``.
       optimizer: an optax transformation (:func:`jaxdiff.training.make_optimizer`).
-      target: what the network predicts, ``eps``, ``x0`` or ``v``.
-      loss_weighting: ``none`` or ``min_snr`` (with ``min_snr_gamma``).
+      target, loss_weighting, min_snr_gamma: the ddpm family's, when ``family`` is a table
+        (``eps``/``x0``/``v``; ``none``/``min_snr``).
       ema_decay_rate: EMA decay; with ``ema_warmup`` it is ``min(decay, (1 + n) / (10 + n))``.
       num_classes: > 0 for a class-conditional model; the batch then carries ``"label"`` and each
         label is replaced by the null label ``num_classes`` with probability ``label_dropout``.
@@ -81,10 +84,8 @@ def make_train_step(apply_fn: ApplyFn, tables: DiffusionTables, optimizer: optax
       ``step(state: TrainState, batch: {"image": [B, H, W, C], "label": int [B]}) -> (state,
       {"loss", "grad_norm"[, "learning_rate"]})``.
     """
-    if target not in diffusion.TARGETS:
-        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
-    if loss_weighting not in diffusion.WEIGHTINGS:
-        raise ValueError(f"unknown loss weighting {loss_weighting!r}; choose one of {', '.join(diffusion.WEIGHTINGS)}")
+    if isinstance(family, DiffusionTables):
+        family = families.ddpm(family, target, loss_weighting, min_snr_gamma)
     k = int(grad_accum_steps)
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -94,14 +95,12 @@ def make_train_step(apply_fn: ApplyFn, tables: DiffusionTables, optimizer: optax
         if num_classes:
             drop = jax.random.bernoulli(keys["label"], label_dropout, batch["label"].shape)
             labels = jnp.where(drop, num_classes, batch["label"])
-        t, noise = diffusion.draw_t_noise(keys["loss"], x0, tables.num_timesteps)
+        t, noise = family.draw(keys["loss"], x0)
 
         def loss_fn(params, inputs, dropout_key):
             x0, t, noise, labels = inputs
-            denoise = lambda xt, tt: apply_fn(params, xt, tt, labels, dropout_key)  # noqa: E731
-            loss, _ = diffusion.loss_given_noise(denoise, tables, x0, t, noise, target, loss_weighting,
-                                                 min_snr_gamma)
-            return loss
+            net = lambda x_in, t_in: apply_fn(params, x_in, t_in, labels, dropout_key)  # noqa: E731
+            return family.loss(net, x0, t, noise)[0]
 
         grad_fn = jax.value_and_grad(loss_fn)
         if k == 1:

@@ -1,0 +1,307 @@
+"""Diffusion families: one formulation each of how data is noised, what the network sees and predicts,
+how training draws noise levels and weights them, and where a sampler evaluates it.
+
+A :class:`Family` is a NamedTuple of pure functions (the pattern of optax's ``GradientTransformation``):
+
+  ``draw(key, x0) -> (time [B], noise)``           the training randomness of one (global) batch
+  ``loss(net, x0, time, noise) -> (mean, per_ex)``  the weighted regression loss
+  ``predict(net, x, time, alpha, sigma) -> (x0_hat, eps_hat)``   the network as a denoiser
+  ``grid(num_steps, spacing, set_alpha_to_one) -> Grid``           a sampler's noise levels
+
+``net(x_in, t_in)`` is the raw network (guidance composes in front of it); each family decides what
+``x_in`` and ``t_in`` are. The members:
+
+  ddpm   the discrete T-step chain of :mod:`jaxdiff.core.schedules` exactly as in DDPM (time = table
+         index ``0..T-1``, ``t ~ U{0..T-1}``, eps / x0 / v target, optional min-SNR weighting).
+  vp     continuous-time variance preserving (``vp_linear`` or ``vp_cosine``), ``t ~ U(t_eps, 1)``,
+         network time ``1000 t``, eps / x0 / v target.
+  edm    Karras et al. 2022: ``x = x0 + sigma n``, ``ln sigma ~ N(P_mean, P_std^2)``,
+         ``D = c_skip x + c_out F(c_in x; ln(sigma) / 4)``, loss ``lambda(sigma) |D - x0|^2``.
+  flow   flow matching / rectified flow: ``x_t = (1 - t) x0 + t eps``, ``t`` uniform or logit-normal
+         (with SD3's shift), velocity target ``eps - x0``, network time ``1000 t``.
+
+Solvers (:mod:`jaxdiff.core.solvers`) step in ``(x0_hat, eps_hat)`` form; second-order ones
+integrate an ODE in the family's coordinates ``ode_space``: ``sigma`` (``y = x / alpha`` against
+``s = sigma / alpha``, ``dy/ds = eps``: EDM's choice, used for ddpm, vp and edm) or ``t``
+(``y = x`` against ``t``, ``dy/dt = eps - x0``: the flow ODE, which starts at ``alpha = 0``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.core import diffusion, processes
+from jaxdiff.core.samplers import SPACINGS, spaced_timesteps
+from jaxdiff.core.schedules import DiffusionTables
+
+FAMILIES = ("ddpm", "vp", "edm", "flow")
+VP_PROCESSES = ("linear", "cosine")
+T_SAMPLINGS = ("uniform", "logit_normal")
+CONTINUOUS_SPACINGS = {"vp": ("uniform", "logsnr", "karras"), "edm": ("karras", "logsnr"), "flow": ("uniform",)}
+VP_TRAIN_T_MIN = 1e-5  # vp: training times t ~ U(1e-5, 1) (score_sde)
+VP_SAMPLE_T_MIN = 1e-3  # vp: the last evaluated time of a sampler grid (score_sde's sampling eps)
+NETWORK_TIME_SCALE = 1000.0  # vp and flow feed the network 1000 t (the range of DDPM's integer steps)
+
+
+class Grid(NamedTuple):
+    """A sampler's noise levels, float64 NumPy: ``time [N + 1]`` (the family's time of each level:
+    table index, ``t`` or ``sigma``; entry ``N`` is where the last step ends and is never evaluated),
+    ``alpha [N + 1]`` and ``sigma [N + 1]``; ``x_T = prior_scale * N(0, I)``."""
+
+    time: np.ndarray
+    alpha: np.ndarray
+    sigma: np.ndarray
+    prior_scale: float = 1.0
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.time) - 1
+
+
+class Family(NamedTuple):
+    """See the module docstring. ``prediction`` names what the network outputs; ``spacings`` the
+    grids ``grid`` accepts; ``level(s) -> (time, alpha, sigma)`` the noise level at solver coordinate
+    ``s`` (continuous families; ``None`` for ddpm, whose levels are table rows);
+    ``sigma_to_input(sigma_ratio)`` the network time at ``sigma / alpha`` (NumPy, increasing: used
+    to map a guidance interval); ``tables`` the discrete tables (ddpm only)."""
+
+    name: str
+    prediction: str
+    draw: Callable
+    loss: Callable
+    predict: Callable
+    grid: Callable
+    spacings: tuple
+    ode_space: str
+    level: Callable | None
+    sigma_to_input: Callable
+    tables: DiffusionTables | None = None
+
+
+def _full(x, value, dtype=jnp.float32):
+    return jnp.full((x.shape[0],), value, dtype)
+
+
+def _per_example_mean(err):
+    return jnp.mean(err, axis=tuple(range(1, err.ndim)))
+
+
+def _check_prediction(prediction, allowed, family):
+    if prediction not in allowed:
+        raise ValueError(f"diffusion.target={prediction!r} does not fit diffusion.family={family!r}; "
+                         f"choose one of {', '.join(allowed)}")
+
+
+# --------------------------------------------------------------------------- ddpm (discrete)
+
+def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
+         min_snr_gamma: float = 5.0) -> Family:
+    """The discrete DDPM chain of ``tables``: training is exactly
+    :func:`jaxdiff.core.diffusion.diffusion_loss`; sampler grids are table rows chosen by a spacing of
+    :data:`jaxdiff.core.samplers.SPACINGS`, ending at ``abar = 1`` (``set_alpha_to_one``) or ``abar_0``."""
+    _check_prediction(target, diffusion.TARGETS, "ddpm")
+    if weighting not in diffusion.WEIGHTINGS:
+        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of "
+                         f"{', '.join(diffusion.WEIGHTINGS)}")
+    if target == "eps" and tables.alphas_cumprod[-1] == 0:
+        raise ValueError("diffusion.zero_terminal_snr needs diffusion.target=v or x0: an eps model cannot "
+                         "predict x0 at SNR 0 (Lin et al. 2024)")
+    T = tables.num_timesteps
+    abar = tables.alphas_cumprod
+
+    def draw(key, x0):
+        return diffusion.draw_t_noise(key, x0, T)
+
+    def loss(net, x0, t, noise):
+        return diffusion.loss_given_noise(net, tables, x0, t, noise, target, weighting, min_snr_gamma)
+
+    def predict(net, x, time, alpha, sigma):
+        return processes.x0_eps_from_prediction(target, x, net(x, _full(x, time, jnp.int32)), alpha, sigma)
+
+    def grid(num_steps, spacing="logsnr", set_alpha_to_one=True):
+        t = spaced_timesteps(T, num_steps or T, spacing, abar).astype(np.float64)
+        a = np.append(abar[t.astype(np.int64)], 1.0 if set_alpha_to_one else abar[0])
+        return Grid(np.append(t, -1.0), np.sqrt(a), np.sqrt(1.0 - a), 1.0)
+
+    def sigma_to_input(sigma_ratio):
+        return diffusion.table_index_at(tables, sigma_ratio)
+
+    return Family("ddpm", target, draw, loss, predict, grid, SPACINGS, "sigma", None, sigma_to_input, tables)
+
+
+# --------------------------------------------------------------------------- continuous families
+
+def _grid_from_logsnr(process, logsnr, end=(0.0, 1.0, 0.0), prior_scale=None):
+    """A grid at the times of ``logsnr [N]`` (decreasing noise), ending at ``end = (time, alpha, sigma)``."""
+    t = process.time_from_logsnr(logsnr)
+    alpha, sigma = process.alpha_sigma(t, np)
+    time, alpha, sigma = (np.append(v, e) for v, e in zip((t, alpha, sigma), end))
+    return Grid(time, alpha, sigma, float(sigma[0]) if prior_scale is None else prior_scale)
+
+
+def _check_spacing(spacing, family):
+    if spacing not in CONTINUOUS_SPACINGS[family]:
+        raise ValueError(f"sampling.spacing={spacing!r} does not fit diffusion.family={family!r}; choose one "
+                         f"of auto, {', '.join(CONTINUOUS_SPACINGS[family])}")
+
+
+def _check_steps(num_steps):
+    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+        raise ValueError(f"sampling.num_steps={num_steps!r} must be a positive number of steps for a "
+                         "continuous-time family")
+
+
+def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
+       min_snr_gamma: float = 5.0) -> Family:
+    """Continuous-time variance preserving diffusion: ``x_t = alpha(t) x0 + sigma(t) eps`` with the
+    linear (:func:`~jaxdiff.core.processes.vp_linear`) or cosine
+    (:func:`~jaxdiff.core.processes.vp_cosine`) process, ``t ~ U(1e-5, 1)``, network time ``1000 t``,
+    loss ``w(t) |f - target|^2`` with min-SNR weights as for ddpm (``snr = alpha^2 / sigma^2``).
+    Grids from ``t = 1`` to ``t = 1e-3`` (then the data): ``uniform`` in ``t``, ``logsnr`` uniform in
+    log-SNR, ``karras`` (rho = 7) in ``sigma / alpha``."""
+    if schedule not in VP_PROCESSES:
+        raise ValueError(f"diffusion.schedule={schedule!r} has no continuous-time form; for diffusion.family=vp "
+                         f"choose one of {', '.join(VP_PROCESSES)}")
+    _check_prediction(target, diffusion.TARGETS, "vp")
+    if weighting not in diffusion.WEIGHTINGS:
+        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of "
+                         f"{', '.join(diffusion.WEIGHTINGS)}")
+    process = processes.vp_linear() if schedule == "linear" else processes.vp_cosine()
+
+    def draw(key, x0):
+        t_key, noise_key = jax.random.split(key)
+        t = VP_TRAIN_T_MIN + (1.0 - VP_TRAIN_T_MIN) * jax.random.uniform(t_key, (x0.shape[0],), jnp.float32)
+        return t, jax.random.normal(noise_key, x0.shape, jnp.float32)
+
+    def loss(net, x0, t, noise):
+        alpha, sigma = process.alpha_sigma(t, jnp)
+        a, s = processes.expand_to(alpha, x0), processes.expand_to(sigma, x0)
+        out = net(a * x0 + s * noise, NETWORK_TIME_SCALE * t).astype(jnp.float32)
+        err = _per_example_mean(jnp.square(out - processes.prediction_from_x0_eps(target, x0, noise, alpha, sigma)))
+        per_example = diffusion.snr_loss_weight(jnp.square(alpha / sigma), target, weighting, min_snr_gamma) * err
+        return jnp.mean(per_example), per_example
+
+    def predict(net, x, time, alpha, sigma):
+        out = net(x, _full(x, NETWORK_TIME_SCALE * time))
+        return processes.x0_eps_from_prediction(target, x, out, alpha, sigma)
+
+    hi, lo = process.logsnr(np.float64(VP_SAMPLE_T_MIN)), process.logsnr(np.float64(1.0))
+
+    def grid(num_steps, spacing="logsnr", set_alpha_to_one=True):
+        del set_alpha_to_one  # the continuous chain always ends at the data
+        _check_steps(num_steps)
+        _check_spacing(spacing, "vp")
+        if spacing == "uniform":
+            t = np.linspace(1.0, VP_SAMPLE_T_MIN, num_steps)
+            logsnr = process.logsnr(t)
+        elif spacing == "logsnr":
+            logsnr = np.linspace(lo, hi, num_steps)
+        else:
+            logsnr = -2.0 * np.log(processes.karras_sigmas(num_steps, np.exp(-0.5 * hi), np.exp(-0.5 * lo))[:-1])
+        return _grid_from_logsnr(process, logsnr)
+
+    def level(sigma_ratio):
+        t = process.time_from_logsnr(-2.0 * np.log(sigma_ratio))
+        return (t,) + tuple(process.alpha_sigma(t, np))
+
+    def sigma_to_input(sigma_ratio):
+        return NETWORK_TIME_SCALE * process.time_from_logsnr(-2.0 * np.log(sigma_ratio))
+
+    return Family("vp", target, draw, loss, predict, grid, CONTINUOUS_SPACINGS["vp"], "sigma", level, sigma_to_input)
+
+
+def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002,
+        sigma_max: float = 80.0, rho: float = 7.0) -> Family:
+    """EDM (Karras et al. 2022): ``x = x0 + sigma n`` with ``ln sigma ~ N(p_mean, p_std^2)``; the network
+    ``F`` is preconditioned, ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)``
+    (:func:`~jaxdiff.core.processes.edm_preconditioning`), and trained with
+    ``lambda(sigma) |D - x0|^2``. Grids: ``karras`` (``rho``) or ``logsnr`` (geometric) from
+    ``sigma_max`` to ``sigma_min``, then ``sigma = 0``; ``x_T = sigma_max N(0, I)``."""
+
+    def draw(key, x0):
+        sigma_key, noise_key = jax.random.split(key)
+        return (processes.sample_log_normal(sigma_key, (x0.shape[0],), p_mean, p_std),
+                jax.random.normal(noise_key, x0.shape, jnp.float32))
+
+    def denoise(net, x, sigma):
+        c = processes.edm_preconditioning(sigma, sigma_data)
+        b = lambda v: processes.expand_to(v, x)  # noqa: E731
+        out = net(b(c.c_in) * x, jnp.broadcast_to(c.c_noise, (x.shape[0],))).astype(jnp.float32)
+        return b(c.c_skip) * x + b(c.c_out) * out
+
+    def loss(net, x0, sigma, noise):
+        d = denoise(net, x0 + processes.expand_to(sigma, x0) * noise, sigma)
+        per_example = processes.edm_loss_weight(sigma, sigma_data) * _per_example_mean(jnp.square(d - x0))
+        return jnp.mean(per_example), per_example
+
+    def predict(net, x, time, alpha, sigma):
+        del alpha
+        x0 = denoise(net, x, time)
+        return x0, (x - x0) / sigma
+
+    def grid(num_steps, spacing="karras", set_alpha_to_one=True):
+        del set_alpha_to_one
+        _check_steps(num_steps)
+        _check_spacing(spacing, "edm")
+        if spacing == "karras":
+            sigmas = processes.karras_sigmas(num_steps, sigma_min, sigma_max, rho)
+        else:
+            sigmas = np.append(np.geomspace(sigma_max, sigma_min, num_steps), 0.0)
+        return Grid(sigmas, np.ones_like(sigmas), sigmas, float(sigmas[0]))
+
+    def level(sigma):
+        return sigma, 1.0, sigma
+
+    def sigma_to_input(sigma):
+        return 0.25 * np.log(sigma)
+
+    return Family("edm", "edm", draw, loss, predict, grid, CONTINUOUS_SPACINGS["edm"], "sigma", level,
+                  sigma_to_input)
+
+
+def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0, shift: float = 1.0) -> Family:
+    """Flow matching on the linear interpolant ``x_t = (1 - t) x0 + t eps`` (rectified flow; Stable
+    Diffusion 3): ``t`` ``uniform`` or ``logit_normal`` (``sigmoid(N(loc, scale^2))``), then
+    ``t <- shift t / (1 + (shift - 1) t)``; the network ``u(x_t, 1000 t)`` regresses the velocity
+    ``eps - x0``. Grids: ``uniform`` in ``t`` from 1 to 0, shifted the same way."""
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"diffusion.flow.t_sampling={t_sampling!r} is not one of {', '.join(T_SAMPLINGS)}")
+    if not shift > 0:
+        raise ValueError(f"diffusion.flow.shift must be positive, got {shift}")
+
+    def draw(key, x0):
+        t_key, noise_key = jax.random.split(key)
+        if t_sampling == "uniform":
+            t = jax.random.uniform(t_key, (x0.shape[0],), jnp.float32)
+        else:
+            t = processes.sample_logit_normal(t_key, (x0.shape[0],), loc, scale)
+        return processes.shift_time(t, shift), jax.random.normal(noise_key, x0.shape, jnp.float32)
+
+    def loss(net, x0, t, noise):
+        tt = processes.expand_to(t, x0)
+        out = net((1.0 - tt) * x0 + tt * noise, NETWORK_TIME_SCALE * t).astype(jnp.float32)
+        per_example = _per_example_mean(jnp.square(out - (noise - x0)))
+        return jnp.mean(per_example), per_example
+
+    def predict(net, x, time, alpha, sigma):
+        out = net(x, _full(x, NETWORK_TIME_SCALE * time))
+        return processes.x0_eps_from_prediction("flow", x, out, alpha, sigma)
+
+    def grid(num_steps, spacing="uniform", set_alpha_to_one=True):
+        del set_alpha_to_one
+        _check_steps(num_steps)
+        _check_spacing(spacing, "flow")
+        t = processes.shift_time(np.linspace(1.0, 0.0, num_steps + 1), shift)
+        return Grid(t, 1.0 - t, t, 1.0)
+
+    def level(t):
+        return t, 1.0 - t, t
+
+    def sigma_to_input(sigma_ratio):
+        return NETWORK_TIME_SCALE * sigma_ratio / (1.0 + sigma_ratio)
+
+    return Family("flow", "flow", draw, loss, predict, grid, CONTINUOUS_SPACINGS["flow"], "t", level, sigma_to_input)
