@@ -66,7 +66,7 @@ def flag_error_line(error: Exception) -> str:
         return (f"unknown config field {name.group(1) if name else decoded.strip()}"
                 + (f": {hint.group(0).rstrip(chr(39))}" if hint else ""))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "Failed loading config file" in text and lines:
+    if ("Failed loading config file" in text or "Error whilst parsing config file" in text) and lines:
         return f"cannot load the --config file: {lines[-1]}"
     return " ".join(lines) or type(error).__name__
 

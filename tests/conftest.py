@@ -44,7 +44,12 @@ def tiny_config(**overrides):
     config.sampling.num_samples = 8
     config.sampling.trajectory_every = 10
     config.parallel.num_devices = 1
-    for key, value in overrides.items():
+    return set_fields(config, overrides)
+
+
+def set_fields(config, values: dict):
+    """``config`` with the dotted fields of ``values`` set (``{"diffusion.family": "edm"}``)."""
+    for key, value in values.items():
         node = config
         *path, leaf = key.split(".")
         for p in path:

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from configs import default as default_config
 from jaxdiff.common import plotting
 from jaxdiff.core import likelihood
-from jaxdiff.drivers import config_checks, eval_mode, train_loop
+from jaxdiff.drivers import config_checks, eval_mode, sample_mode, train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.evaluation import accuracy, features, fid, inception
 from jaxdiff.evaluation import classifier as classifier_lib
@@ -409,6 +409,25 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
                                        jax.random.fold_in(key, 1))
     print("bits/dim trained", m["bpd"], "untrained", untrained["bpd"])
     assert m["bpd"] < untrained["bpd"] - 5 * (m["bpd_stderr"] + untrained["bpd_stderr"]), (m["bpd"], untrained)
+
+
+def test_a_continuous_family_trains_samples_and_evaluates_like_ddpm(tmp_path, eval_config, digits_classifier):
+    """diffusion.family=edm with a cosine-free config: grids, checkpoints, the training FID, sample mode
+    and eval mode all run; bits/dim (the discrete DDPM bound) is skipped and says so."""
+    config = eval_config.copy_and_resolve_references()
+    config.diffusion.family = "edm"
+    config.sampling.num_steps = 4
+    workdir = str(tmp_path / "edm")
+    train_loop.train(config, workdir, progress=False)
+    assert os.path.exists(os.path.join(workdir, "samples_0000020.png"))
+    out = sample_mode.run_sample_mode(config, workdir)
+    assert out["sampler"] == "heun" and out["family"] == "edm" and out["network_evaluations"] == 7
+    assert os.path.exists(os.path.join(workdir, "sample_heun4_0000020.npz"))
+    lines = []
+    m = eval_mode.run_eval(config, workdir, log=lines.append)
+    assert m["family"] == "edm" and m["sampler"] == "heun" and m["network_evaluations"] == 7
+    assert m["bpd"] is None and any("bits/dim skipped" in line for line in lines)
+    assert np.isfinite(m["fid"]) and set(m["conditional_accuracy"]) == {"0", "1"}
 
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):

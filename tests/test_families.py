@@ -19,6 +19,8 @@ from configs import default
 from jaxdiff.core import families, generation, processes, samplers, schedules, solvers
 from jaxdiff.drivers import config_checks
 from jaxdiff.drivers.diffusion_config import family_from_config
+from jaxdiff.training import keys, optim, state as state_lib, step as step_lib
+from tests.conftest import set_fields
 
 MU, S = 0.3, 0.5
 SHAPE = (2048, 4, 4, 1)
@@ -401,6 +403,37 @@ def test_flow_loss_is_the_velocity_regression():
     np.testing.assert_allclose(per, np.mean((u - (np.asarray(n) - np.asarray(x0))) ** 2, axis=(1, 2, 3)), rtol=1e-4)
 
 
+# --------------------------------------------------------------------------- reflow pieces
+
+def test_generate_keeps_each_samples_noise_and_the_ode_maps_it_to_the_sample():
+    family = families.flow()
+    sampler = solvers.make_sampler(family, "midpoint", 5, clip_x0=False)
+    apply_fn = lambda params, x, t, y: params * fake_net(x, t)  # noqa: E731
+    out = generation.generate(apply_fn, jnp.float32(0.7), sampler, (7, 4, 4, 1), jax.random.PRNGKey(4),
+                              batch_size=3, keep_noise=True)  # three chunks, the last one padded
+    assert out.noise.shape == (7, 4, 4, 1)
+    again = np.asarray(samplers.run_sampler(sampler, lambda x, t: apply_fn(0.7, x, t, None), jnp.asarray(out.noise),
+                                            jax.random.PRNGKey(0)).samples)
+    np.testing.assert_allclose(again, out.samples, rtol=1e-5, atol=1e-5)
+    assert np.max(np.abs(out.noise[:3] - out.noise[3:6])) > 0.1  # chunks draw different noise
+
+
+def test_a_batch_with_paired_noise_trains_on_that_noise():
+    family = families.flow(t_sampling="uniform")
+    apply_fn = lambda params, x, t, y, dropout_key=None: params["w"] * fake_net(x, t)  # noqa: E731
+    tx = optim.make_optimizer(optim.learning_rate_schedule(1e-3, 0))
+    train_step = jax.jit(step_lib.make_train_step(apply_fn, family, tx, seed=3))
+    state = state_lib.init_train_state({"w": jnp.float32(0.5)}, tx)
+    x0 = jax.random.normal(jax.random.PRNGKey(1), (8, 4, 4, 1))
+    paired = jax.random.normal(jax.random.PRNGKey(2), (8, 4, 4, 1))
+    _, with_pairs = train_step(state, {"image": x0, "noise": paired})
+    _, fresh = train_step(state, {"image": x0})
+    t, drawn = family.draw(keys.step_keys(3, 0)["loss"], x0)
+    net = lambda x, tt: apply_fn({"w": 0.5}, x, tt, None)  # noqa: E731
+    np.testing.assert_allclose(with_pairs["loss"], family.loss(net, x0, t, paired)[0], rtol=1e-5)
+    np.testing.assert_allclose(fresh["loss"], family.loss(net, x0, t, drawn)[0], rtol=1e-5)
+
+
 # --------------------------------------------------------------------------- guidance
 
 NUM_CLASSES = 3
@@ -437,14 +470,7 @@ def test_guidance_works_for_every_family_and_the_interval_limits_it(small_x, nam
 # --------------------------------------------------------------------------- bad choices
 
 def config_with(**values):
-    config = default.get_config()
-    for key, value in values.items():
-        node = config
-        *path, leaf = key.split(".")
-        for p in path:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_fields(default.get_config(), values)
 
 
 @pytest.mark.parametrize("values,message", [

@@ -151,6 +151,8 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     (["--config=configs/nope.py"], "cannot load the --config file: [Errno 2] No such file or directory"),
     (["--config.training.batch_size=abc"], "--config.training.batch_size=abc"),
     (["--config.sampling.labels=3,11"], "class label 11 is out of range: the model has 10 classes"),
+    (["--config=configs/digits.py:score"], "unknown family 'score' after the config file's colon"),
+    (["--config.diffusion.family=edm", "--config.sampling.sampler=ddim"], "runs the discrete DDPM chain"),
 ])
 def test_bad_flags_are_one_line_before_any_work(tmp_path, flags, message):
     r = run_main(*TINY, *flags, f"--workdir={tmp_path / 'w'}", timeout=120)

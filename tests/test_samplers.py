@@ -244,8 +244,8 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(tables):
     key = jax.random.PRNGKey(2)
 
     def run(y=labels, **kw):
-        return sampling.generate_from_config(cond_apply, COND_PARAMS, families.ddpm(tables), sampling_config(**kw), (4, 4, 4, 1),
-                                           key, num_classes=NUM_CLASSES, labels=y).samples
+        return sampling.generate_from_config(cond_apply, COND_PARAMS, families.ddpm(tables), sampling_config(**kw),
+                                             (4, 4, 4, 1), key, num_classes=NUM_CLASSES, labels=y).samples
 
     def plain(y):  # the sampler driven directly by the network with fixed labels, no guidance code
         return manual_chunk(tables, sampling_config(), jax.random.fold_in(key, 0),
@@ -283,8 +283,8 @@ def test_guided_unet_sampling_end_to_end_with_one_batched_call(tables):
         return model.apply({"params": p}, x, t, y)
 
     sc = sampling_config(sampler="ddim", num_steps=4, eta=1.0, guidance_scale=2.5, labels="all", batch_size=3)
-    out = sampling.generate_from_config(apply_fn, params, families.ddpm(tables), sc, (5, 4, 4, 1), jax.random.PRNGKey(0),
-                                      num_classes=NUM_CLASSES)
+    out = sampling.generate_from_config(apply_fn, params, families.ddpm(tables), sc, (5, 4, 4, 1),
+                                        jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
     assert calls == [6]
     assert list(out.labels) == [0, 1, 2, 0, 1]
     assert out.samples.shape == (5, 4, 4, 1) and np.all(np.abs(out.samples) <= 1.0)
@@ -314,8 +314,8 @@ def test_unconditional_model_gets_no_labels(tables):
         assert y is None
         return fake_out(x, t)
 
-    out = sampling.generate_from_config(apply_fn, {}, families.ddpm(tables), sampling_config(sampler="ddpm", num_steps=5),
-                                      (3, 4, 4, 1), jax.random.PRNGKey(0))
+    sc = sampling_config(sampler="ddpm", num_steps=5)
+    out = sampling.generate_from_config(apply_fn, {}, families.ddpm(tables), sc, (3, 4, 4, 1), jax.random.PRNGKey(0))
     assert out.labels is None and out.samples.shape == (3, 4, 4, 1) and out.metadata["conditional"] is False
     assert out.metadata["guidance_scale"] is None and out.trajectory_x0.shape == (4, 3, 4, 4, 1)
 
@@ -365,8 +365,8 @@ def _never_called(*args):
 ])
 def test_bad_sampling_input_fails_before_tracing(tables, overrides, num_classes, labels, message):
     with pytest.raises(ValueError, match=message):
-        sampling.generate_from_config(_never_called, {}, families.ddpm(tables), sampling_config(**overrides), (2, 4, 4, 1),
-                                    jax.random.PRNGKey(0), num_classes=num_classes, labels=labels)
+        sampling.generate_from_config(_never_called, {}, families.ddpm(tables), sampling_config(**overrides),
+                                      (2, 4, 4, 1), jax.random.PRNGKey(0), num_classes=num_classes, labels=labels)
 
 
 def test_config_validation_rejects_bad_sampling_fields():

@@ -21,15 +21,19 @@ def trainer():
     return Experiment(config, channels=1, num_classes=10)
 
 
-def test_loss_falls_on_digits(trainer):
+def train_losses(trainer, num_steps: int = 60):
+    """``(state, losses)`` after ``num_steps`` steps of ``trainer`` on its digits from a fresh state."""
     config = trainer.config
-    source = data.load_source(config.data)
-    state = trainer.init()
-    stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
-    losses = []
-    for _ in range(60):
+    stream = data.batch_stream(data.load_source(config.data), config.seed, 0, config.training.batch_size)
+    state, losses = trainer.init(), []
+    for _ in range(num_steps):
         state, metrics = trainer.step(state, next(stream))
         losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_loss_falls_on_digits(trainer):
+    state, losses = train_losses(trainer)
     assert int(state.step) == 60
     assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10]), losses
     # EMA moved towards the parameters but is not equal to them.
@@ -40,15 +44,7 @@ def test_loss_falls_on_digits(trainer):
 @pytest.mark.parametrize("family", ["vp", "edm", "flow"])
 def test_loss_falls_in_every_family(family):
     config = tiny_config(**{"model.class_conditional": True, "diffusion.family": family})
-    trainer = Experiment(config, channels=1, num_classes=10)
-    source = data.load_source(config.data)
-    state = trainer.init()
-    stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
-    losses = []
-    for _ in range(60):
-        state, metrics = trainer.step(state, next(stream))
-        losses.append(float(metrics["loss"]))
-    print(family, np.mean(losses[:10]), np.mean(losses[-10:]))
+    _, losses = train_losses(Experiment(config, channels=1, num_classes=10))
     assert np.all(np.isfinite(losses))
     assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
 

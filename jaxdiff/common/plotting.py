@@ -70,9 +70,11 @@ def save_loss_curve(metrics_path: paths.PathLike, path: paths.PathLike) -> None:
     plt.close(fig)
 
 
-def save_trajectory(traj_xt, traj_x0, timesteps, path: paths.PathLike, max_images: int = 8) -> None:
+def save_trajectory(traj_xt, traj_x0, timesteps, path: paths.PathLike, max_images: int = 8,
+                    time_name: str = "t") -> None:
     """Denoising trajectory figure: for up to ``max_images`` samples, a row of ``x_t`` and a row of
-    the predicted ``x0`` at each recorded step (columns labelled with the timestep)."""
+    the predicted ``x0`` at each recorded step (columns labelled with the time: integer table
+    indices as the paper's ``t = index + 1``, continuous times as ``time_name=value``; -1 is the end)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,8 +93,9 @@ def save_trajectory(traj_xt, traj_x0, timesteps, path: paths.PathLike, max_image
                 ax.set_xticks([]), ax.set_yticks([])
                 if j == 0:
                     ax.set_ylabel(label, fontsize=6)
-        t = int(timesteps[j])
-        axes[0, j].set_title("end" if t < 0 else f"t={t + 1}", fontsize=6)
+        t = timesteps[j]
+        label = f"t={int(t) + 1}" if np.issubdtype(np.asarray(timesteps).dtype, np.integer) else f"{time_name}={t:.3g}"
+        axes[0, j].set_title("end" if t < 0 else label, fontsize=6)
     fig.tight_layout(pad=0.1)
     paths.save_figure(fig, path, dpi=100)
     plt.close(fig)

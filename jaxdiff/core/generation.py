@@ -37,6 +37,12 @@ def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
     return labels.astype(np.int32)
 
 
+def prior_noise(key: jax.Array, shape, prior_scale: float = 1.0) -> jax.Array:
+    """A chunk's start ``x_T = prior_scale * N(0, I)`` of ``shape``, drawn from ``fold_in(key, 0)``."""
+    x_T = jax.random.normal(jax.random.fold_in(key, 0), tuple(shape), jnp.float32)
+    return prior_scale * x_T if prior_scale != 1.0 else x_T
+
+
 def network_time_interval(sampler: Sampler, guidance_interval) -> tuple[float, float] | None:
     """A guidance interval ``(lo, hi)`` in ``sigma / alpha`` as the network times ``(t_lo, t_hi)`` that
     :func:`~jaxdiff.core.samplers.guided_denoise_fn` takes (``None`` stays ``None``: guide everywhere)."""
@@ -61,7 +67,8 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
     ``x_T ~ sampler.prior_scale N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from
     ``fold_in(key, 1)``; ``apply_fn(params, x, t, y)`` is the network, guided by
     :func:`guided_denoise_fn` with labels ``y`` (``None``: unconditional) and, if given,
-    ``guidance_interval = (lo, hi)`` in network time units. With a ``mesh`` the key arrives as key data in a global array, and with
+    ``guidance_interval = (lo, hi)`` in network time units. With a ``mesh`` the key arrives as key
+    data in a global array, and with
     several devices the batch is sharded over ``data``. With ``segment_steps = L > 0`` the sampler runs
     as programs of ``L`` steps (:func:`~jaxdiff.core.samplers.sampler_scan`: the same numbers) and
     ``should_stop()`` is called between them, so a signal can stop a long sampler within ``L`` steps
@@ -82,9 +89,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
 
     def start(params, key, y):
         key, scan = setup(params, key, y)
-        x_T = jax.random.normal(jax.random.fold_in(key, 0), (width,) + tuple(image_shape), jnp.float32)
-        if sampler.prior_scale != 1.0:
-            x_T = sampler.prior_scale * x_T
+        x_T = prior_noise(key, (width,) + tuple(image_shape), sampler.prior_scale)
         if batch_sharding is not None:
             x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
         return scan.init(x_T)
@@ -121,7 +126,8 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
 def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array, *,
              labels=None, num_classes: int = 0, guidance_scale: float = 1.0, batch_size: int = 256,
              trajectory_every: int = 0, trajectory_size: int = 16, mesh=None, guidance_interval=None,
-             cache: dict | None = None, progress=None, should_stop=None) -> SampleOutput:
+             keep_noise: bool = False, cache: dict | None = None, progress=None,
+             should_stop=None) -> SampleOutput:
     """Generate ``shape[0]`` images of shape ``shape[1:]`` with ``sampler``.
 
     Args:
@@ -145,6 +151,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
         over them. The padding leaves the other rows' noise unchanged (partitionable threefry draws
         row ``i`` from ``i`` alone). With several processes every process runs this and gets all
         samples.
+      keep_noise: also return each sample's start ``x_T`` (``SampleOutput.noise``): with a
+        deterministic sampler, ``(noise, samples)`` are the pairs rectified flow's reflow trains on.
       cache: a dict the caller keeps for one ``apply_fn``: the compiled chunk generator is kept in it
         between calls with the same sampler object and shapes (sample grids during training compile
         once).
@@ -174,8 +182,9 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
                  trajectory_size, segments, interval)
     cached = None if cache is None else cache.get(cache_key)
     if cached is None:
+        # the sampler is kept alive with its program, so its id stays unique
         cached = (sampler, make_chunk_generator(apply_fn, sampler, shape[1:], width, scale, null_label, every,
-                                                trajectory_size, mesh, segments, interval))  # the sampler kept alive: its id stays unique
+                                                trajectory_size, mesh, segments, interval))
         if cache is not None:
             cache[cache_key] = cached
     chunk_generator = cached[1]
@@ -183,7 +192,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
     def to_device(a, spec):  # global arrays from host data that every process holds in full
         return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
 
-    trajectory = []
+    trajectory, noises = [], []
+    draw_noise = jax.jit(lambda k: prior_noise(k, (width,) + tuple(shape[1:]), sampler.prior_scale))
 
     def run_chunk(c, chunk_labels):
         y = None
@@ -191,6 +201,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
             from_chunk = np.resize(chunk_labels, width) if width != chunk else chunk_labels
             y = to_device(from_chunk.astype(np.int32), jax.sharding.PartitionSpec("data"))
         chunk_key = jax.random.fold_in(key, c)
+        if keep_noise:  # the chunk's x_T again (row i depends on i alone: equal to the sharded draw)
+            noises.append(np.asarray(jax.device_get(draw_noise(chunk_key)))[:chunk])
         if mesh is not None:
             chunk_key = to_device(np.asarray(jax.random.key_data(chunk_key)), jax.sharding.PartitionSpec())
         x, xt, x0 = chunk_generator(params, chunk_key, y, should_stop)
@@ -209,5 +221,6 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
                 "timesteps": [t.item() for t in np.asarray(sampler.timesteps)]}
     traj_t = (np.append(sampler.timesteps[trajectory_positions(len(sampler.timesteps), every)], -1)
               if every else None)
+    noise = np.concatenate(noises)[:num] if keep_noise else None
     return SampleOutput(samples, trajectory[0] if trajectory else None, trajectory[1] if trajectory else None,
-                        traj_t, labels, metadata)
+                        traj_t, labels, metadata, noise)

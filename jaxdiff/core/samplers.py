@@ -48,7 +48,8 @@ class SampleOutput(NamedTuple):
     samples; first frame the pure noise, last frame the final sample twice), and the table timesteps
     ``t`` of the frames (-1 for the end).
     ``labels`` are the class labels sampled for (``None`` when unconditional); ``metadata`` describes
-    the sampler (see :func:`sample_from_config`)."""
+    the sampler (see :func:`jaxdiff.core.generation.generate`); ``noise`` is each sample's start
+    ``x_T`` when asked for (``generate(..., keep_noise=True)``)."""
 
     samples: jax.Array
     trajectory_xt: jax.Array | None = None
@@ -56,6 +57,7 @@ class SampleOutput(NamedTuple):
     trajectory_t: np.ndarray | None = None
     labels: np.ndarray | None = None
     metadata: dict | None = None
+    noise: np.ndarray | None = None
 
 
 def _no_state(x_T):

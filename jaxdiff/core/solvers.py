@@ -69,9 +69,10 @@ def denoiser(family: Family, net, clip_x0: bool):
     return model
 
 
-def _sampler(family: Family, grid: Grid, step, init_state=samplers._no_state, evaluations: int = 0) -> Sampler:
-    return Sampler(np.asarray(grid.time[:-1]), step, init_state, float(grid.prior_scale), evaluations,
-                   family.sigma_to_input)
+def _sampler(family: Family, grid: Grid, step, init_state=None, evaluations: int = 0) -> Sampler:
+    sampler = Sampler(np.asarray(grid.time[:-1]), step, prior_scale=float(grid.prior_scale),
+                      num_evaluations=evaluations, sigma_to_input=family.sigma_to_input)
+    return sampler if init_state is None else sampler._replace(init_state=init_state)
 
 
 def ode_coordinates(family: Family, alpha, sigma, time):
@@ -280,8 +281,8 @@ def check_sampler_fits(family: Family, name: str) -> None:
 
 
 def make_sampler(family: Family, name: str, num_steps: int = 0, spacing: str = "auto", *, eta: float = 0.0,
-                 sde_eta: float = 1.0, variance: str = "fixed_small", clip_x0: bool = True, set_alpha_to_one: bool = True,
-                 churn: float = 0.0, s_min: float = 0.0, s_max: float = float("inf"),
+                 sde_eta: float = 1.0, variance: str = "fixed_small", clip_x0: bool = True,
+                 set_alpha_to_one: bool = True, churn: float = 0.0, s_min: float = 0.0, s_max: float = float("inf"),
                  s_noise: float = 1.0) -> Sampler:
     """The sampler called ``name`` for ``family`` over ``num_steps`` steps.
 

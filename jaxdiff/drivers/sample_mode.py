@@ -105,8 +105,9 @@ def run_sample_mode(config, workdir) -> dict:
     if out.labels is not None:
         plotting.save_class_grid(images, out.labels, out_dir / files["classes"])
     if out.trajectory_xt is not None:
+        time_name = "sigma" if experiment.family.name == "edm" else "t"  # edm's time is its noise level
         plotting.save_trajectory(out.trajectory_xt, out.trajectory_x0, out.trajectory_t,
-                                 out_dir / files["trajectory"])
+                                 out_dir / files["trajectory"], time_name=time_name)
     labels = out.labels if out.labels is not None else np.full(len(images), -1, np.int32)
     paths.save_npz(out_dir / files["npz"], compressed=True, images=plotting.to_uint8(images), labels=labels,
                    meta=json.dumps(info))

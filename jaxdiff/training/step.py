@@ -82,7 +82,10 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
 
     Returns:
       ``step(state: TrainState, batch: {"image": [B, H, W, C], "label": int [B]}) -> (state,
-      {"loss", "grad_norm"[, "learning_rate"]})``.
+      {"loss", "grad_norm"[, "learning_rate"]})``. A batch may also carry ``"noise"`` (float32 like
+      ``x0``): then the loss noises each ``x0`` with its own paired noise instead of a fresh draw
+      (reflow: train on ``(x_T, ODE(x_T))`` pairs, :func:`jaxdiff.core.generation.generate` with
+      ``keep_noise``); the noise levels are still drawn.
     """
     if isinstance(family, DiffusionTables):
         family = families.ddpm(family, target, loss_weighting, min_snr_gamma)
@@ -96,6 +99,8 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
             drop = jax.random.bernoulli(keys["label"], label_dropout, batch["label"].shape)
             labels = jnp.where(drop, num_classes, batch["label"])
         t, noise = family.draw(keys["loss"], x0)
+        if "noise" in batch:  # paired noise (rectified flow's reflow): the ODE start of each x0
+            noise = jnp.asarray(batch["noise"], jnp.float32)
 
         def loss_fn(params, inputs, dropout_key):
             x0, t, noise, labels = inputs
