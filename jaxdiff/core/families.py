@@ -90,6 +90,12 @@ def _per_example_mean(err):
     return jnp.mean(err, axis=tuple(range(1, err.ndim)))
 
 
+def _check_weighting(weighting):
+    if weighting not in diffusion.WEIGHTINGS:
+        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of "
+                         f"{', '.join(diffusion.WEIGHTINGS)}")
+
+
 def _check_prediction(prediction, allowed, family):
     if prediction not in allowed:
         raise ValueError(f"diffusion.target={prediction!r} does not fit diffusion.family={family!r}; "
@@ -104,9 +110,7 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
     :func:`jaxdiff.core.diffusion.diffusion_loss`; sampler grids are table rows chosen by a spacing of
     :data:`jaxdiff.core.samplers.SPACINGS`, ending at ``abar = 1`` (``set_alpha_to_one``) or ``abar_0``."""
     _check_prediction(target, diffusion.TARGETS, "ddpm")
-    if weighting not in diffusion.WEIGHTINGS:
-        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of "
-                         f"{', '.join(diffusion.WEIGHTINGS)}")
+    _check_weighting(weighting)
     if target == "eps" and tables.alphas_cumprod[-1] == 0:
         raise ValueError("diffusion.zero_terminal_snr needs diffusion.target=v or x0: an eps model cannot "
                          "predict x0 at SNR 0 (Lin et al. 2024)")
@@ -135,12 +139,13 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
 
 # --------------------------------------------------------------------------- continuous families
 
-def _grid_from_logsnr(process, logsnr, end=(0.0, 1.0, 0.0), prior_scale=None):
-    """A grid at the times of ``logsnr [N]`` (decreasing noise), ending at ``end = (time, alpha, sigma)``."""
+def _grid_from_logsnr(process, logsnr):
+    """A grid at the times of ``logsnr [N]`` (decreasing noise) that ends at the data
+    (``t = 0``, ``alpha = 1``, ``sigma = 0``), starting from ``x_T = sigma_0 N(0, I)``."""
     t = process.time_from_logsnr(logsnr)
     alpha, sigma = process.alpha_sigma(t, np)
-    time, alpha, sigma = (np.append(v, e) for v, e in zip((t, alpha, sigma), end))
-    return Grid(time, alpha, sigma, float(sigma[0]) if prior_scale is None else prior_scale)
+    time, alpha, sigma = (np.append(v, e) for v, e in zip((t, alpha, sigma), (0.0, 1.0, 0.0)))
+    return Grid(time, alpha, sigma, float(sigma[0]))
 
 
 def _check_spacing(spacing, family):
@@ -167,9 +172,7 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
         raise ValueError(f"diffusion.schedule={schedule!r} has no continuous-time form; for diffusion.family=vp "
                          f"choose one of {', '.join(VP_PROCESSES)}")
     _check_prediction(target, diffusion.TARGETS, "vp")
-    if weighting not in diffusion.WEIGHTINGS:
-        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of "
-                         f"{', '.join(diffusion.WEIGHTINGS)}")
+    _check_weighting(weighting)
     process = processes.vp_linear() if schedule == "linear" else processes.vp_cosine()
 
     def draw(key, x0):

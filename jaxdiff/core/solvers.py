@@ -84,6 +84,16 @@ def ode_coordinates(family: Family, alpha, sigma, time):
         return sigma / alpha, alpha
 
 
+def _off_grid_levels(family: Family, name: str, s_values):
+    """float64 ``(time, alpha, sigma, c)`` at solver coordinates ``s_values`` between grid levels."""
+    if family.level is None:
+        raise ValueError(f"sampling.sampler={name!r} evaluates between table rows; it needs a continuous-time "
+                         "diffusion.family (vp, edm, flow)")
+    levels = [family.level(v) for v in s_values]
+    time, alpha, sigma = (np.array([v[k] for v in levels], np.float64) for k in range(3))
+    return time, alpha, sigma, ode_coordinates(family, alpha, sigma, time)[1]
+
+
 def _drift(family: Family):
     return (lambda x0, eps: eps - x0) if family.ode_space == "t" else (lambda x0, eps: eps)
 
@@ -127,16 +137,11 @@ def heun_sampler(family: Family, grid: Grid, clip_x0: bool = False, churn: float
     gamma = np.where((s[:-1] >= s_min) & (s[:-1] <= s_max), min(churn / n, np.sqrt(2.0) - 1.0), 0.0)
     stochastic = bool(churn > 0 and np.any(gamma > 0))
     if stochastic:
-        if family.level is None:
-            raise ValueError("sampling.sampler='edm_stochastic' evaluates between table rows: it needs a "
-                             "continuous-time diffusion.family (vp, edm); use heun")
         if family.ode_space != "sigma":
-            raise ValueError("sampling.sampler='edm_stochastic' adds noise in sigma: it fits diffusion.family "
-                             "vp or edm; use heun or euler_ancestral")
+            raise ValueError(f"sampling.sampler={name!r} adds noise in sigma; it does not fit diffusion.family="
+                             f"{family.name!r} (use heun, midpoint or euler_ancestral)")
         s_hat = s[:-1] * (1.0 + gamma)
-        hat = [family.level(v) for v in s_hat]
-        hat_time, hat_alpha, hat_sigma = (np.array([h[k] for h in hat], np.float64) for k in range(3))
-        c_hat = ode_coordinates(family, hat_alpha, hat_sigma, hat_time)[1]
+        hat_time, hat_alpha, hat_sigma, c_hat = _off_grid_levels(family, name, s_hat)
         churn_x, churn_z = c_hat / c[:-1], c_hat * np.sqrt(s_hat ** 2 - s[:-1] ** 2) * s_noise
     else:
         s_hat, c_hat = s[:-1], c[:-1]
@@ -167,15 +172,10 @@ def heun_sampler(family: Family, grid: Grid, clip_x0: bool = False, churn: float
 
 def midpoint_sampler(family: Family, grid: Grid, clip_x0: bool = False) -> Sampler:
     """The explicit midpoint rule (RK2) in the family's ODE coordinates; ``2N`` evaluations."""
-    if family.level is None:
-        raise ValueError("sampling.sampler='midpoint' evaluates between table rows: it needs a continuous-time "
-                         "diffusion.family (vp, edm, flow); use heun")
     s, c = ode_coordinates(family, grid.alpha, grid.sigma, grid.time)
     _require_finite("midpoint", s[:-1], c[:-1] > 0)
     s_mid = 0.5 * (s[:-1] + s[1:])
-    mid = [family.level(v) for v in s_mid]
-    mid_time, mid_alpha, mid_sigma = (np.array([m[k] for m in mid], np.float64) for k in range(3))
-    c_mid = ode_coordinates(family, mid_alpha, mid_sigma, mid_time)[1]
+    mid_time, mid_alpha, mid_sigma, c_mid = _off_grid_levels(family, "midpoint", s_mid)
     m_x, m_f = _f32(c_mid / c[:-1]), _f32(c_mid * (s_mid - s[:-1]))
     e_x, e_f = _f32(c[1:] / c[:-1]), _f32(c[1:] * (s[1:] - s[:-1]))
     mt, ma, ms = _f32(mid_time), _f32(mid_alpha), _f32(mid_sigma)
@@ -272,9 +272,8 @@ def check_sampler_fits(family: Family, name: str) -> None:
         raise ValueError(f"sampling.sampler={name!r} runs the discrete DDPM chain; for diffusion.family="
                          f"{family.name!r} use euler (DDIM's continuous-time equivalent), euler_ancestral, heun, "
                          "midpoint or a dpm_solver++ variant")
-    if name in OFF_GRID and family.level is None:
-        raise ValueError(f"sampling.sampler={name!r} evaluates between table rows; it needs a continuous-time "
-                         "diffusion.family (vp, edm, flow)")
+    if name in OFF_GRID:  # whatever the churn: a name that does not fit is refused
+        _off_grid_levels(family, name, [])
     if name == "edm_stochastic" and family.ode_space != "sigma":
         raise ValueError(f"sampling.sampler='edm_stochastic' adds noise in sigma; it does not fit "
                          f"diffusion.family={family.name!r} (use heun, midpoint or euler_ancestral)")
