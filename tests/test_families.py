@@ -96,6 +96,15 @@ def test_gaussian_data_is_recovered_by_every_solver_in_every_family(x_T, family_
     assert abs(out.var() / S ** 2 - 1) < 0.05, out.var()
 
 
+@pytest.mark.parametrize("family_name,spacing,steps", [  # uniform in t spends few steps at low noise
+    ("vp", "uniform", 200), ("vp", "karras", 50), ("vp_cosine", "logsnr", 50), ("edm", "logsnr", 50),
+    ("ddpm", "trailing", 50)])
+def test_every_grid_of_the_continuous_families_recovers_the_gaussian(x_T, family_name, spacing, steps):
+    sampler = solvers.make_sampler(FAMILIES[family_name], "dpm_solver++", steps, spacing, clip_x0=False)
+    out = run(family_name, sampler, x_T)
+    assert abs(out.mean() - MU) < 0.015 and abs(out.var() / S ** 2 - 1) < 0.05, (out.mean(), out.var())
+
+
 def test_the_gaussian_check_separates_first_from_second_order(x_T):
     """At 20 steps Euler misses the variance by far more than the tolerance and Heun (39 NFE) does not."""
     euler = run("edm", solvers.make_sampler(FAMILIES["edm"], "euler", 20, clip_x0=False), x_T)
@@ -261,10 +270,10 @@ def test_flow_solvers_match_float64_integrators_in_t(small_x):
 def test_euler_is_ddim_and_euler_ancestral_is_ddim_with_the_same_eta(small_x):
     family = families.ddpm(TABLES)
     key = jax.random.PRNGKey(8)
-    for eta in (0.0, 1.0, 0.5):
-        ddim = solvers.make_sampler(family, "ddim", 10, "trailing", eta=eta, clip_x0=False)
+    for eta, to_one in ((0.0, True), (1.0, True), (0.5, True), (1.0, False)):
+        ddim = solvers.make_sampler(family, "ddim", 10, "trailing", eta=eta, clip_x0=False, set_alpha_to_one=to_one)
         ours = solvers.make_sampler(family, "euler_ancestral" if eta else "euler", 10, "trailing", sde_eta=eta,
-                                    clip_x0=False)
+                                    clip_x0=False, set_alpha_to_one=to_one)
         np.testing.assert_allclose(scan64(family, ours, small_x, key), scan64(family, ddim, small_x, key),
                                    rtol=1e-4, atol=1e-4)
 
@@ -443,7 +452,7 @@ def cond_apply(x, t, y):
     return fake_net(x, t) + 0.2 * (y[:, None, None, None].astype(jnp.float32) - 1.0)
 
 
-@pytest.mark.parametrize("name", ["vp", "edm", "flow"])
+@pytest.mark.parametrize("name", ["ddpm", "vp", "edm", "flow"])
 def test_guidance_works_for_every_family_and_the_interval_limits_it(small_x, name):
     family = FAMILIES[name]
     sampler = solvers.make_sampler(family, "heun" if name == "edm" else "dpm_solver++", 6, clip_x0=False)

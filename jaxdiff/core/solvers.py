@@ -8,7 +8,8 @@ written in ``(x0, eps)`` form, so they hold for any ``x = alpha x0 + sigma eps``
 flow alike, including a start at ``alpha = 0``):
 
   euler_ancestral  ``x' = alpha' x0 + sigma' sqrt(1 - u^2) eps + sigma' u z``, ``u = min(1, eta sqrt(1 - rho^2))``,
-                   ``rho = (sigma' / alpha') / (sigma / alpha)`` (k-diffusion's ``sample_euler_ancestral``;
+                   ``rho = (sigma' / alpha') / (sigma / alpha)``, no noise on the last step (k-diffusion's
+                   ``sample_euler_ancestral``;
                    ``eta = 0`` is Euler = DDIM(eta=0) = EDM's Euler = flow matching's Euler in ``t``;
                    for VP it equals DDIM with the same eta <= 1).
   heun             EDM Algorithm 1/2 in the family's ODE coordinates ``(s, y = x / c)``
@@ -114,6 +115,7 @@ def euler_ancestral_sampler(family: Family, grid: Grid, eta: float = 1.0, clip_x
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where((a[:-1] > 0) & (s[1:] > 0), (s[1:] * a[:-1]) / (s[:-1] * a[1:]), 0.0)
     u = np.minimum(1.0, eta * np.sqrt(np.maximum(1.0 - rho ** 2, 0.0)))
+    u[-1] = 0.0  # no noise on the last step (it is 0 anyway when the chain ends at sigma = 0)
     c_x0, c_eps, c_z = _f32(a[1:]), _f32(s[1:] * np.sqrt(1.0 - u ** 2)), _f32(s[1:] * u)
     time, alpha, sigma = _levels(grid)
     noisy = bool(np.any(s[1:] * u > 0))
