@@ -2,6 +2,7 @@
 divergence, a full disk, a second process on the same work directory, and bad flags or config files."""
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from jaxdiff.core import families, generation, schedules, solvers
 from jaxdiff.drivers import train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
+from jaxdiff.training.checkpoint import AbandonedWrites
 from tests.conftest import ROOT, run_main, tiny_config
 from tests.test_cli import TINY
 
@@ -201,6 +203,18 @@ def test_full_disk_on_the_command_line_is_one_line_without_tracebacks(tmp_path):
         lines = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.strip() and "train:" not in line]
         assert len(lines) == 1, lines[:5]
         assert lines[0].startswith("error: saving checkpoint") and "is intact" in lines[0], lines[0]
+
+
+def test_after_a_failed_save_its_abandoned_writes_are_not_reported():
+    """The reports a failed save's background writes make later (Orbax's writer threads, asyncio's
+    never-retrieved exceptions) are dropped; every other record still passes."""
+    keep = AbandonedWrites()
+    make = lambda path, msg: logging.LogRecord("absl", logging.ERROR, path, 1, msg, None, None)  # noqa: E731
+    assert not keep.filter(make("/x/site-packages/orbax/checkpoint/_src/futures/future.py", "thread raised"))
+    assert not keep.filter(make("/usr/lib/python3.12/asyncio/base_events.py",
+                                "Future exception was never retrieved\nfuture: <Future ... 15.orbax-checkpoint-tmp"))
+    assert keep.filter(make("/usr/lib/python3.12/asyncio/base_events.py", "Task exception was never retrieved: mine"))
+    assert keep.filter(make("/work/jaxdiff/drivers/train_loop.py", "an orbax checkpoint was written"))
 
 
 # ----------------------------------------------------------------------------- kill -9 and resume

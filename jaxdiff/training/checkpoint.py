@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 
 import orbax.checkpoint as ocp
 
@@ -59,6 +60,32 @@ def quiet_orbax_errors():
         logger.setLevel(level)
 
 
+class AbandonedWrites(logging.Filter):
+    """Drops the reports of a failed save's abandoned writes: Orbax's own log records (its writer
+    threads log each failure) and asyncio's "Task / Future exception was never retrieved" for Orbax's
+    writes. After a save fails (raised once, as a :class:`CheckpointError`), the rest of its writes
+    fail too and are reported one by one, long after the save, until the process exits."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" in record.pathname:
+            return False
+        text = record.getMessage()
+        return not ("exception was never retrieved" in text and "orbax" in text)
+
+
+def silence_abandoned_writes() -> None:
+    """After a failed save: install :class:`AbandonedWrites` on the ``absl`` and ``asyncio`` loggers
+    (once) and ignore the "coroutine ... was never awaited" warnings of the writes that never started
+    (not with ``JAXDIFF_DEBUG=1``)."""
+    if os.environ.get("JAXDIFF_DEBUG") == "1":
+        return
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, AbandonedWrites) for f in logger.filters):
+            logger.addFilter(AbandonedWrites())
+    warnings.filterwarnings("ignore", message="coroutine 'async_serialize_from_host", category=RuntimeWarning)
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, config_json: dict) -> None:
     """Save ``state`` at ``step`` and wait until it is complete on disk.
 
@@ -72,6 +99,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config_json: dict) -> No
                                                     config=ocp.args.JsonSave(config_json)), force=True)
             mngr.wait_until_finished()
     except Exception as e:  # OSError, TensorStore's ValueError, ...: all mean the write failed
+        silence_abandoned_writes()
         for leftover in mngr.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
             leftover.rmtree(missing_ok=True)
         kept = f"checkpoint {previous} is intact" if previous is not None else "no earlier checkpoint exists"
