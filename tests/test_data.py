@@ -3,8 +3,10 @@ Fashion-MNIST files from Debian), the (seed, step) order, resume, host sharding 
 preprocessing. Nothing here downloads."""
 
 import gzip
+import json
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 
@@ -302,6 +304,22 @@ def test_tfds_real_array_record_by_name(real_tfds_dir):
         np.testing.assert_array_equal(images, splits[split][0][labels][:, :, 2:8])  # exact PNG round trip + crop
     with pytest.raises(data.DataError, match="cannot read split 'validation' .*available: train, test"):
         data.load_source(config, "validation")
+
+
+def test_tfds_without_random_access_says_how_to_convert(real_tfds_dir, tmp_path):
+    """A dataset prepared as TFRecord (its dataset_info says so) cannot be read by index: one DataError
+    naming the format and the conversion command."""
+    root = str(tmp_path / "tfds")
+    shutil.copytree(real_tfds_dir[0], root)
+    info_path = os.path.join(root, "jaxdiff_tiny", "1.0.0", "dataset_info.json")
+    with open(info_path) as f:
+        info = json.load(f)
+    info["fileFormat"] = "tfrecord"
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    config = data_config(dataset="jaxdiff_tiny", data_dir=root, image_size=6, cache_max_mb=0)
+    with pytest.raises(data.DataError, match="is stored as tfrecord, which has no random access.*convert_format"):
+        data.load_source(config)
 
 
 def test_tfds_bad_names(tmp_path):

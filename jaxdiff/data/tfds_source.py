@@ -124,8 +124,9 @@ def load_tfds(data_config, split: str = "train", builder=None) -> LazySource:
                     ) from None
             prepare_tfds(name, data_dir)
             ds = open_source()
-        elif isinstance(e, NotImplementedError):
-            raise DataError(f"TFDS dataset {name!r} in {version_dir} is stored as TFRecord, which has no random "
+        elif isinstance(e, NotImplementedError):  # TFDS: prepared in a format without random access
+            stored = getattr(builder.info.file_format, "value", builder.info.file_format)
+            raise DataError(f"TFDS dataset {name!r} in {version_dir} is stored as {stored}, which has no random "
                             f"access; convert it: `tfds convert_format --dataset_version_dir={version_dir} "
                             "--out_file_format=array_record` (or prepare it again with file_format=array_record)"
                             ) from None
