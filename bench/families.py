@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from configs import digits  # noqa: E402
 from jaxdiff.common import cpu_tuning  # noqa: E402
 from jaxdiff.drivers import eval_mode, restore, train_loop  # noqa: E402
+from jaxdiff.drivers.sampling import sampler_from_config  # noqa: E402
 from jaxdiff.evaluation.accuracy import balanced_labels, generate_uint8  # noqa: E402
 from jaxdiff.evaluation.features import fid_kid, reference_statistics  # noqa: E402
 
@@ -89,7 +90,7 @@ def main():
         for name, steps in SOLVERS[family]:
             sc = config.sampling.copy_and_resolve_references()
             sc.sampler, sc.num_steps = name, steps
-            sampler = eval_mode.sampler_from_config(experiment.family, sc)
+            sampler = sampler_from_config(experiment.family, sc)
             generate = eval_mode.make_image_generator(experiment, sc, experiment.image_shape, 1.0, 250)
             labels = balanced_labels(args.samples, 10)
             key = jax.random.PRNGKey(0)

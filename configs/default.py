@@ -7,7 +7,7 @@ compile or write.
 
 import ml_collections
 
-FAMILIES = ("ddpm", "vp", "edm", "flow")
+from jaxdiff.core.families import FAMILIES
 
 
 def with_family(config: ml_collections.ConfigDict, family: str) -> ml_collections.ConfigDict:

@@ -193,7 +193,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
         return jnp.asarray(a) if mesh is None else parallel.put_global(a, jax.sharding.NamedSharding(mesh, spec))
 
     trajectory, noises = [], []
-    draw_noise = jax.jit(lambda k: prior_noise(k, (width,) + tuple(shape[1:]), sampler.prior_scale))
+    if keep_noise:
+        draw_noise = jax.jit(lambda k: prior_noise(k, (width,) + tuple(shape[1:]), sampler.prior_scale))
 
     def run_chunk(c, chunk_labels):
         y = None

@@ -85,11 +85,15 @@ def ode_coordinates(family: Family, alpha, sigma, time):
         return sigma / alpha, alpha
 
 
-def _off_grid_levels(family: Family, name: str, s_values):
-    """float64 ``(time, alpha, sigma, c)`` at solver coordinates ``s_values`` between grid levels."""
+def _require_continuous(family: Family, name: str) -> None:
     if family.level is None:
         raise ValueError(f"sampling.sampler={name!r} evaluates between table rows; it needs a continuous-time "
                          "diffusion.family (vp, edm, flow)")
+
+
+def _off_grid_levels(family: Family, name: str, s_values):
+    """float64 ``(time, alpha, sigma, c)`` at solver coordinates ``s_values`` between grid levels."""
+    _require_continuous(family, name)
     levels = [family.level(v) for v in s_values]
     time, alpha, sigma = (np.array([v[k] for v in levels], np.float64) for k in range(3))
     return time, alpha, sigma, ode_coordinates(family, alpha, sigma, time)[1]
@@ -275,7 +279,7 @@ def check_sampler_fits(family: Family, name: str) -> None:
                          f"{family.name!r} use euler (DDIM's continuous-time equivalent), euler_ancestral, heun, "
                          "midpoint or a dpm_solver++ variant")
     if name in OFF_GRID:  # whatever the churn: a name that does not fit is refused
-        _off_grid_levels(family, name, [])
+        _require_continuous(family, name)
     if name == "edm_stochastic" and family.ode_space != "sigma":
         raise ValueError(f"sampling.sampler='edm_stochastic' adds noise in sigma; it does not fit "
                          f"diffusion.family={family.name!r} (use heun, midpoint or euler_ancestral)")

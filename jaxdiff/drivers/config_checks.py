@@ -11,7 +11,7 @@ import uuid
 from jaxdiff.common import paths
 from jaxdiff.core import diffusion, families, schedules
 from jaxdiff.data import DataError, check_data_config
-from jaxdiff.drivers.diffusion_config import family_from_config
+from jaxdiff.drivers.diffusion_config import TARGET_CHOICES, family_from_config
 from jaxdiff.drivers.sampling import check_sampling_config
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import EvalError, check_sample_count
@@ -103,8 +103,6 @@ def validate(config) -> None:
     _bool(config.parallel.shard_params, "parallel.shard_params")
     for field in ("clip_x0", "set_alpha_to_one", "use_ema"):
         _bool(s[field], f"sampling.{field}")
-    for field in ("eta", "sde_eta", "s_churn", "s_min", "s_max", "s_noise", "guidance_scale"):
-        _number(s[field], f"sampling.{field}", 0.0)
     try:
         check_data_config(d)
     except DataError as e:
@@ -120,7 +118,7 @@ def validate(config) -> None:
     _positive(f.num_timesteps, "diffusion.num_timesteps")
     _choice(f.schedule, schedules.SCHEDULES, "diffusion.schedule")
     _choice(f.family, families.FAMILIES, "diffusion.family")
-    _choice(f.target, ("auto",) + diffusion.TARGETS + ("edm", "flow"), "diffusion.target")
+    _choice(f.target, TARGET_CHOICES, "diffusion.target")
     _choice(f.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
     _positive(t.batch_size, "training.batch_size")
     _positive(t.num_train_steps, "training.num_train_steps")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from jaxdiff.core import families, schedules
+from jaxdiff.core import diffusion, families, schedules
 
 AUTO_TARGET = {"ddpm": "eps", "vp": "eps", "edm": "edm", "flow": "flow"}
+TARGET_CHOICES = ("auto", *diffusion.TARGETS, "edm", "flow")  # diffusion.target: auto resolves per family
 
 
 def resolve_target(diffusion_config) -> str:

@@ -102,11 +102,6 @@ def reference_path(workdir, dataset: str, image_shape, split: str, extractor: Fe
                                               f"{extractor.fingerprint}.npz")
 
 
-def sampling_steps(sampling_config, family) -> int:
-    """Steps of the configured sampler."""
-    return resolve_sampler(sampling_config, family)[1]
-
-
 def make_image_generator(experiment, sampling_config, image_shape: tuple, guidance_scale: float = 1.0,
                          batch_size: int = 256):
     """A compiled ``generate(params, key, labels [batch_size], should_stop=None) -> images [batch_size,
@@ -194,15 +189,14 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                                                                         ev.reference_split, extractor),
                                    ev.batch_size, log, bar)
     guidance = float(ev.fid_guidance_scale) if num_classes else None
-    log(f"eval: generating {ev.num_samples} samples (EMA params, {config.sampling.sampler}, "
-        f"{sampling_steps(config.sampling, family)} steps)")
+    sampler_name, steps = resolve_sampler(config.sampling, family)
+    log(f"eval: generating {ev.num_samples} samples (EMA params, {sampler_name}, {steps} steps)")
     with progress_bar(ev.num_samples, "eval: samples") as bar:
         images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
                                 balanced_labels(ev.num_samples, num_classes), ev.batch_size,
                                 jax.random.fold_in(key, 0), bar, stop_check)
     metrics = {"checkpoint_step": int(step), "params": "ema", "family": family.name,
-               "sampler": resolve_sampler(config.sampling, family)[0],
-               "sampling_steps": sampling_steps(config.sampling, family),
+               "sampler": sampler_name, "sampling_steps": steps,
                "network_evaluations": sampler_from_config(family, config.sampling).evaluations,
                "variance": config.sampling.variance,
                "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,

@@ -67,14 +67,13 @@ def check_sampling_config(sampling_config, family: Family, class_conditional: bo
     if not isinstance(sc.num_steps, int) or sc.num_steps < 0 or (limit is not None and sc.num_steps > limit):
         raise ValueError(f"sampling.num_steps={sc.num_steps!r} must be 0 (the default) or a positive number of "
                          "steps" + (f" at most diffusion.num_timesteps={limit}" if limit is not None else ""))
-    for field in ("eta", "sde_eta", "s_churn", "s_min"):
-        if not (np.isfinite(sc[field]) and sc[field] >= 0):
-            raise ValueError(f"sampling.{field} must be a non-negative number, got {sc[field]}")
+    for field in ("eta", "sde_eta", "s_churn", "s_min", "s_max", "s_noise", "guidance_scale"):
+        value = sc[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"sampling.{field} must be a non-negative number, got {value!r}")
     if not sc.s_max >= sc.s_min or not sc.s_noise > 0:
         raise ValueError(f"sampling.s_max ({sc.s_max}) must be at least sampling.s_min ({sc.s_min}) and "
                          f"sampling.s_noise ({sc.s_noise}) positive")
-    if not (np.isfinite(sc.guidance_scale) and sc.guidance_scale >= 0):
-        raise ValueError(f"sampling.guidance_scale must be a non-negative number, got {sc.guidance_scale}")
     interval = tuple(sc.guidance_interval)
     if interval and (len(interval) != 2 or not 0 <= interval[0] < interval[1]):
         raise ValueError(f"sampling.guidance_interval must be () or (lo, hi) with 0 <= lo < hi in sigma / alpha, "
