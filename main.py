@@ -30,13 +30,14 @@ from ml_collections import config_flags  # noqa: E402
 
 from jaxdiff.common import parallel, preemption  # noqa: E402
 from jaxdiff.common.run_lock import WorkdirLocked  # noqa: E402
-from jaxdiff.drivers import config_checks, eval_mode, sample_mode, train_loop  # noqa: E402
+from jaxdiff.drivers import config_checks, eval_mode, export_mode, sample_mode, train_loop  # noqa: E402
 from jaxdiff.training import checkpoint  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics and pictures (resumes "
                     "if it has a checkpoint).")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do with the config and workdir.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"],
+                  "What to do with the config and workdir (export: a diffusers folder in <workdir>/diffusers).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process job.")
@@ -101,6 +102,9 @@ def main(argv):
         elif FLAGS.mode == "eval":
             m = eval_mode.run_eval(config, workdir)
             print(f"wrote {workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
+        elif FLAGS.mode == "export":
+            out = export_mode.run_export(config, workdir)
+            print(f"wrote a diffusers folder to {out}")
     except (train_loop.Preempted, preemption.Interrupted) as e:
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)

@@ -81,7 +81,7 @@ def main():
         rates = [r for r in rates if r]
         opened = restore.open_latest(config, workdir, "eval")
         experiment = opened.experiment
-        params = restore.restore(opened).ema_params
+        params = restore.load_params(opened)
         if extractor is None:
             train, test, _ = eval_mode.load_splits(config.data)
             extractor, clf = eval_mode.build_extractor(config, args.out, train, test)

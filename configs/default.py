@@ -50,6 +50,17 @@ def get_config() -> ml_collections.ConfigDict:
     model.groups = 32  # GroupNorm groups (reduced to a divisor of the channel count when needed)
     model.class_conditional = False  # embed labels (+ a null label for classifier-free guidance)
     model.remat = False  # rematerialise res blocks in the backward pass (memory for compute)
+    # The stride-2 downsampling conv's padding: same (TensorFlow SAME, DDPM's and diffusers'
+    # downsample_padding=0) | symmetric (1 each side: diffusers' downsample_padding=1, jaxdiff < 0.4) |
+    # auto (same for a new model; a checkpoint's own, symmetric if it predates this field)
+    model.downsample_padding = "auto"
+    model.norm_eps = 1e-6  # GroupNorm epsilon
+    model.head_dim = 0  # > 0: attention heads of head_dim channels (diffusers' attention_head_dim), else num_heads
+    model.flip_sin_to_cos = False  # time embedding [cos, sin] (diffusers) instead of DDPM's [sin, cos]
+    model.freq_shift = 1.0  # time frequencies exp(-ln(1e4) k / (half - freq_shift)): DDPM 1 (diffusers' freq_shift)
+    # A diffusers folder (UNet2DModel) or a jaxdiff workdir: the network (architecture, schedule, EMA weights)
+    # to fine-tune from, or to sample / evaluate while --workdir has no checkpoint (docs/interop.md)
+    model.init_from = ""
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     # ddpm: the discrete T-step chain (DDPM) | vp: continuous-time variance preserving (schedule linear |

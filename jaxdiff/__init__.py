@@ -8,7 +8,9 @@ keeps it so)::
                 samplers and solvers, generation, likelihood
     models      layers, the U-Net, the denoiser calling convention        data   sources, stream, preprocessing
     training    train state, optimiser, EMA, keys, the step, checkpoints   evaluation   FID/KID, features, accuracy
-    drivers     config checks, the config adapter, train/sample/eval modes (what main.py runs)
+                                                                       interop      safetensors, diffusers folders
+    drivers     config checks, the config adapter, model sources (init_from), train/sample/eval/export modes
+                (what main.py runs)
 
 The names below are the public API; everything else is reachable through its module. Importing
 jaxdiff changes nothing in the process: CPU tuning is an explicit call (:func:`cpu_tuning.apply`).
@@ -31,6 +33,8 @@ from jaxdiff.core.solvers import (SAMPLERS, dpm_solver_pp_sampler, euler_ancestr
                                   make_sampler, midpoint_sampler)
 from jaxdiff.data import ArraySource, DataError, batch_stream, load_source, preprocess
 from jaxdiff.evaluation.fid import frechet_distance, kid
+from jaxdiff.interop.diffusers_unet import read_folder as read_diffusers_unet
+from jaxdiff.interop.diffusers_unet import write_folder as write_diffusers_unet
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
 from jaxdiff.models.unet import UNet, count_params
 from jaxdiff.training.checkpoint import CheckpointError
@@ -38,7 +42,7 @@ from jaxdiff.training.optim import ema_update, learning_rate_schedule, make_opti
 from jaxdiff.training.state import TrainState, init_train_state
 from jaxdiff.training.step import make_train_step
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "ArraySource", "CheckpointError", "DataError", "DiffusionTables", "FAMILIES", "Family", "Grid", "SAMPLERS",
@@ -49,6 +53,7 @@ __all__ = [
     "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise", "make_betas",
     "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler", "make_tables", "make_train_step", "map_chunks",
     "midpoint_sampler", "parallel", "paths", "preprocess", "processes", "q_posterior", "q_sample",
-    "rescale_zero_terminal_snr", "run_sampler", "save_image_grid", "save_loss_curve", "save_trajectory",
-    "spaced_timesteps", "to_uint8", "x0_eps_from_output",
+    "read_diffusers_unet", "rescale_zero_terminal_snr", "run_sampler", "save_image_grid", "save_loss_curve",
+    "save_trajectory",
+    "spaced_timesteps", "to_uint8", "write_diffusers_unet", "x0_eps_from_output",
 ]

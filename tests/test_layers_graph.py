@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import ROOT
 
-LAYERS = {"common": 0, "core": 1, "models": 2, "data": 2, "training": 3, "evaluation": 3, "drivers": 4}
+LAYERS = {"common": 0, "core": 1, "models": 2, "data": 2, "training": 3, "evaluation": 3, "interop": 3,
+          "drivers": 4}
 PACKAGE = os.path.join(ROOT, "jaxdiff")
 
 

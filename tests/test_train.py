@@ -85,6 +85,7 @@ def test_resume_is_bit_identical(tmp_path, family):
     a, meta = _final_params(full, tiny_config(**base))
     b, _ = _final_params(split, tiny_config(**base))
     assert meta["config"]["diffusion"]["family"] == family
+    assert meta["config"]["model"]["downsample_padding"] == "same"  # auto, recorded as what it meant
     assert int(a.step) == int(b.step) == 16
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -15,7 +15,7 @@ from jaxdiff.drivers.diffusion_config import TARGET_CHOICES, family_from_config
 from jaxdiff.drivers.sampling import check_sampling_config
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import EvalError, check_sample_count
-from jaxdiff.models.unet import check_image_size
+from jaxdiff.models.unet import DOWNSAMPLE_PADDINGS, check_image_size
 from jaxdiff.training.optim import OPTIMIZERS
 
 EXTRACTORS = ("classifier", "inception")
@@ -80,6 +80,15 @@ def validate(config) -> None:
     _positive(m.groups, "model.groups")
     _bool(m.class_conditional, "model.class_conditional")
     _bool(m.remat, "model.remat")
+    _choice(m.downsample_padding, ("auto", *DOWNSAMPLE_PADDINGS), "model.downsample_padding")
+    _number(m.norm_eps, "model.norm_eps", 0.0, low_open=True)
+    _positive(m.head_dim, "model.head_dim", allow_zero=True)
+    _bool(m.flip_sin_to_cos, "model.flip_sin_to_cos")
+    _number(m.freq_shift, "model.freq_shift")
+    if not isinstance(m.init_from, str):
+        raise ConfigError(f"model.init_from must be a path, got {m.init_from!r}")
+    if m.init_from and not paths.as_path(m.init_from).exists():
+        raise ConfigError(f"model.init_from={m.init_from!r} does not exist (a diffusers folder or a jaxdiff workdir)")
     _number(f.beta_start, "diffusion.beta_start", 0.0, 1.0, low_open=True, high_open=True)
     _number(f.beta_end, "diffusion.beta_end", f.beta_start, 1.0, high_open=True)
     _number(f.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, low_open=True)

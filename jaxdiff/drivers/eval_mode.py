@@ -263,7 +263,8 @@ def summary_line(m: dict) -> str:
 
 
 def run_eval(config, workdir, log=print, make_generate: Callable | None = None) -> dict:
-    """``--mode=eval``: all metrics of the latest checkpoint in ``workdir`` (its EMA parameters),
+    """``--mode=eval``: all metrics of the latest checkpoint in ``workdir`` (its EMA parameters; without
+    one, those of ``model.init_from``),
     written to ``<workdir>/eval/metrics.json`` (see :func:`evaluate_params`).
 
     Every input is checked first, before anything is compiled or written: the config (including
@@ -271,12 +272,11 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None) 
     shapes), then the presence of a checkpoint. SIGTERM or Ctrl-C stops it between two chunks
     (:class:`~jaxdiff.common.preemption.Interrupted`) before any metric is written."""
     config_checks.validate_eval(config, check_weights=True)
-    opened = restore.open_latest(config, workdir, "eval")
-    state = restore.restore(opened)
-    opened.manager.close()
-    log(f"eval: checkpoint {opened.step} of {opened.workdir} (EMA parameters)")
+    opened = restore.open_latest(config, workdir, "eval", log)
+    params = restore.load_params(opened)
+    log(f"eval: {opened.describe()} (EMA parameters)")
     with preemption.PreemptionGuard() as guard:
-        return evaluate_params(config, opened.workdir, state.ema_params, opened.experiment, opened.step, log,
+        return evaluate_params(opened.experiment.config, opened.workdir, params, opened.experiment, opened.step, log,
                                make_generate, guard.stop_check("evaluation"))
 
 

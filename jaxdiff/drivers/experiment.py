@@ -28,12 +28,16 @@ from jaxdiff.training.step import make_train_step
 
 
 def unet_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32) -> UNet:
-    """The :class:`~jaxdiff.models.unet.UNet` of a ``config.model`` block."""
+    """The :class:`~jaxdiff.models.unet.UNet` of a ``config.model`` block (``downsample_padding=auto``
+    is a new model's, ``same``; :func:`jaxdiff.drivers.model_source.configure` resolves it for a checkpoint)."""
     m = model_config
+    padding = m.downsample_padding
     return UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
                 attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout, out_ch=out_ch,
                 num_classes=num_classes, num_heads=m.num_heads, groups=m.groups,
-                dtype=dtype, remat=m.get("remat", False))
+                dtype=dtype, remat=m.remat, downsample_padding="same" if padding == "auto" else padding,
+                norm_eps=m.norm_eps, head_dim=m.head_dim, flip_sin_to_cos=m.flip_sin_to_cos,
+                freq_shift=m.freq_shift)
 
 
 def build_model(config, channels: int, num_classes: int) -> UNet:

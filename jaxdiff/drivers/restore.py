@@ -1,51 +1,64 @@
-"""The one restore path of sample mode and eval mode: check the config, find the latest checkpoint
-of a work directory, build the :class:`~jaxdiff.drivers.experiment.Experiment` its data shape needs,
-then restore, in that order, so every mistake is a one-line error before anything is compiled."""
+"""The one restore path of sample mode and eval mode: check the config, find the network (the work
+directory's latest checkpoint, else ``model.init_from``), build the
+:class:`~jaxdiff.drivers.experiment.Experiment` its config and data shape need, then load, in that
+order, so every mistake is a one-line error before anything is compiled."""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from jaxdiff.drivers import config_checks
+from jaxdiff.drivers import config_checks, model_source
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
-from jaxdiff.training.state import TrainState
 
 
-class OpenCheckpoint(NamedTuple):
-    """The latest checkpoint of ``workdir`` (an ``epath.Path``): its ``step``, the Orbax ``manager``
-    (read-only) and the ``experiment`` of its config and data shape; nothing restored yet."""
+class OpenModel(NamedTuple):
+    """The network of a sample or eval run, nothing loaded yet: ``workdir`` (an ``epath.Path``), the
+    ``step`` of its checkpoint (0 for an ``init_from`` source), the ``experiment`` of its config and data
+    shape, and where the weights come from: ``latest`` (the checkpoint) or ``source`` (``model.init_from``)."""
 
     workdir: object
     step: int
-    manager: object
     experiment: Experiment
+    latest: model_source.LatestCheckpoint | None
+    source: model_source.ModelSource | None
+
+    def describe(self) -> str:
+        if self.latest is not None:
+            return f"checkpoint {self.step} of {self.workdir}"
+        return f"model.init_from={self.source.path} ({self.source.kind})"
 
 
-def open_latest(config, workdir, mode: str) -> OpenCheckpoint:
-    """Validate ``config`` and open the latest checkpoint in ``workdir`` for ``--mode=mode``.
+def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
+    """Validate ``config`` and open the network of ``--mode=mode`` in ``workdir``.
 
-    Raises :class:`~jaxdiff.drivers.config_checks.ConfigError` for a bad config or an unwritable work
-    directory and :class:`~jaxdiff.training.checkpoint.CheckpointError` when there is no checkpoint
-    (saying how to make one) or its metadata cannot be read."""
+    Raises :class:`~jaxdiff.drivers.config_checks.ConfigError` for a bad config, an unusable
+    ``model.init_from`` or an unwritable work directory, and
+    :class:`~jaxdiff.training.checkpoint.CheckpointError` when there is neither a checkpoint nor an
+    ``init_from`` (saying how to make one) or the checkpoint's metadata cannot be read."""
     config_checks.validate(config)
     if not workdir:
         raise config_checks.ConfigError("--workdir is required")
-    directory = checkpoint.checkpoint_dir(workdir)
-    step = None
-    if directory.exists():
-        mngr = checkpoint.manager(workdir, read_only=True)
-        step = mngr.latest_step()
-    if step is None:
+    latest = model_source.latest_checkpoint(workdir)
+    source = None if latest is not None else model_source.open_source(config)
+    if latest is None and source is None:
         raise checkpoint.CheckpointError(
-            f"no checkpoint in {directory}: train first with --mode=train and the same --config and "
-            f"--workdir, then run --mode={mode}")
+            f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first with --mode=train and the same "
+            f"--config and --workdir, or name a model with --config.model.init_from, then run --mode={mode}")
     workdir = config_checks.check_workdir(workdir)
-    meta = checkpoint.read_meta(mngr, step)
-    return OpenCheckpoint(workdir, int(step), mngr, Experiment(config, meta["channels"], meta["num_classes"]))
+    if latest is not None:
+        config = model_source.configure(config, None, latest.meta["config"], log)
+        experiment = Experiment(config, latest.meta["channels"], latest.meta["num_classes"])
+        return OpenModel(workdir, latest.step, experiment, latest, None)
+    config = model_source.configure(config, source, None, log)
+    return OpenModel(workdir, 0, Experiment(config, source.channels, source.num_classes), None, source)
 
 
-def restore(opened: OpenCheckpoint) -> TrainState:
-    """The train state of ``opened``, restored into its experiment's shapes and shardings."""
-    state, _ = checkpoint.restore(opened.manager, opened.experiment.abstract_state(), opened.step)
-    return state
+def load_params(opened: OpenModel, use_ema: bool = True):
+    """The parameters of ``opened`` (its EMA ones with ``use_ema``), placed as its experiment shards
+    them; the checkpoint's manager is closed afterwards."""
+    if opened.latest is None:
+        return model_source.place(opened.source.load_params(use_ema), opened.experiment)
+    state, _ = checkpoint.restore(opened.latest.manager, opened.experiment.abstract_state(), opened.step)
+    opened.latest.manager.close()
+    return state.ema_params if use_ema else state.params

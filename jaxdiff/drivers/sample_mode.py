@@ -66,7 +66,8 @@ def write_training_samples(experiment: Experiment, state, workdir, step: int, sh
 
 
 def run_sample_mode(config, workdir) -> dict:
-    """Restore the latest checkpoint in ``workdir`` and write, tagged by :func:`sample_tag`:
+    """Restore the latest checkpoint in ``workdir`` (else the network of ``model.init_from``) and write,
+    tagged by :func:`sample_tag`:
     ``sample_<tag>.png`` (grid of up to 256), ``sample_<tag>_classes.png`` (one row per class, for a
     class-conditional model), ``trajectory_<tag>.png`` (x_t and predicted x0 over time, when
     ``sampling.trajectory_every > 0``) and ``sample_<tag>.npz`` (``images`` uint8 ``[N, H, W, C]``,
@@ -80,8 +81,7 @@ def run_sample_mode(config, workdir) -> dict:
     # Labels and guidance against the checkpoint's class count, before restoring or compiling.
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
-    state = restore.restore(opened)
-    params = state.ema_params if sc.use_ema else state.params
+    params = restore.load_params(opened, sc.use_ema)
     with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
                                                            guard.stop_check("sampling")) as bar:
         out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
@@ -91,7 +91,7 @@ def run_sample_mode(config, workdir) -> dict:
     tag = sample_tag(sc, experiment.family, step, out.labels is not None)
     info = {"checkpoint_step": int(step), "seed": int(config.seed), "use_ema": bool(sc.use_ema),
             "labels": str(sc.labels), "key": "fold_in(fold_in(fold_in(key(seed), 1), checkpoint_step), chunk)",
-            **out.metadata}
+            **({"init_from": opened.source.path} if opened.source else {}), **out.metadata}
     files = {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz"}
     if out.labels is not None:
         files["classes"] = f"sample_{tag}_classes.png"

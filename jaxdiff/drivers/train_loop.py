@@ -27,7 +27,7 @@ from jaxdiff.common import parallel, paths, plotting, preemption
 from jaxdiff.common.run_lock import RunLock
 from jaxdiff.common.tensorboard import TensorBoard
 from jaxdiff.data import batch_stream, load_source
-from jaxdiff.drivers import config_checks, eval_mode, sample_mode
+from jaxdiff.drivers import config_checks, eval_mode, model_source, sample_mode
 from jaxdiff.drivers.sampling import parse_labels
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
@@ -103,11 +103,19 @@ class MetricsLog:
         return row
 
 
-def resume_or_init(experiment: Experiment, mngr, log=print) -> TrainState:
-    """The latest checkpoint's state (saying so), or a fresh one."""
+def resume_or_init(experiment: Experiment, mngr, log=print, init: model_source.ModelSource | None = None) -> TrainState:
+    """The latest checkpoint's state (saying so), or a fresh one: with ``init`` (the network of
+    ``model.init_from``) its EMA weights are the parameters and the EMA at step 0."""
     step, total = mngr.latest_step(), experiment.config.training.num_train_steps
     if step is None:
-        return experiment.init()
+        state = experiment.init()
+        if init is None:
+            return state
+        weights = init.load_params(True)
+        log(f"starting from the weights of {init.path}")
+        # two copies: the step donates both
+        return state.replace(params=model_source.place(weights, experiment),
+                             ema_params=model_source.place(weights, experiment))
     log(f"resuming from checkpoint {step} of {total} steps in {mngr.directory}"
         + (": training is complete" if step >= total else ""))
     state, _ = checkpoint.restore(mngr, experiment.abstract_state())
@@ -129,21 +137,28 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     """
     config_checks.validate(config)
     source = load_source(config.data, "train")
+    latest = model_source.latest_checkpoint(workdir)
+    init = model_source.open_source(config) if latest is None else None
+    say = print if progress and paths.is_writer() else lambda *_: None
+    config = model_source.configure(config, init, latest.meta["config"] if latest else None, say)
+    if latest is not None:
+        latest.manager.close()
+    model_source.check_source_fits(init, source.image_shape[-1], source.num_classes)
     experiment = Experiment(config, source.image_shape[-1], source.num_classes)  # checks devices; compiles nothing
     sc = config.sampling  # the grids' labels against the data's classes, before any work
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     workdir = config_checks.check_workdir(workdir)
     writer = paths.is_writer()
     with RunLock(workdir, enabled=writer):
-        return _train(config, workdir, source, experiment, progress)
+        return _train(config, workdir, source, experiment, progress, init)
 
 
-def _train(config, workdir, source, experiment: Experiment, progress: bool) -> TrainState:
+def _train(config, workdir, source, experiment: Experiment, progress: bool, init=None) -> TrainState:
     """The loop of :func:`train`, with the work directory locked."""
     tc = config.training
     writer = paths.is_writer()
     mngr = checkpoint.manager(workdir, tc.keep_checkpoints)
-    state = resume_or_init(experiment, mngr, log=print if progress and writer else lambda *_: None)
+    state = resume_or_init(experiment, mngr, log=print if progress and writer else lambda *_: None, init=init)
     start = int(state.step)
     metrics_path, loss_png = workdir / "metrics.jsonl", workdir / "loss.png"
     if writer:

@@ -28,16 +28,19 @@ default_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 zero_init = nn.initializers.zeros
 
 
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """Sinusoidal embedding of integer timesteps, shape ``[B, dim]``.
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0, *, flip_sin_to_cos: bool = False,
+                       freq_shift: float = 1.0) -> jax.Array:
+    """Sinusoidal embedding of timesteps, shape ``[B, dim]``.
 
-    ``freq_k = exp(-ln(max_period) k / (half - 1))`` for ``k < half = dim // 2``;
-    ``emb = [sin(t freq), cos(t freq)]`` (zero-padded when ``dim`` is odd).
+    ``freq_k = exp(-ln(max_period) k / (half - freq_shift))`` for ``k < half = dim // 2``;
+    ``emb = [sin(t freq), cos(t freq)]`` (``[cos, sin]`` with ``flip_sin_to_cos``; zero-padded when
+    ``dim`` is odd). The defaults are DDPM's; the two switches are diffusers' ``Timesteps``.
     """
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
     args = t.astype(jnp.float32)[:, None] * freqs[None, :]
-    emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+    parts = [jnp.sin(args), jnp.cos(args)]
+    emb = jnp.concatenate(parts[::-1] if flip_sin_to_cos else parts, axis=-1)
     if dim % 2:
         emb = jnp.pad(emb, ((0, 0), (0, 1)))
     return emb
@@ -60,13 +63,14 @@ class ResBlock(nn.Module):
     out_ch: int
     dropout: float = 0.0
     groups: int = 32
+    norm_eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
         conv = lambda ch, k, init, name: layers.Conv(ch, (k, k), kernel_init=init,  # noqa: E731
                                                     dtype=self.dtype, name=name)
-        norm_swish = lambda c, name: layers.GroupNorm(num_groups(c, self.groups), 1e-6,  # noqa: E731
+        norm_swish = lambda c, name: layers.GroupNorm(num_groups(c, self.groups), self.norm_eps,  # noqa: E731
                                                       swish=True, dtype=self.dtype, name=name)
         h = conv(self.out_ch, 3, default_init, "conv1")(norm_swish(x.shape[-1], "norm1")(x))
         h = layers.add_bias(h, nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
@@ -81,21 +85,29 @@ class ResBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """Self-attention over the ``H*W`` positions: GroupNorm, 1x1 q/k/v, softmax(q k^T / sqrt(d)) v,
-    1x1 output projection (zero init), residual. One head in DDPM."""
+    1x1 output projection (zero init), residual. One head in DDPM.
+
+    ``num_heads`` heads, or ``c // head_dim`` heads of ``head_dim`` channels when ``head_dim > 0``
+    (diffusers' ``attention_head_dim``: the head count then grows with the level's channels)."""
 
     num_heads: int = 1
     groups: int = 32
+    norm_eps: float = 1e-6
+    head_dim: int = 0
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         b, hgt, wid, c = x.shape
-        if c % self.num_heads:
+        if self.head_dim and c % self.head_dim:
+            raise ValueError(f"model.head_dim={self.head_dim} does not divide {c} channels")
+        elif c % self.num_heads:
             raise ValueError(f"model.num_heads={self.num_heads} does not divide {c} channels")
-        h = layers.GroupNorm(num_groups(c, self.groups), 1e-6, dtype=self.dtype, name="norm")(x)
+        num_heads = c // self.head_dim if self.head_dim else self.num_heads
+        h = layers.GroupNorm(num_groups(c, self.groups), self.norm_eps, dtype=self.dtype, name="norm")(x)
         h = h.reshape(b, hgt * wid, c)
         heads = lambda name: layers.Dense(c, default_init, self.dtype,  # noqa: E731
-                                          name=name)(h).reshape(b, hgt * wid, self.num_heads, c // self.num_heads)
+                                          name=name)(h).reshape(b, hgt * wid, num_heads, c // num_heads)
         out = jax.nn.dot_product_attention(heads("q"), heads("k"), heads("v"))
         out = layers.Dense(c, zero_init, self.dtype, name="proj_out")(out.reshape(b, hgt * wid, c))
         return x + out.reshape(b, hgt, wid, c)
@@ -110,11 +122,28 @@ def check_image_size(image_size: int, ch_mult: Sequence[int]) -> None:
             f"(model.ch_mult={tuple(ch_mult)}): it must be a positive multiple of {factor}")
 
 
+DOWNSAMPLE_PADDINGS = ("same", "symmetric")
+
+
+def downsample_pads(padding: str) -> str | tuple:
+    """The stride-2 3x3 convolution's padding: ``same`` is TensorFlow's ``SAME`` (DDPM; on the U-Net's
+    even sizes 0 before and 1 after each axis, diffusers' ``downsample_padding=0``), ``symmetric`` is
+    1 on each side (diffusers' ``downsample_padding=1``; jaxdiff before 0.4)."""
+    if padding == "same":
+        return "SAME"
+    if padding == "symmetric":
+        return ((1, 1), (1, 1))
+    raise ValueError(f"model.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got {padding!r}")
+
+
 class UNet(nn.Module):
-    """DDPM U-Net. ``__call__(x [B,H,W,C], t [B] int, y [B] int or None, train) -> [B,H,W,out_ch]``.
+    """DDPM U-Net. ``__call__(x [B,H,W,C], t [B], y [B] int or None, train) -> [B,H,W,out_ch]``.
 
     ``num_classes > 0`` adds a class embedding with ``num_classes + 1`` rows: row ``num_classes`` is the
     null label used for classifier-free guidance. ``y=None`` on a conditional model means "null".
+    The defaults are DDPM's network; ``downsample_padding``, ``norm_eps``, ``head_dim``,
+    ``flip_sin_to_cos`` and ``freq_shift`` cover diffusers' ``UNet2DModel`` layouts
+    (:mod:`jaxdiff.interop.diffusers_unet`).
     """
 
     ch: int = 128
@@ -128,17 +157,25 @@ class UNet(nn.Module):
     groups: int = 32
     dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    downsample_padding: str = "same"
+    norm_eps: float = 1e-6
+    head_dim: int = 0
+    flip_sin_to_cos: bool = False
+    freq_shift: float = 1.0
 
     @nn.compact
     def __call__(self, x, t, y=None, train: bool = False):
         check_image_size(x.shape[1], self.ch_mult)
         res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
-        block = lambda ch, name: res_block(ch, self.dropout, self.groups, self.dtype, name=name)  # noqa: E731
-        attn = lambda name: AttnBlock(self.num_heads, self.groups, self.dtype, name=name)  # noqa: E731
+        block = lambda ch, name: res_block(ch, self.dropout, self.groups, self.norm_eps, self.dtype,  # noqa: E731
+                                           name=name)
+        attn = lambda name: AttnBlock(self.num_heads, self.groups, self.norm_eps, self.head_dim,  # noqa: E731
+                                      self.dtype, name=name)
         conv3 = lambda ch, name, init=default_init: layers.Conv(ch, (3, 3), kernel_init=init,  # noqa: E731
                                                                 dtype=self.dtype, name=name)
+        down_pads = downsample_pads(self.downsample_padding)
 
-        temb = timestep_embedding(t, self.ch)
+        temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
         temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype, name="temb_dense0")(temb)
         temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype,
                         name="temb_dense1")(nn.swish(temb))
@@ -158,7 +195,7 @@ class UNet(nn.Module):
                     h = attn(f"down_{level}_attn_{i}")(h)
                 hs.append(h)
             if level != levels - 1:
-                hs.append(layers.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                hs.append(layers.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2), padding=down_pads,
                                       kernel_init=default_init, dtype=self.dtype,
                                       name=f"down_{level}_downsample")(hs[-1]))
 
@@ -178,7 +215,7 @@ class UNet(nn.Module):
                 h = conv3(h.shape[-1], f"up_{level}_upsample")(h)
         assert not hs
 
-        h = layers.GroupNorm(num_groups(h.shape[-1], self.groups), 1e-6, swish=True, dtype=self.dtype,
+        h = layers.GroupNorm(num_groups(h.shape[-1], self.groups), self.norm_eps, swish=True, dtype=self.dtype,
                              name="norm_out")(h)
         return conv3(self.out_ch, "conv_out", zero_init)(h).astype(jnp.float32)
 

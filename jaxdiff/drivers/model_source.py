@@ -1,0 +1,203 @@
+"""Which network a run uses, and the config that network needs.
+
+A work directory's own checkpoint comes first: it records the config it was trained with, and
+``model.downsample_padding=auto`` takes the padding it recorded (``symmetric`` when it predates the
+field, as jaxdiff < 0.4 trained). Otherwise ``model.init_from`` names a network to start from (train
+mode) or to use (sample and eval mode): a diffusers ``UNet2DModel`` folder or another jaxdiff work
+directory; its architecture and diffusion process replace the config's (each changed field said in one
+line), and its EMA weights are the parameters. Every mismatch is a one-line
+:class:`~jaxdiff.drivers.config_checks.ConfigError` before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, NamedTuple
+
+import jax
+import ml_collections
+
+from jaxdiff.common import parallel
+from jaxdiff.drivers.config_checks import ConfigError
+from jaxdiff.drivers.experiment import Experiment
+from jaxdiff.interop import diffusers_scheduler, diffusers_unet
+from jaxdiff.models.unet import UNet
+from jaxdiff.training import checkpoint
+
+# The config.model fields that describe the network (what a source sets; dropout, remat and init_from are
+# how it is trained, and stay the config's).
+ARCHITECTURE = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "num_heads", "groups",
+                "class_conditional", "downsample_padding", "norm_eps", "head_dim", "flip_sin_to_cos", "freq_shift")
+PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
+           "target", "edm", "flow")
+
+
+class LatestCheckpoint(NamedTuple):
+    """The latest checkpoint of a work directory: its read-only Orbax ``manager``, ``step`` and ``meta``
+    (the JSON item: ``config``, ``channels``, ``num_classes``)."""
+
+    manager: object
+    step: int
+    meta: dict
+
+
+class ModelSource(NamedTuple):
+    """A network named by ``model.init_from``: ``kind`` (``diffusers`` or ``workdir``), ``path``, the
+    ``model`` and ``diffusion`` config fields it was built and trained with (``diffusion`` None: a
+    diffusers folder without a scheduler), ``image_size``, ``channels``, ``num_classes``, and
+    ``load_params(use_ema) -> params`` (host arrays; a diffusers folder has one set of weights)."""
+
+    kind: str
+    path: str
+    model: dict
+    diffusion: dict | None
+    image_size: int
+    channels: int
+    num_classes: int
+    load_params: Callable[[bool], dict]
+
+
+def latest_checkpoint(workdir) -> LatestCheckpoint | None:
+    """The latest checkpoint in ``workdir`` (a folder or URL), or None when it has none."""
+    if not workdir or not checkpoint.checkpoint_dir(workdir).exists():
+        return None
+    mngr = checkpoint.manager(workdir, read_only=True)
+    step = mngr.latest_step()
+    if step is None:
+        mngr.close()
+        return None
+    return LatestCheckpoint(mngr, int(step), checkpoint.read_meta(mngr, step))
+
+
+def model_fields(unet: UNet) -> dict:
+    """The ``config.model`` fields of a jaxdiff U-Net module."""
+    fields = {name: getattr(unet, name) for name in ARCHITECTURE if name != "class_conditional"}
+    fields.update(ch_mult=tuple(unet.ch_mult), attn_resolutions=tuple(unet.attn_resolutions),
+                  class_conditional=unet.num_classes > 0)
+    return fields
+
+
+def _diffusers_source(path: str) -> ModelSource:
+    try:
+        model = diffusers_unet.read_folder(path)
+        diffusion = (diffusers_scheduler.diffusion_settings(model.scheduler)[0]
+                     if model.scheduler is not None else None)
+    except diffusers_unet.WeightsError as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+    return ModelSource("diffusers", path, model_fields(model.unet), diffusion, model.image_size, model.channels,
+                       model.unet.num_classes, lambda use_ema: model.params)
+
+
+def with_checkpoint_config(config, recorded: dict) -> ml_collections.ConfigDict:
+    """``config`` with the fields a checkpoint's recorded config (``meta["config"]``) has for the
+    network, its process and its optimiser (so its train state restores), and the data's image size."""
+    out = copy.deepcopy(config)
+    for block, names in (("model", ARCHITECTURE), ("diffusion", PROCESS), ("training", tuple(config.training)),
+                         ("data", ("image_size",))):
+        for name in names:
+            if name in recorded.get(block, {}):
+                value = recorded[block][name]
+                out[block][name] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
+                    tuple(value) if isinstance(value, list) else value)
+    out.model.downsample_padding = recorded.get("model", {}).get("downsample_padding", "symmetric")
+    return out
+
+
+def _workdir_source(config, path: str) -> ModelSource:
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ConfigError(f"model.init_from={path!r} is neither a diffusers folder (config.json) nor a jaxdiff "
+                          "work directory with a checkpoint")
+    source_config = with_checkpoint_config(config, latest.meta["config"])
+    source_config.model.init_from = ""
+    channels, num_classes = int(latest.meta["channels"]), int(latest.meta["num_classes"])
+
+    def load_params(use_ema: bool) -> dict:
+        experiment = Experiment(source_config, channels, num_classes)
+        state, _ = checkpoint.restore(latest.manager, experiment.abstract_state(), latest.step)
+        return jax.tree.map(parallel.to_host, state.ema_params if use_ema else state.params)
+
+    model = {name: source_config.model[name] for name in ARCHITECTURE}
+    diffusion = {name: source_config.diffusion[name] for name in PROCESS}
+    return ModelSource("workdir", path, model, diffusion, int(source_config.data.image_size), channels,
+                       num_classes if model["class_conditional"] else 0, load_params)
+
+
+def open_source(config) -> ModelSource | None:
+    """The network ``config.model.init_from`` names (None when empty), its weights not yet read for a
+    work directory; a diffusers folder's are read and checked here."""
+    path = config.model.init_from
+    if not path:
+        return None
+    if diffusers_unet.is_diffusers_folder(path):
+        return _diffusers_source(path)
+    return _workdir_source(config, path)
+
+
+def _as_config_value(value):
+    if isinstance(value, ml_collections.ConfigDict):
+        return value.to_dict()
+    return tuple(value) if isinstance(value, list) else value
+
+
+def configure(config, source: ModelSource | None, recorded: dict | None, log=print) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the network of ``source`` (its architecture, its process when it has
+    one, changed fields listed in one ``log`` line; on resuming such a run, the network ``recorded``) and
+    the downsampling padding resolved: that of
+    ``recorded`` (the config of the work directory's checkpoint) when there is one, else ``same`` for
+    ``auto``. Raises :class:`ConfigError` for a padding that contradicts the checkpoint's, or a source
+    whose image size is not ``data.image_size``."""
+    out = copy.deepcopy(config)
+    if source is None and recorded is not None and config.model.init_from:
+        # a run started from init_from resumes with the network its checkpoint recorded
+        out = with_checkpoint_config(out, {b: recorded.get(b, {}) for b in ("model", "diffusion")})
+        out.model.downsample_padding = config.model.downsample_padding
+    if source is not None:
+        if source.image_size != config.data.image_size:
+            raise ConfigError(f"data.image_size={config.data.image_size} but model.init_from={source.path!r} "
+                              f"was built for {source.image_size}x{source.image_size} images")
+        changed = []
+        for block, fields in (("model", source.model), ("diffusion", source.diffusion or {})):
+            for name, value in fields.items():
+                value = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+                if _as_config_value(out[block][name]) != _as_config_value(value):
+                    changed.append(f"{block}.{name}={_as_config_value(value)!r}")
+                out[block][name] = value
+        what = "diffusers folder" if source.kind == "diffusers" else "work directory"
+        log(f"model.init_from: the network of the {what} {source.path}"
+            + (f" ({', '.join(changed)})" if changed else " (the config's own)")
+            + ("" if source.diffusion is not None else "; it has no scheduler_config.json: the config's "
+               "diffusion settings are assumed"))
+    if recorded is not None:
+        trained = recorded.get("model", {}).get("downsample_padding", "symmetric")
+        if out.model.downsample_padding not in ("auto", trained):
+            raise ConfigError(f"model.downsample_padding={out.model.downsample_padding!r} but the checkpoint was "
+                              f"trained with {trained!r} (leave it 'auto')")
+        out.model.downsample_padding = trained
+    elif out.model.downsample_padding == "auto":
+        out.model.downsample_padding = "same"
+    return out
+
+
+def check_source_fits(source: ModelSource | None, channels: int, num_classes: int) -> None:
+    """Raise :class:`ConfigError` unless ``source`` was built for images of ``channels`` channels and,
+    when class-conditional, for ``num_classes`` classes (the dataset's)."""
+    if source is None:
+        return
+    if source.channels != channels:
+        raise ConfigError(f"model.init_from={source.path!r} takes {source.channels}-channel images, the data "
+                          f"has {channels} (set data.channels={source.channels})")
+    if source.num_classes and source.num_classes != num_classes:
+        raise ConfigError(f"model.init_from={source.path!r} is conditional on {source.num_classes} classes, the "
+                          f"data has {num_classes}")
+
+
+
+def place(params, experiment: Experiment):
+    """Host ``params`` of a source as global arrays sharded like ``experiment``'s parameters; raises
+    :class:`ConfigError` if their structure or shapes are not the experiment's network's."""
+    want = experiment.abstract_state().params
+    shapes = lambda tree: jax.tree.map(lambda a: tuple(a.shape), tree)  # noqa: E731
+    if jax.tree.structure(params) != jax.tree.structure(want) or shapes(params) != shapes(want):
+        raise ConfigError("model.init_from's weights do not fit the network of the config")
+    return jax.tree.map(lambda p, a: parallel.put_global(p, a.sharding), params, want)
