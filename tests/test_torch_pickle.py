@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.common import torch_pickle
+from jaxdiff.evaluation import inception
 from tests.conftest import ROOT
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -128,3 +129,14 @@ def test_not_a_state_dict_and_not_a_torch_file(tmp_path):
     one_line_error(tmp_path / "old.pth", "pre-0.4 PyTorch tar file.*save it again")
     one_line_error(tmp_path / "missing.pth", "FileNotFoundError")
 
+
+def test_inception_load_weights_reads_pth_files(tmp_path):
+    """load_weights tells a .pth from an .npz by content, and checks its keys like an .npz's."""
+    with pytest.raises(inception.InceptionWeightsError, match="lack 'Conv2d_1a_3x3.bn.running_mean'") as e:
+        inception.load_weights(ZIP_FILE)
+    assert "\n" not in str(e.value) and "pt_inception-2015-12-05" in str(e.value)
+    cut = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    cut.write_bytes(open(LEGACY_FILE, "rb").read()[:1000])
+    with pytest.raises(inception.InceptionWeightsError, match="cannot read Inception weights.*truncated") as e:
+        inception.load_weights(str(cut))
+    assert "\n" not in str(e.value)
