@@ -26,6 +26,8 @@ on any machine with PyTorch::
     np.savez("pt_inception-2015-12-05.npz", **{k: v.numpy() for k, v in sd.items()})
 
 :func:`load_weights` checks every array's presence and shape before anything is compiled.
+:func:`weights_provenance` says whether the file is pytorch-fid's released one (torch.hub names it
+by the first 8 hex digits of its SHA-256, ``6726825d``); an ``.npz`` never is, whatever it holds.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from jaxdiff.common import torch_pickle
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_SHA256_PREFIX = "6726825d"  # torch.hub's check: a file name's -<hex> suffix starts its SHA-256
 _HINT = f"give pytorch-fid's {PYTORCH_FID_FILE} (or an .npz of its state dict) as docs/evaluation.md shows"
 
 
@@ -289,6 +292,15 @@ def _file_digest(path: str, algorithm: str) -> str:
 def file_fingerprint(path: str) -> str:
     """SHA-1 prefix of the weights file (names reference statistics computed with it)."""
     return _file_digest(path, "sha1")[:12]
+
+
+def weights_provenance(path: str, released_prefix: str = PYTORCH_FID_SHA256_PREFIX) -> dict:
+    """What is known of the weights file's origin: its SHA-256 and whether it is pytorch-fid's
+    released file (``inception_weights_verified``: the SHA-256 starts with ``released_prefix``, as
+    torch.hub checks it on download). An ``.npz`` converted from it has another hash and stays
+    unverified: nothing in it shows which weights it was made from."""
+    sha256 = _file_digest(path, "sha256")
+    return {"inception_weights_sha256": sha256, "inception_weights_verified": sha256.startswith(released_prefix)}
 
 
 def make_feature_fn(variables: dict):
