@@ -28,6 +28,8 @@ on any machine with PyTorch::
 :func:`load_weights` checks every array's presence and shape before anything is compiled.
 :func:`weights_provenance` says whether the file is pytorch-fid's released one (torch.hub names it
 by the first 8 hex digits of its SHA-256, ``6726825d``); an ``.npz`` never is, whatever it holds.
+The architecture is checked block by block against pytorch-fid's own module on random weights
+(``tests/test_inception_parity.py``).
 """
 
 from __future__ import annotations
