@@ -148,8 +148,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --mode=eval and the training-time FID; docs/evaluation.md states the protocol.
     config.eval = ev = ml_collections.ConfigDict()
-    ev.feature_extractor = "classifier"  # classifier (jaxdiff's own CNN) | inception (FID InceptionV3, paper-comparable)
-    ev.inception_weights = ""  # .npz converted from pytorch-fid's pt_inception-2015-12-05 weights
+    ev.feature_extractor = "classifier"  # classifier (jaxdiff's own CNN) | inception (FID InceptionV3, see below)
+    ev.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or an .npz converted from it)
     ev.num_samples = 10000  # EMA samples for FID/KID (written next to the numbers); must exceed the feature dim
     ev.batch_size = 256  # samples / feature batches per compiled call
     ev.reference_split = "train"  # FID/KID reference statistics: features of this split, cached in the workdir

@@ -2,6 +2,7 @@
 InceptionV3 (random weights of the right shapes), reference-statistics caching, conditional
 accuracy, and the bad-input errors."""
 
+import hashlib
 import json
 import os
 
@@ -345,6 +346,28 @@ def test_inception_weight_errors(tmp_path, problem):
         assert "Mixed_5b.branch5x5_2.conv.weight" in msg and "(64, 48, 5, 5)" in msg
     if problem == "absent_key":
         assert "Mixed_7c.branch_pool.bn.running_var" in msg
+
+
+def test_inception_comparable_with_papers_only_for_pytorch_fids_file(tmp_path):
+    """comparable_with_papers needs the weights file to be pytorch-fid's release (SHA-256 prefix
+    6726825d, as torch.hub checks it); an .npz records its SHA-256 and stays unverified. The
+    reference-cache fingerprint (SHA-1 prefix) is unchanged."""
+    path = tmp_path / "w.npz"
+    fake_inception_npz(path, np.random.default_rng(0))
+    data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    extractor = features.inception_extractor(str(path))
+    assert extractor.fingerprint == hashlib.sha1(data).hexdigest()[:12]
+    assert extractor.comparable_with_papers is False
+    assert extractor.info["inception_weights_sha256"] == sha256
+    assert extractor.info["inception_weights_verified"] is False
+    assert inception.weights_provenance(str(path), released_prefix=sha256[:8])["inception_weights_verified"] is True
+    assert inception.PYTORCH_FID_FILE.endswith(f"-{inception.PYTORCH_FID_SHA256_PREFIX}.pth")
+    m = {"fid": 1.0, "kid": 0.0, "feature_extractor": "inception", "num_samples": 10, "num_reference": 20,
+         "reference_split": "train", "comparable_with_papers": False, "inception_weights_verified": False}
+    assert "not comparable with papers (Inception weights not verified as pytorch-fid's)" in eval_mode.summary_line(m)
+    m.update(comparable_with_papers=True, inception_weights_verified=True)
+    assert "comparable" not in eval_mode.summary_line(m)
 
 
 # ----------------------------------------------------------------------------- config checks

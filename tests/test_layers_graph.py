@@ -9,6 +9,7 @@ cycle).
 
 import ast
 import os
+import sys
 
 import pytest
 
@@ -118,3 +119,19 @@ def test_the_checker_catches_violations():
     assert ("jaxdiff.core.schedules", 3, False) in names and ("configs.default", 4, True) in names
     assert layer_of(resolve("jaxdiff.drivers.train_loop", MODULES)) == ("drivers", 4)
     assert layer_of(resolve("jaxdiff.core.samplers.make_sampler", MODULES)) == ("core", 1)
+
+
+PYTORCH_SIDE = ("torch", "torchvision", "diffusers", "pytorch_fid")  # bench/ and test fixtures only
+
+
+def test_the_library_never_imports_pytorch():
+    """Neither torch nor diffusers is a dependency: .pth and .bin files are read by common.torch_pickle."""
+    for module in MODULES:
+        for name, line, _ in GRAPH[module]:
+            assert name.split(".")[0] not in PYTORCH_SIDE, f"{module}:{line} imports {name}"
+
+
+def test_the_torch_file_reader_needs_only_numpy_and_the_standard_library():
+    for name, line, _ in GRAPH["jaxdiff.common.torch_pickle"]:
+        root = name.split(".")[0]
+        assert root in sys.stdlib_module_names or root == "numpy", f"jaxdiff.common.torch_pickle:{line} imports {name}"

@@ -13,7 +13,8 @@ states it for readers; every number is written with it):
   extractor's fingerprint;
 * features: ``classifier`` (jaxdiff's own CNN trained on the dataset, 128-d penultimate layer; not
   comparable with papers) or ``inception`` (the FID InceptionV3, pool3 2048-d; comparable with
-  papers that use the TF/pytorch-fid Inception weights);
+  papers that use the TF/pytorch-fid Inception weights when the weights file is verified to be
+  pytorch-fid's released ``.pth``);
 * FID = ``|mu_1 - mu_2|^2 + tr(S_1) + tr(S_2) - 2 tr sqrt(S_1 S_2)`` in float64 with the unbiased
   (``n - 1``) covariance; it needs more samples than feature dimensions;
 * KID = unbiased MMD^2 with the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over
@@ -252,9 +253,11 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
 
 def summary_line(m: dict) -> str:
     """One line naming each number with the protocol it needs (extractor, sample counts)."""
+    note = "" if m["comparable_with_papers"] else "; not comparable with papers"
+    if m.get("inception_weights_verified") is False:
+        note += " (Inception weights not verified as pytorch-fid's)"
     out = (f"FID {m['fid']:.3f} KID {m['kid']:.5f} ({m['feature_extractor']} features, {m['num_samples']} EMA "
-           f"samples vs {m['num_reference']} {m['reference_split']} images"
-           f"{'' if m['comparable_with_papers'] else '; not comparable with papers'})")
+           f"samples vs {m['num_reference']} {m['reference_split']} images{note})")
     if "bpd" in m:
         out += f", {m['bpd']:.3f} bits/dim ({m['bpd_num_images']} test images)"
     if "conditional_accuracy" in m:

@@ -42,10 +42,15 @@ def classifier_extractor(clf: classifier_lib.TrainedClassifier) -> FeatureExtrac
 
 
 def inception_extractor(weights_path: str) -> FeatureExtractor:
+    """The FID InceptionV3 with the weights at ``weights_path``. Its FIDs are ``comparable_with_papers``
+    only when the file is pytorch-fid's released ``.pth`` (its SHA-256 checked; the architecture is
+    checked against pytorch-fid's module by the tests): an ``.npz`` or any other file records
+    ``inception_weights_verified: false`` and its SHA-256, and is not called comparable."""
     variables = inception.load_weights(weights_path)
+    provenance = inception.weights_provenance(weights_path)
     return FeatureExtractor("inception", inception.FEATURE_DIM, inception.make_feature_fn(variables),
-                            inception.file_fingerprint(weights_path), True,
-                            {"inception_weights": str(paths.as_path(weights_path))})
+                            inception.file_fingerprint(weights_path), provenance["inception_weights_verified"],
+                            {"inception_weights": str(paths.as_path(weights_path)), **provenance})
 
 
 class Reference(NamedTuple):

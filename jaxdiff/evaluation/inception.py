@@ -14,16 +14,22 @@ no anti-aliasing: ``F.interpolate(..., align_corners=False)``) -> ``2 x - 1``. O
 average pool of ``Mixed_7c``, ``[B, 2048]``. ``BasicConv2d`` is conv (no bias) -> BatchNorm
 (inference, eps 1e-3) -> ReLU, as in torchvision.
 
-Weights file: an ``.npz`` holding the pytorch-fid state dict unchanged, one array per key, PyTorch
-names and layouts (``Mixed_5b.branch1x1.conv.weight`` ``[O, I, kh, kw]``, ``...bn.weight``,
-``...bn.bias``, ``...bn.running_mean``, ``...bn.running_var``; other keys such as ``fc.*`` are
-ignored). Convert once, on any machine with PyTorch (see docs/evaluation.md)::
+Weights file: pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` itself (read without PyTorch by
+:mod:`jaxdiff.common.torch_pickle`, either of ``torch.save``'s formats), or an ``.npz`` holding the
+same state dict unchanged, one array per key, PyTorch names and layouts
+(``Mixed_5b.branch1x1.conv.weight`` ``[O, I, kh, kw]``, ``...bn.weight``, ``...bn.bias``,
+``...bn.running_mean``, ``...bn.running_var``; other keys such as ``fc.*`` are ignored), converted
+on any machine with PyTorch::
 
     import numpy as np, torch
     sd = torch.load("pt_inception-2015-12-05-6726825d.pth", map_location="cpu")
     np.savez("pt_inception-2015-12-05.npz", **{k: v.numpy() for k, v in sd.items()})
 
 :func:`load_weights` checks every array's presence and shape before anything is compiled.
+:func:`weights_provenance` says whether the file is pytorch-fid's released one (torch.hub names it
+by the first 8 hex digits of its SHA-256, ``6726825d``); an ``.npz`` never is, whatever it holds.
+The architecture is checked block by block against pytorch-fid's own module on random weights
+(``tests/test_inception_parity.py``).
 """
 
 from __future__ import annotations
@@ -36,8 +42,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff.common import torch_pickle
+
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_SHA256_PREFIX = "6726825d"  # torch.hub's check: a file name's -<hex> suffix starts its SHA-256
+_HINT = f"give pytorch-fid's {PYTORCH_FID_FILE} (or an .npz of its state dict) as docs/evaluation.md shows"
 
 
 class InceptionWeightsError(ValueError):
@@ -175,6 +186,13 @@ class FIDInceptionV3(nn.Module):
         return jnp.mean(x, axis=(1, 2))
 
 
+# The named blocks of FIDInceptionV3, in order: the modules pytorch-fid's InceptionV3 runs (its max
+# pools between them are not modules here)
+BLOCKS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+          "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+          "Mixed_7a", "Mixed_7b", "Mixed_7c")
+
+
 def preprocess(images_uint8: jax.Array) -> jax.Array:
     """uint8 ``[B, H, W, 3]`` -> float32 ``[B, 299, 299, 3]`` in [-1, 1], as pytorch-fid:
     ``x / 255``, bilinear resize (half-pixel centres, no anti-aliasing), then ``2 x - 1``."""
@@ -215,30 +233,48 @@ def torch_key_map() -> dict:
 
 
 def load_weights(path: str) -> dict:
-    """Read the ``.npz`` at ``path`` into Flax variables ``{"params": ..., "batch_stats": ...}``.
+    """Read the weights file at ``path`` (a ``torch.save``'d state dict such as pytorch-fid's ``.pth``,
+    or an ``.npz`` of one) into Flax variables ``{"params": ..., "batch_stats": ...}``.
 
     Raises :class:`InceptionWeightsError` (one line saying what to do) if the file is missing or
     unreadable, or any expected array is absent or has the wrong shape.
     """
-    hint = "convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth as docs/evaluation.md shows"
     if not path:
-        raise InceptionWeightsError(f"eval.feature_extractor='inception' needs eval.inception_weights: {hint}")
+        raise InceptionWeightsError(f"eval.feature_extractor='inception' needs eval.inception_weights: {_HINT}")
     if not os.path.isfile(path):
-        raise InceptionWeightsError(f"Inception weights file {path} does not exist: {hint}")
+        raise InceptionWeightsError(f"Inception weights file {path} does not exist: {_HINT}")
+    return variables_from_state_dict(_read_state_dict(path), path)
+
+
+def _read_state_dict(path: str) -> dict:
+    """``{pytorch key: array}`` from a ``torch.save`` file or an ``.npz`` (told apart by content)."""
+    if torch_pickle.is_torch_file(path):
+        try:
+            return torch_pickle.load_state_dict(path)
+        except torch_pickle.TorchPickleError as e:
+            raise InceptionWeightsError(f"cannot read Inception weights ({e}): {_HINT}") from None
     try:
         npz = np.load(path, allow_pickle=False)
-        arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:  # a truncated download, a .pth passed directly, ...
-        raise InceptionWeightsError(f"cannot read Inception weights {path} as .npz ({e}): {hint}") from None
+        return {k: npz[k] for k in npz.files}
+    except Exception as e:  # a truncated download, a file of another kind, ...
+        message = " ".join(f"{type(e).__name__}: {e}".split())
+        raise InceptionWeightsError(f"cannot read Inception weights {path} as .pth or .npz ({message}): "
+                                    f"{_HINT}") from None
+
+
+def variables_from_state_dict(arrays: dict, source: str = "state dict") -> dict:
+    """Flax variables from pytorch-fid's state dict ``arrays`` (``{pytorch key: array}``, PyTorch
+    layouts; extra keys ignored), every key and shape checked first (:class:`InceptionWeightsError`
+    naming ``source``)."""
     variables: dict = {"params": {}, "batch_stats": {}}
     for key, (collection, names, _, torch_shape) in torch_key_map().items():
         if key not in arrays:
-            raise InceptionWeightsError(f"Inception weights {path} lack {key!r}: {hint}")
+            raise InceptionWeightsError(f"Inception weights {source} lack {key!r}: {_HINT}")
         w = arrays[key]
         if tuple(w.shape) != torch_shape:
             raise InceptionWeightsError(
-                f"Inception weights {path}: {key} has shape {tuple(w.shape)}, the FID InceptionV3 needs "
-                f"{torch_shape}: {hint}")
+                f"Inception weights {source}: {key} has shape {tuple(w.shape)}, the FID InceptionV3 needs "
+                f"{torch_shape}: {_HINT}")
         convert = _LEAVES[(collection, names[-2], names[-1])][1]
         node = variables[collection]
         for name in names[:-1]:
@@ -247,13 +283,26 @@ def load_weights(path: str) -> dict:
     return variables
 
 
-def file_fingerprint(path: str) -> str:
-    """SHA-1 prefix of the weights file (names reference statistics computed with it)."""
-    h = hashlib.sha1()
+def _file_digest(path: str, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
+
+
+def file_fingerprint(path: str) -> str:
+    """SHA-1 prefix of the weights file (names reference statistics computed with it)."""
+    return _file_digest(path, "sha1")[:12]
+
+
+def weights_provenance(path: str, released_prefix: str = PYTORCH_FID_SHA256_PREFIX) -> dict:
+    """What is known of the weights file's origin: its SHA-256 and whether it is pytorch-fid's
+    released file (``inception_weights_verified``: the SHA-256 starts with ``released_prefix``, as
+    torch.hub checks it on download). An ``.npz`` converted from it has another hash and stays
+    unverified: nothing in it shows which weights it was made from."""
+    sha256 = _file_digest(path, "sha256")
+    return {"inception_weights_sha256": sha256, "inception_weights_verified": sha256.startswith(released_prefix)}
 
 
 def make_feature_fn(variables: dict):
@@ -269,3 +318,22 @@ def make_feature_fn(variables: dict):
         return model.apply(variables, preprocess(images))
 
     return lambda images: apply(variables, images)
+
+
+def _is_block(module: nn.Module, method_name: str) -> bool:
+    return method_name == "__call__" and len(module.path) == 1
+
+
+def make_block_fn(variables: dict):
+    """``x float32 [B, 299, 299, 3] in [-1, 1] -> {block: output [B, h, w, c] for block in BLOCKS,
+    "pool3": [B, 2048]}`` (compiled): every block's output, to compare with pytorch-fid's module
+    layer by layer (``x`` is :func:`preprocess`'s output)."""
+    model = FIDInceptionV3()
+
+    @jax.jit
+    def apply(variables, x):
+        pool3, state = model.apply(variables, x, capture_intermediates=_is_block, mutable=["intermediates"])
+        outputs = {name: state["intermediates"][name]["__call__"][0] for name in BLOCKS}
+        return {**outputs, "pool3": pool3}
+
+    return lambda x: apply(variables, x)
