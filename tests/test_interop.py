@@ -89,6 +89,14 @@ def test_same_padding_is_tensorflow_same_on_even_sizes():
     assert layers.Conv(3, (3, 3), strides=(2, 2), padding=downsample_pads("same")).padding == "SAME"
 
 
+def test_a_torch_bin_state_dict_loads_the_same_weights(tmp_path):
+    """Older hub folders have only diffusion_pytorch_model.bin (torch.save): read without torch."""
+    folder = _copy("general", tmp_path)
+    (folder / diffusers_unet.WEIGHTS_NAME).unlink()
+    from_bin, from_safetensors = diffusers_unet.read_folder(folder), diffusers_unet.read_folder(fixture("general"))
+    jax.tree.map(np.testing.assert_array_equal, from_bin.params, from_safetensors.params)
+
+
 def test_old_hub_attention_names_load_the_same_weights(tmp_path):
     """Checkpoints of diffusers 0.0.x name attention query / key / value / proj_attn and their
     config.json has 0.0.4's fields only (the rest take diffusers' defaults)."""
@@ -247,8 +255,9 @@ BAD_FOLDERS = {
     "wrong shape": (lambda f: _edit_weights(f, lambda w: w.update({"conv_in.weight": np.zeros((16, 3, 1, 1),
                                                                                                np.float32)})),
                     "conv_in.weight has shape (16, 3, 1, 1), the network of its config.json needs (16, 3, 3, 3)"),
-    "only .bin": (lambda f: (f / diffusers_unet.WEIGHTS_NAME).rename(f / "diffusion_pytorch_model.bin"),
-                  "it has diffusion_pytorch_model.bin"),
+    "no weights": (lambda f: (f / diffusers_unet.WEIGHTS_NAME).unlink(), "has neither"),
+    "bad .bin": (lambda f: (f / diffusers_unet.WEIGHTS_NAME).rename(f / diffusers_unet.TORCH_WEIGHTS_NAME),
+                 "neither a zip archive nor a legacy torch.save file"),
     "no config": (lambda f: (f / "config.json").unlink(), "is not a diffusers model folder"),
 }
 
@@ -364,6 +373,7 @@ def test_live_parity_both_directions(tmp_path):
     """A random diffusers model loads into jaxdiff, and a random jaxdiff model exported loads in
     UNet2DModel.from_pretrained and runs in DDPMPipeline, output for output."""
     torch = pytest.importorskip("torch")
+    pytest.importorskip("tests.torch_imports").import_torchvision()
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     theirs = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16),

@@ -1,7 +1,8 @@
 """Hugging Face diffusers ``UNet2DModel`` folders <-> jaxdiff's :class:`~jaxdiff.models.unet.UNet`.
 
 A diffusers model folder is ``config.json`` (the constructor's arguments) and
-``diffusion_pytorch_model.safetensors`` (the state dict); a pipeline folder has them under ``unet/``
+``diffusion_pytorch_model.safetensors`` (the state dict; older hub folders have only the ``.bin``,
+which is read without torch too); a pipeline folder has them under ``unet/``
 beside ``scheduler/scheduler_config.json`` and ``model_index.json``. The DDPM layouts (for example
 google/ddpm-cifar10-32, google/ddpm-celebahq-256) and the general ones map onto the same network:
 
@@ -35,7 +36,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from jaxdiff.common import paths
+from jaxdiff.common import paths, torch_pickle
 from jaxdiff.interop import safetensors_file
 from jaxdiff.interop.safetensors_file import WeightsError
 from jaxdiff.models.denoiser import init_denoiser
@@ -43,6 +44,7 @@ from jaxdiff.models.unet import UNet
 
 DIFFUSERS_VERSION = "0.42.1"  # the release the layout and the parity fixtures were checked with
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "diffusion_pytorch_model.safetensors"
+TORCH_WEIGHTS_NAME = "diffusion_pytorch_model.bin"  # older hub folders: a torch.save'd state dict
 SCHEDULER_NAME = "scheduler_config.json"
 
 # UNet2DModel.__init__'s defaults (diffusers 0.42): what a config.json that omits a field means.
@@ -313,6 +315,19 @@ def is_diffusers_folder(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_NAME)) or os.path.isfile(os.path.join(path, "unet", CONFIG_NAME))
 
 
+def read_weights(unet_dir: str) -> dict[str, np.ndarray]:
+    """The state dict of a model folder: ``diffusion_pytorch_model.safetensors``, else the ``.bin``
+    (read without torch by :mod:`jaxdiff.common.torch_pickle`)."""
+    if os.path.isfile(os.path.join(unet_dir, WEIGHTS_NAME)):
+        return safetensors_file.read(os.path.join(unet_dir, WEIGHTS_NAME))
+    if os.path.isfile(os.path.join(unet_dir, TORCH_WEIGHTS_NAME)):
+        try:
+            return torch_pickle.load_state_dict(os.path.join(unet_dir, TORCH_WEIGHTS_NAME))
+        except torch_pickle.TorchPickleError as e:
+            raise WeightsError(str(e)) from None
+    raise WeightsError(f"{unet_dir} has neither {WEIGHTS_NAME} nor {TORCH_WEIGHTS_NAME}")
+
+
 def read_folder(path: str | os.PathLike) -> DiffusersUNet:
     """Read a diffusers ``UNet2DModel`` folder (or a pipeline folder with ``unet/``) into jaxdiff.
 
@@ -327,13 +342,9 @@ def read_folder(path: str | os.PathLike) -> DiffusersUNet:
     if not os.path.isfile(config_path):
         raise WeightsError(f"{path} is not a diffusers model folder: it has no {CONFIG_NAME} (nor unet/{CONFIG_NAME})")
     unet, size = unet_from_config(_read_json(config_path), config_path)
-    weights_path = os.path.join(unet_dir, WEIGHTS_NAME)
-    if not os.path.isfile(weights_path):
-        other = [n for n in sorted(os.listdir(unet_dir)) if n.startswith("diffusion_pytorch_model")]
-        raise WeightsError(f"{unet_dir} has no {WEIGHTS_NAME}"
-                           + (f" (it has {', '.join(other)}: download the .safetensors file)" if other else ""))
     channels = unet.out_ch
-    params = params_from_state_dict(safetensors_file.read(weights_path), unet, size, channels, weights_path)
+    weights_path = os.path.join(unet_dir, WEIGHTS_NAME)
+    params = params_from_state_dict(read_weights(unet_dir), unet, size, channels, weights_path)
     scheduler = None
     for candidate in (os.path.join(unet_dir, SCHEDULER_NAME), os.path.join(path, "scheduler", SCHEDULER_NAME)):
         if os.path.isfile(candidate):
