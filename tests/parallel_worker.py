@@ -8,6 +8,7 @@ Usage: ``python tests/parallel_worker.py`` (with ``XLA_FLAGS=--xla_force_host_pl
 import json
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,7 +19,7 @@ import numpy as np  # noqa: E402
 from jaxdiff import data  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
 from jaxdiff.core import diffusion  # noqa: E402
-from jaxdiff.drivers import sample_mode  # noqa: E402
+from jaxdiff.drivers import restore, sample_mode  # noqa: E402
 from jaxdiff.drivers.experiment import Experiment  # noqa: E402
 from jaxdiff.training import keys  # noqa: E402
 from tests.scale_common import scale_config  # noqa: E402
@@ -99,6 +100,21 @@ def main():
     results["sample_shape"] = list(out8.samples.shape)
     results["sample_devices"] = out8.metadata["devices"]
     results["sample_diff"] = float(np.max(np.abs(out8.samples - out1.samples)))
+
+    # A diffusers network (model.init_from) placed FSDP-sharded on 8 devices computes what it does unsharded.
+    general = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "diffusers", "general")
+    opened = restore.open_latest(scale_config(**{"data.image_size": 16, "model.init_from": general,
+                                                 "parallel.num_devices": 8, "parallel.shard_params": True,
+                                                 "parallel.shard_min_size": 64}), tempfile.mkdtemp(),
+                                 "sample", log=lambda *_: None)
+    params = restore.load_params(opened)
+    leaves = jax.tree.leaves(params)
+    results["init_from_sharded_leaves"] = sum(not x.sharding.is_fully_replicated for x in leaves)
+    ref = np.load(os.path.join(general, "reference.npz"))
+    x, t, y = jnp.asarray(ref["x"].transpose(0, 2, 3, 1)), jnp.asarray(ref["t_int"]), jnp.asarray(ref["labels"])
+    out8 = jax.jit(opened.experiment.apply_fn)(params, x, t, y)
+    out1 = opened.experiment.apply_fn(jax.device_get(params), x, t, y)
+    results["init_from_diff"] = float(np.max(np.abs(np.asarray(out8) - np.asarray(out1))))
 
     errors = []
     for overrides in ({"training.batch_size": 12}, {"training.batch_size": 24, "training.grad_accum_steps": 2}):

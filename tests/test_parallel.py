@@ -109,6 +109,12 @@ def test_sharded_sampling_matches_one_device(eight):
     assert eight["sample_diff"] < 1e-5
 
 
+def test_init_from_weights_shard_over_devices(eight):
+    """model.init_from's diffusers weights placed with FSDP on 8 devices: sharded, and the same outputs."""
+    assert eight["init_from_sharded_leaves"] > 10
+    assert eight["init_from_diff"] < 1e-5
+
+
 def test_batch_that_does_not_divide_is_a_clear_error(eight):
     assert eight["errors"][0] == "training.batch_size=12 does not divide over 8 devices; use a multiple of 8"
     assert "grad_accum_steps=2 micro-batches over 8 devices; use a multiple of 16" in eight["errors"][1]
