@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxdiff.core import families, samplers, schedules
+from jaxdiff.core import samplers, schedules
 from jaxdiff.drivers import config_checks, export_mode, model_source, restore, sample_mode, train_loop
+from jaxdiff.interop import __main__ as interop_cli
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet, safetensors_file
 from jaxdiff.interop.safetensors_file import WeightsError
 from jaxdiff.models import layers
@@ -206,7 +207,6 @@ def test_ddim_trajectory_matches_diffusers():
     out = samplers.run_sampler(sampler, lambda x, t: apply(model.params, x, t), nhwc(ref["ddim_xT"]),
                                jax.random.key(0))
     assert max_relative_error(np.asarray(out.samples).transpose(0, 3, 1, 2), ref["ddim_x0"]) < 1e-4
-    assert families.ddpm(tables).name == "ddpm"
 
 
 # ------------------------------------------------------------------------------------ bad inputs
@@ -285,6 +285,17 @@ def test_bad_scheduler_configs_are_one_line_errors(field, value, message):
         diffusers_scheduler.diffusion_settings({"_class_name": "DDPMScheduler", field: value})
     with pytest.raises(WeightsError, match="family='edm' has no diffusers DDPMScheduler"):
         diffusers_scheduler.scheduler_config({"family": "edm"}, {}, "0.42.1")
+
+
+def test_inspect_command_prints_the_settings(capsys):
+    assert interop_cli.main([fixture("general")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].endswith("72,297 parameters, 16x16x1 images, 10 classes + the null label")
+    for flag in ("--config.model.head_dim=4", "--config.model.downsample_padding=symmetric",
+                 "--config.model.ch_mult=(1,2,2)", "--config.model.attn_resolutions=(16,4)",
+                 "--config.diffusion.schedule=linear", "--config.model.class_conditional=True"):
+        assert flag in out, flag
+    assert interop_cli.main([str(FIXTURES)]) == 2 and "is not a diffusers model folder" in capsys.readouterr().err
 
 
 def test_missing_weights_file():

@@ -21,13 +21,12 @@ from jaxdiff.common import parallel
 from jaxdiff.drivers.config_checks import ConfigError
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet
-from jaxdiff.models.unet import UNet
+from jaxdiff.models.unet import ARCHITECTURE_FIELDS, architecture
 from jaxdiff.training import checkpoint
 
 # The config.model fields that describe the network (what a source sets; dropout, remat and init_from are
 # how it is trained, and stay the config's).
-ARCHITECTURE = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "num_heads", "groups",
-                "class_conditional", "downsample_padding", "norm_eps", "head_dim", "flip_sin_to_cos", "freq_shift")
+ARCHITECTURE = (*ARCHITECTURE_FIELDS, "class_conditional")
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
            "target", "edm", "flow")
 
@@ -69,14 +68,6 @@ def latest_checkpoint(workdir) -> LatestCheckpoint | None:
     return LatestCheckpoint(mngr, int(step), checkpoint.read_meta(mngr, step))
 
 
-def model_fields(unet: UNet) -> dict:
-    """The ``config.model`` fields of a jaxdiff U-Net module."""
-    fields = {name: getattr(unet, name) for name in ARCHITECTURE if name != "class_conditional"}
-    fields.update(ch_mult=tuple(unet.ch_mult), attn_resolutions=tuple(unet.attn_resolutions),
-                  class_conditional=unet.num_classes > 0)
-    return fields
-
-
 def _diffusers_source(path: str) -> ModelSource:
     try:
         model = diffusers_unet.read_folder(path)
@@ -84,7 +75,7 @@ def _diffusers_source(path: str) -> ModelSource:
                      if model.scheduler is not None else None)
     except diffusers_unet.WeightsError as e:
         raise ConfigError(f"model.init_from: {e}") from None
-    return ModelSource("diffusers", path, model_fields(model.unet), diffusion, model.image_size, model.channels,
+    return ModelSource("diffusers", path, architecture(model.unet), diffusion, model.image_size, model.channels,
                        model.unet.num_classes, lambda use_ema: model.params)
 
 

@@ -220,6 +220,21 @@ class UNet(nn.Module):
         return conv3(self.out_ch, "conv_out", zero_init)(h).astype(jnp.float32)
 
 
+# The U-Net attributes that give the network its function and its parameters' shapes, under the names
+# config.model has for them (dropout, dtype and remat change neither).
+ARCHITECTURE_FIELDS = ("ch", "ch_mult", "num_res_blocks", "attn_resolutions", "num_heads", "groups",
+                       "downsample_padding", "norm_eps", "head_dim", "flip_sin_to_cos", "freq_shift")
+
+
+def architecture(unet: UNet) -> dict:
+    """The ``config.model`` fields that build ``unet``: :data:`ARCHITECTURE_FIELDS` and
+    ``class_conditional`` (whether it has a class embedding)."""
+    fields = {name: getattr(unet, name) for name in ARCHITECTURE_FIELDS}
+    fields.update(ch_mult=tuple(unet.ch_mult), attn_resolutions=tuple(unet.attn_resolutions),
+                  class_conditional=unet.num_classes > 0)
+    return fields
+
+
 def count_params(params) -> int:
     """Total number of scalars in a parameter pytree."""
     return sum(int(math.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
