@@ -106,6 +106,7 @@ def _workdir_source(config, path: str) -> ModelSource:
     def load_params(use_ema: bool) -> dict:
         experiment = Experiment(source_config, channels, num_classes)
         state, _ = checkpoint.restore(latest.manager, experiment.abstract_state(), latest.step)
+        latest.manager.close()
         return jax.tree.map(parallel.to_host, state.ema_params if use_ema else state.params)
 
     model = {name: source_config.model[name] for name in ARCHITECTURE}
@@ -181,7 +182,6 @@ def check_source_fits(source: ModelSource | None, channels: int, num_classes: in
     if source.num_classes and source.num_classes != num_classes:
         raise ConfigError(f"model.init_from={source.path!r} is conditional on {source.num_classes} classes, the "
                           f"data has {num_classes}")
-
 
 
 def place(params, experiment: Experiment):

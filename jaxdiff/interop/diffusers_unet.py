@@ -100,7 +100,7 @@ def _field(config: dict, name: str):
     return config[name] if name in config else UNET_DEFAULTS[name]
 
 
-def unet_from_config(config: dict, where: str = CONFIG_NAME) -> tuple[UNet, int]:
+def unet_from_diffusers_config(config: dict, where: str = CONFIG_NAME) -> tuple[UNet, int]:
     """The jaxdiff :class:`UNet` that computes the diffusers ``UNet2DModel`` of ``config`` (a parsed
     ``config.json``), and its ``sample_size``. Raises :class:`WeightsError` naming the first field
     jaxdiff's network cannot reproduce."""
@@ -341,7 +341,7 @@ def read_folder(path: str | os.PathLike) -> DiffusersUNet:
     config_path = os.path.join(unet_dir, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise WeightsError(f"{path} is not a diffusers model folder: it has no {CONFIG_NAME} (nor unet/{CONFIG_NAME})")
-    unet, size = unet_from_config(_read_json(config_path), config_path)
+    unet, size = unet_from_diffusers_config(_read_json(config_path), config_path)
     channels = unet.out_ch
     weights_path = os.path.join(unet_dir, WEIGHTS_NAME)
     params = params_from_state_dict(read_weights(unet_dir), unet, size, channels, weights_path)
