@@ -6,8 +6,8 @@ keeps it so)::
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
     core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
                 samplers and solvers, generation, likelihood
-    models      layers, the U-Net, the denoiser calling convention        data   sources, stream, preprocessing
-    training    train state, optimiser, EMA, keys, the step, checkpoints   evaluation   FID/KID, features, accuracy
+    models      layers, the U-Net, the KL autoencoder, the denoiser API   data   sources, stream, preprocessing
+    training    train state, optimiser, EMA, keys, the steps, checkpoints  evaluation   FID/KID, features, accuracy
                                                                        interop      safetensors, diffusers folders
     drivers     config checks, the config adapter, model sources (init_from), train/sample/eval/export modes
                 (what main.py runs)
@@ -33,11 +33,15 @@ from jaxdiff.core.solvers import (SAMPLERS, dpm_solver_pp_sampler, euler_ancestr
                                   make_sampler, midpoint_sampler)
 from jaxdiff.data import ArraySource, DataError, batch_stream, load_source, preprocess
 from jaxdiff.evaluation.fid import frechet_distance, kid
+from jaxdiff.interop.diffusers_autoencoder import read_folder as read_diffusers_autoencoder
+from jaxdiff.interop.diffusers_autoencoder import write_folder as write_diffusers_autoencoder
 from jaxdiff.interop.diffusers_unet import read_folder as read_diffusers_unet
 from jaxdiff.interop.diffusers_unet import write_folder as write_diffusers_unet
+from jaxdiff.models.autoencoder import AutoencoderKL
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
 from jaxdiff.models.unet import UNet, count_params
 from jaxdiff.training.checkpoint import CheckpointError
+from jaxdiff.training.autoencoder_step import make_autoencoder_train_step
 from jaxdiff.training.optim import ema_update, learning_rate_schedule, make_optimizer
 from jaxdiff.training.state import TrainState, init_train_state
 from jaxdiff.training.step import make_train_step
@@ -45,15 +49,15 @@ from jaxdiff.training.step import make_train_step
 __version__ = "0.4.0"
 
 __all__ = [
-    "ArraySource", "CheckpointError", "DataError", "DiffusionTables", "FAMILIES", "Family", "Grid", "SAMPLERS",
-    "SCHEDULES", "Sampler", "SampleOutput", "TARGETS", "TrainState", "UNet", "batch_stream", "count_params",
-    "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
+    "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiffusionTables", "FAMILIES", "Family", "Grid",
+    "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet", "batch_stream",
+    "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
     "dpm_solver_pp_sampler", "edm_preconditioning", "ema_update", "euler_ancestral_sampler", "families",
     "frechet_distance", "generate", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
-    "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise", "make_betas",
-    "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler", "make_tables", "make_train_step", "map_chunks",
-    "midpoint_sampler", "parallel", "paths", "preprocess", "processes", "q_posterior", "q_sample",
-    "read_diffusers_unet", "rescale_zero_terminal_snr", "run_sampler", "save_image_grid", "save_loss_curve",
-    "save_trajectory",
-    "spaced_timesteps", "to_uint8", "write_diffusers_unet", "x0_eps_from_output",
+    "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise",
+    "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler",
+    "make_tables", "make_train_step", "map_chunks", "midpoint_sampler", "parallel", "paths", "preprocess",
+    "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder", "read_diffusers_unet",
+    "rescale_zero_terminal_snr", "run_sampler", "save_image_grid", "save_loss_curve", "save_trajectory",
+    "spaced_timesteps", "to_uint8", "write_diffusers_autoencoder", "write_diffusers_unet", "x0_eps_from_output",
 ]
