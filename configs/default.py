@@ -62,6 +62,25 @@ def get_config() -> ml_collections.ConfigDict:
     # to fine-tune from, or to sample / evaluate while --workdir has no checkpoint (docs/interop.md)
     model.init_from = ""
 
+    # --mode=train_autoencoder: a KL autoencoder (LDM's, diffusers' AutoencoderKL) on the same data, with
+    # training.* except its own steps and learning rate; latent diffusion then uses it (config.latent)
+    config.autoencoder = ae = ml_collections.ConfigDict()
+    ae.block_out_channels = (32, 64)  # one entry per level: images are downsampled by f = 2^(levels - 1)
+    ae.layers_per_block = 1
+    ae.latent_channels = 4
+    ae.norm_num_groups = 16  # must divide every entry of block_out_channels
+    ae.mid_attention = True
+    ae.reconstruction = "l1"  # l1 | l2
+    ae.kl_weight = 1e-6  # LDM's; relative to the per-pixel reconstruction loss
+    ae.num_train_steps = 2000
+    ae.learning_rate = 1e-3
+    # Latent diffusion (Rombach et al. 2022): with an autoencoder work directory, the diffusion model trains
+    # and samples in its latent space (the training set encoded once, posterior means); grids, sample and
+    # eval mode see decoded images
+    config.latent = latent = ml_collections.ConfigDict()
+    latent.autoencoder = ""  # a work directory of --mode=train_autoencoder ("" = pixel-space diffusion)
+    latent.scale_factor = 0.0  # latents x this; 0 = measured: 1 / std of the encoded training set (as LDM's 0.18215)
+
     config.diffusion = diffusion = ml_collections.ConfigDict()
     # ddpm: the discrete T-step chain (DDPM) | vp: continuous-time variance preserving (schedule linear |
     # cosine) | edm: Karras et al. 2022 | flow: flow matching / rectified flow (the SD3 interpolant)

@@ -68,6 +68,16 @@ def latest_checkpoint(workdir) -> LatestCheckpoint | None:
     return LatestCheckpoint(mngr, int(step), checkpoint.read_meta(mngr, step))
 
 
+def check_kind(latest: LatestCheckpoint | None, kind: str, workdir) -> None:
+    """Raise :class:`ConfigError` when the checkpoint of ``workdir`` holds another kind of model than
+    ``kind`` (``diffusion``, or ``autoencoder`` from ``--mode=train_autoencoder``)."""
+    held = latest.meta.get("kind", "diffusion") if latest is not None else kind
+    if held != kind:
+        mode = "--mode=train_autoencoder" if held == "autoencoder" else "--mode=train"
+        raise ConfigError(f"{workdir} holds a {held} checkpoint (made by {mode}), not a {kind} one: use another "
+                          "--workdir")
+
+
 def _diffusers_source(path: str) -> ModelSource:
     try:
         model = diffusers_unet.read_folder(path)

@@ -27,7 +27,8 @@ from jaxdiff.common import parallel, paths, plotting, preemption
 from jaxdiff.common.run_lock import RunLock
 from jaxdiff.common.tensorboard import TensorBoard
 from jaxdiff.data import batch_stream, load_source
-from jaxdiff.drivers import config_checks, eval_mode, model_source, sample_mode
+from jaxdiff.drivers import config_checks, eval_mode, latent, model_source, sample_mode
+from jaxdiff.drivers.autoencoder_experiment import KIND, AutoencoderExperiment, write_reconstructions
 from jaxdiff.drivers.sampling import parse_labels
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
@@ -123,8 +124,8 @@ def resume_or_init(experiment: Experiment, mngr, log=print, init: model_source.M
 
 
 def train(config, workdir, progress: bool = True) -> TrainState:
-    """Train (or resume training) per ``config`` in ``workdir`` (a folder or a ``gs://`` URL); returns
-    the final state.
+    """Train (or resume training) the diffusion model of ``config`` in ``workdir`` (a folder or a
+    ``gs://`` URL; in the latent space of ``latent.autoencoder`` when set); returns the final state.
 
     Writes ``checkpoints/``, ``metrics.jsonl`` (step, loss, grad_norm, learning_rate, steps_per_sec),
     the same scalars and the sample grids as TensorBoard events in ``tensorboard/``,
@@ -138,23 +139,57 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     config_checks.validate(config)
     source = load_source(config.data, "train")
     latest = model_source.latest_checkpoint(workdir)
+    model_source.check_kind(latest, "diffusion", workdir)
     init = model_source.open_source(config) if latest is None else None
     say = print if progress and paths.is_writer() else lambda *_: None
-    config = model_source.configure(config, init, latest.meta["config"] if latest else None, say)
+    recorded = latest.meta["config"] if latest else None
+    config = model_source.configure(config, init, recorded, say)
     if latest is not None:
         latest.manager.close()
     model_source.check_source_fits(init, source.image_shape[-1], source.num_classes)
-    experiment = Experiment(config, source.image_shape[-1], source.num_classes)  # checks devices; compiles nothing
+    space, data = None, source
+    if config.latent.autoencoder:  # encode the training set once; its latents are what the model learns
+        config, space, data = latent.encode_training_set(config, source, recorded, say)
+    experiment = Experiment(config, data.image_shape[-1], source.num_classes, latent=space)  # compiles nothing
     sc = config.sampling  # the grids' labels against the data's classes, before any work
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     workdir = config_checks.check_workdir(workdir)
     writer = paths.is_writer()
+    def grid(state, n, should_stop):
+        return sample_mode.write_training_samples(experiment, state, workdir, n, should_stop=should_stop)
+
     with RunLock(workdir, enabled=writer):
-        return _train(config, workdir, source, experiment, progress, init)
+        return _train(workdir, data, experiment, progress, grid, init,
+                      # the training-time FID compares (decoded) samples with the images
+                      lambda start: eval_mode.make_train_fid_hook(config, workdir, experiment, source, start))
 
 
-def _train(config, workdir, source, experiment: Experiment, progress: bool, init=None) -> TrainState:
-    """The loop of :func:`train`, with the work directory locked."""
+def train_autoencoder(config, workdir, progress: bool = True) -> TrainState:
+    """``--mode=train_autoencoder``: train (or resume training) the KL autoencoder of
+    ``config.autoencoder`` on ``config.data`` in ``workdir``, with :func:`train`'s loop (checkpoints,
+    ``metrics.jsonl`` with the reconstruction error, KL and PSNR, TensorBoard, preemption, divergence)
+    and ``reconstructions_<step>.png`` grids. Its work directory is what ``latent.autoencoder`` names."""
+    config_checks.validate(config)
+    source = load_source(config.data, "train")
+    latest = model_source.latest_checkpoint(workdir)
+    model_source.check_kind(latest, KIND, workdir)
+    if latest is not None:
+        latest.manager.close()
+    experiment = AutoencoderExperiment(config, source.image_shape[-1])
+    workdir = config_checks.check_workdir(workdir)
+
+    def grid(state, n, should_stop):
+        return write_reconstructions(experiment, state, source, workdir, n)
+
+    with RunLock(workdir, enabled=paths.is_writer()):
+        return _train(workdir, source, experiment, progress, grid)
+
+
+def _train(workdir, source, experiment, progress: bool, write_grid, init=None, make_fid_hook=None) -> TrainState:
+    """The loop of :func:`train` and :func:`train_autoencoder`, with the work directory locked:
+    ``experiment.step`` on batches of ``source``, ``write_grid(state, step, should_stop)`` at
+    ``training.sample_every``, the training-time FID of ``make_fid_hook(start_step)`` (if any)."""
+    config = experiment.config
     tc = config.training
     writer = paths.is_writer()
     mngr = checkpoint.manager(workdir, tc.keep_checkpoints)
@@ -163,7 +198,7 @@ def _train(config, workdir, source, experiment: Experiment, progress: bool, init
     metrics_path, loss_png = workdir / "metrics.jsonl", workdir / "loss.png"
     if writer:
         truncate_metrics(metrics_path, start)
-    fid_hook = eval_mode.make_train_fid_hook(config, workdir, experiment, source, start)
+    fid_hook = make_fid_hook(start) if make_fid_hook else None
 
     slot, slots = parallel.process_batch_rows(experiment.mesh, tc.batch_size)
     stream = batch_stream(source, config.seed, start, tc.batch_size, slot, slots,
@@ -202,8 +237,7 @@ def _train(config, workdir, source, experiment: Experiment, progress: bool, init
                     raise Preempted(n, guard.signum, state)
                 try:
                     if sample_grid:
-                        image = sample_mode.write_training_samples(experiment, state, workdir, n,
-                                                                   should_stop=lambda: poll("the sample grid"))
+                        image = write_grid(state, n, lambda: poll("the sample grid"))
                         if writer:
                             board.image("samples", n, image)
                             plotting.save_loss_curve(metrics_path, loss_png)
