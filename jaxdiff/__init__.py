@@ -6,7 +6,7 @@ keeps it so)::
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
     core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
                 samplers and solvers, generation, likelihood
-    models      layers, the U-Net, the KL autoencoder, the denoiser API   data   sources, stream, preprocessing
+    models      layers, the U-Net, DiT, the KL autoencoder, the denoiser API   data   sources, stream, preprocessing
     training    train state, optimiser, EMA, keys, the steps, checkpoints  evaluation   FID/KID, features, accuracy
                                                                        interop      safetensors, diffusers folders
     drivers     config checks, the config adapter, model sources (init_from), train/sample/eval/export modes
@@ -39,6 +39,7 @@ from jaxdiff.interop.diffusers_unet import read_folder as read_diffusers_unet
 from jaxdiff.interop.diffusers_unet import write_folder as write_diffusers_unet
 from jaxdiff.models.autoencoder import AutoencoderKL
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
+from jaxdiff.models.dit import DiT, dit_from_name
 from jaxdiff.models.unet import UNet, count_params
 from jaxdiff.training.checkpoint import CheckpointError
 from jaxdiff.training.autoencoder_step import make_autoencoder_train_step
@@ -49,9 +50,9 @@ from jaxdiff.training.step import make_train_step
 __version__ = "0.4.0"
 
 __all__ = [
-    "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiffusionTables", "FAMILIES", "Family", "Grid",
+    "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiT", "DiffusionTables", "FAMILIES", "Family", "Grid",
     "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet", "batch_stream",
-    "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
+    "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss", "dit_from_name",
     "dpm_solver_pp_sampler", "edm_preconditioning", "ema_update", "euler_ancestral_sampler", "families",
     "frechet_distance", "generate", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
     "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise",
