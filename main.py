@@ -36,8 +36,9 @@ from jaxdiff.training import checkpoint  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics and pictures (resumes "
                     "if it has a checkpoint).")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"],
-                  "What to do with the config and workdir (export: a diffusers folder in <workdir>/diffusers).")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export", "train_autoencoder"],
+                  "What to do with the config and workdir (export: a diffusers folder in <workdir>/diffusers; "
+                  "train_autoencoder: the KL autoencoder of config.autoencoder, for latent.autoencoder).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process job.")
@@ -102,6 +103,9 @@ def main(argv):
         elif FLAGS.mode == "eval":
             m = eval_mode.run_eval(config, workdir)
             print(f"wrote {workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
+        elif FLAGS.mode == "train_autoencoder":
+            train_loop.train_autoencoder(config, workdir)
+            print(f"done: autoencoder checkpoints, reconstructions_*.png and metrics.jsonl in {workdir}")
         elif FLAGS.mode == "export":
             out = export_mode.run_export(config, workdir)
             print(f"wrote a diffusers folder to {out}")

@@ -91,7 +91,7 @@ def main():
             sc = config.sampling.copy_and_resolve_references()
             sc.sampler, sc.num_steps = name, steps
             sampler = sampler_from_config(experiment.family, sc)
-            generate = eval_mode.make_image_generator(experiment, sc, experiment.image_shape, 1.0, 250)
+            generate = eval_mode.make_image_generator(experiment, sc, 1.0, 250)
             labels = balanced_labels(args.samples, 10)
             key = jax.random.PRNGKey(0)
             generate_uint8(generate, params, labels[:250], 250, key)  # compile

@@ -41,6 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.prefetch = 4  # batches read ahead of the train step
 
     config.model = model = ml_collections.ConfigDict()
+    model.backbone = "unet"  # unet (DDPM's U-Net: the fields below) | dit (Diffusion Transformer: model.dit)
     model.ch = 64  # base channel count; level i has ch * ch_mult[i] channels
     model.ch_mult = (1, 2)  # one entry per resolution level; image_size must halve len-1 times
     model.num_res_blocks = 2  # res blocks per level going down (one more going up)
@@ -61,6 +62,15 @@ def get_config() -> ml_collections.ConfigDict:
     # A diffusers folder (UNet2DModel) or a jaxdiff workdir: the network (architecture, schedule, EMA weights)
     # to fine-tune from, or to sample / evaluate while --workdir has no checkpoint (docs/interop.md)
     model.init_from = ""
+    model.dit = dit = ml_collections.ConfigDict()  # backbone=dit (Peebles & Xie 2023); class labels: class_conditional
+    dit.size = ""  # S | B | L | XL: the paper's depth, width and heads (DiT-S/2 = size S, patch_size 2); "" = below
+    dit.depth = 4
+    dit.hidden_size = 128
+    dit.num_heads = 4
+    dit.patch_size = 2  # 2 | 4 | 8 in the paper; image (or latent) size must be a multiple
+    dit.mlp_ratio = 4.0
+    dit.learn_sigma = False  # DiT checkpoints' 2 x channels output (the variance half unused by jaxdiff)
+    dit.attention = ""  # jax.nn.dot_product_attention implementation: "" (XLA) | cudnn (GPU flash attention, bf16)
 
     # --mode=train_autoencoder: a KL autoencoder (LDM's, diffusers' AutoencoderKL) on the same data, with
     # training.* except its own steps and learning rate; latent diffusion then uses it (config.latent)

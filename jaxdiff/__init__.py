@@ -6,10 +6,13 @@ keeps it so)::
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
     core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
                 samplers and solvers, generation, likelihood
-    models      layers, the U-Net, DiT, the KL autoencoder, the denoiser API   data   sources, stream, preprocessing
-    training    train state, optimiser, EMA, keys, the steps, checkpoints  evaluation   FID/KID, features, accuracy
-                                                                       interop      safetensors, diffusers folders
-    drivers     config checks, the config adapter, model sources (init_from), train/sample/eval/export modes
+    models      layers, the U-Net, DiT, the KL autoencoder,   data         sources, stream, preprocessing
+                the denoiser calling convention
+    training    train state, optimiser, EMA, keys, the steps, evaluation   FID/KID, features, accuracy
+                checkpoints
+                                                              interop      safetensors, diffusers folders
+    drivers     config checks, the config adapter, model sources (init_from), latent spaces,
+                train/sample/eval/export/train_autoencoder modes
                 (what main.py runs)
 
 The names below are the public API; everything else is reachable through its module. Importing
@@ -50,12 +53,12 @@ from jaxdiff.training.step import make_train_step
 __version__ = "0.4.0"
 
 __all__ = [
-    "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiT", "DiffusionTables", "FAMILIES", "Family", "Grid",
-    "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet", "batch_stream",
-    "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss", "dit_from_name",
-    "dpm_solver_pp_sampler", "edm_preconditioning", "ema_update", "euler_ancestral_sampler", "families",
-    "frechet_distance", "generate", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
-    "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise",
+    "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiT", "DiffusionTables", "FAMILIES", "Family",
+    "Grid", "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet", "batch_stream",
+    "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
+    "dit_from_name", "dpm_solver_pp_sampler", "edm_preconditioning", "ema_update", "euler_ancestral_sampler",
+    "families", "frechet_distance", "generate", "guided_denoise_fn", "heun_sampler", "init_denoiser",
+    "init_train_state", "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise",
     "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler",
     "make_tables", "make_train_step", "map_chunks", "midpoint_sampler", "parallel", "paths", "preprocess",
     "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder", "read_diffusers_unet",

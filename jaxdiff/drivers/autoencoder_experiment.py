@@ -16,7 +16,7 @@ import numpy as np
 
 from jaxdiff.common import parallel, paths, plotting
 from jaxdiff.data import preprocess
-from jaxdiff.drivers.experiment import optimizer_from_config
+from jaxdiff.drivers.experiment import learning_rate_from_config, optimizer_from_config
 from jaxdiff.models.autoencoder import AutoencoderKL, autoencoder_apply, init_autoencoder
 from jaxdiff.training.autoencoder_step import make_autoencoder_train_step
 from jaxdiff.training.keys import INIT_STREAM, stream_key
@@ -69,7 +69,7 @@ class AutoencoderExperiment:
             self.apply_fn, self.tx, kl_weight=config.autoencoder.kl_weight,
             reconstruction=config.autoencoder.reconstruction, ema_decay_rate=tc.ema_decay, ema_warmup=tc.ema_warmup,
             preprocess=functools.partial(preprocess, random_flip=config.data.random_flip), seed=config.seed,
-            mesh=self.mesh)
+            learning_rate_fn=learning_rate_from_config(tc), mesh=self.mesh)
         rep, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
         self.step = jax.jit(step, in_shardings=(self.state_sharding, batch), out_shardings=(self.state_sharding, rep),
                             donate_argnums=0)

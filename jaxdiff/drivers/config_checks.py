@@ -15,10 +15,14 @@ from jaxdiff.drivers.diffusion_config import TARGET_CHOICES, family_from_config
 from jaxdiff.drivers.sampling import check_sampling_config
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import EvalError, check_sample_count
+from jaxdiff.models import dit as dit_module
+from jaxdiff.models.dit import DIT_SIZES
 from jaxdiff.models.unet import DOWNSAMPLE_PADDINGS, check_image_size
+from jaxdiff.training.autoencoder_step import RECONSTRUCTIONS
 from jaxdiff.training.optim import OPTIMIZERS
 
 EXTRACTORS = ("classifier", "inception")
+BACKBONES = ("unet", "dit")
 
 
 class ConfigError(ValueError):
@@ -61,6 +65,59 @@ def _positive_ints(value, field, allow_empty=False):
 def _name(value, field):
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{field} must be a non-empty name, got {value!r}")
+
+
+def _check_backbone(config) -> None:
+    """``model.backbone`` and its fields; the image size each backbone needs (for latent diffusion the
+    latent size is known only from the autoencoder's checkpoint: the network checks it when built)."""
+    d, m = config.data, config.model
+    _choice(m.backbone, BACKBONES, "model.backbone")
+    dit = m.dit
+    _choice(dit.size, ("", *DIT_SIZES), "model.dit.size")
+    for field in ("depth", "hidden_size", "num_heads", "patch_size"):
+        _positive(dit[field], f"model.dit.{field}")
+    _number(dit.mlp_ratio, "model.dit.mlp_ratio", 0.0, low_open=True)
+    _bool(dit.learn_sigma, "model.dit.learn_sigma")
+    _choice(dit.attention, ("", "xla", "cudnn"), "model.dit.attention")
+    try:
+        if m.backbone == "dit":
+            _, hidden, heads = DIT_SIZES[dit.size] if dit.size else (dit.depth, dit.hidden_size, dit.num_heads)
+            dit_module.check_architecture(hidden, heads)
+            if not config.latent.autoencoder:
+                dit_module.check_image_size(d.image_size, dit.patch_size)
+            if m.init_from:
+                raise ConfigError("model.init_from loads U-Nets (diffusers UNet2DModel or jaxdiff workdirs); "
+                                  "model.backbone='dit' has no such source")
+        elif not config.latent.autoencoder:
+            check_image_size(d.image_size, m.ch_mult)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_autoencoder(config) -> None:
+    """``autoencoder.*`` (--mode=train_autoencoder) and ``latent.*``."""
+    a, lat = config.autoencoder, config.latent
+    _positive_ints(a.block_out_channels, "autoencoder.block_out_channels")
+    _positive(a.layers_per_block, "autoencoder.layers_per_block")
+    _positive(a.latent_channels, "autoencoder.latent_channels")
+    _positive(a.norm_num_groups, "autoencoder.norm_num_groups")
+    if any(c % a.norm_num_groups for c in a.block_out_channels):
+        raise ConfigError(f"autoencoder.norm_num_groups={a.norm_num_groups} does not divide every entry of "
+                          f"autoencoder.block_out_channels={tuple(a.block_out_channels)}")
+    _bool(a.mid_attention, "autoencoder.mid_attention")
+    _choice(a.reconstruction, RECONSTRUCTIONS, "autoencoder.reconstruction")
+    _number(a.kl_weight, "autoencoder.kl_weight", 0.0)
+    _positive(a.num_train_steps, "autoencoder.num_train_steps")
+    _number(a.learning_rate, "autoencoder.learning_rate", 0.0, low_open=True)
+    if not isinstance(lat.autoencoder, str):
+        raise ConfigError(f"latent.autoencoder must be a path, got {lat.autoencoder!r}")
+    if lat.autoencoder and not paths.as_path(lat.autoencoder).exists():
+        raise ConfigError(f"latent.autoencoder={lat.autoencoder!r} does not exist (train an autoencoder there "
+                          "with --mode=train_autoencoder)")
+    _number(lat.scale_factor, "latent.scale_factor", 0.0)
+    if lat.autoencoder and config.model.init_from:
+        raise ConfigError("model.init_from and latent.autoencoder together are not supported: start a latent "
+                          "model from scratch")
 
 
 def validate(config) -> None:
@@ -116,10 +173,8 @@ def validate(config) -> None:
         check_data_config(d)
     except DataError as e:
         raise ConfigError(str(e)) from None
-    try:
-        check_image_size(d.image_size, m.ch_mult)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    _check_backbone(config)
+    _check_autoencoder(config)
     _positive(m.ch, "model.ch")
     _positive(m.num_res_blocks, "model.num_res_blocks")
     if not 0.0 <= m.dropout < 1.0:
@@ -209,10 +264,6 @@ def validate_eval(config, check_weights: bool = True) -> None:
 
 def feature_dim(config) -> int:
     return 2048 if config.eval.feature_extractor == "inception" else config.eval.classifier_features
-
-
-EXTRACTORS = ("classifier", "inception")
-
 
 
 def check_workdir(workdir) -> paths.epath.Path:

@@ -103,11 +103,11 @@ def reference_path(workdir, dataset: str, image_shape, split: str, extractor: Fe
                                               f"{extractor.fingerprint}.npz")
 
 
-def make_image_generator(experiment, sampling_config, image_shape: tuple, guidance_scale: float = 1.0,
-                         batch_size: int = 256):
+def make_image_generator(experiment, sampling_config, guidance_scale: float = 1.0, batch_size: int = 256):
     """A compiled ``generate(params, key, labels [batch_size], should_stop=None) -> images [batch_size,
     H, W, C] in [-1, 1]``, run in pieces of :data:`~jaxdiff.core.generation.SEGMENT_STEPS` sampler steps
-    with ``should_stop()`` between them (the same numbers as one program).
+    with ``should_stop()`` between them (the same numbers as one program); latent samples are decoded
+    (``experiment.decode``).
 
     The sampler ``config.sampling`` describes, through :func:`jaxdiff.core.generation.make_chunk_generator`
     (``x_T`` from ``fold_in(key, 0)``, sampler noise from ``fold_in(key, 1)``, as in sample mode).
@@ -120,10 +120,11 @@ def make_image_generator(experiment, sampling_config, image_shape: tuple, guidan
     interval = None
     if null_label and guidance_scale != 1.0:
         interval = network_time_interval(sampler, tuple(sampling_config.guidance_interval) or None)
-    generate = make_chunk_generator(experiment.apply_fn, sampler, image_shape, batch_size, float(guidance_scale),
-                                    null_label, segment_steps=SEGMENT_STEPS, guidance_interval=interval)
-    return lambda params, key, labels, should_stop=None: generate(params, key, labels if null_label else None,
-                                                                  should_stop)[0]
+    generate = make_chunk_generator(experiment.apply_fn, sampler, experiment.image_shape, batch_size,
+                                    float(guidance_scale), null_label, segment_steps=SEGMENT_STEPS,
+                                    guidance_interval=interval)
+    return lambda params, key, labels, should_stop=None: experiment.decode(
+        generate(params, key, labels if null_label else None, should_stop)[0])
 
 
 def build_extractor(config, workdir, train, test, log=print, for_accuracy: bool = True, stop_check=None):
@@ -180,7 +181,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
 
         def make_generate(w):  # one compiled sampler per guidance scale, shared by FID and accuracy
             if w not in cache:
-                cache[w] = make_image_generator(experiment, config.sampling, image_shape, w, ev.batch_size)
+                cache[w] = make_image_generator(experiment, config.sampling, w, ev.batch_size)
             return cache[w]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM), step)
 
@@ -209,7 +210,10 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     log(f"eval: FID {metrics['fid']:.3f}  KID {metrics['kid']:.5f} ({extractor.name} features, "
         f"{ev.num_samples} samples vs {ref.stats.n} {ev.reference_split} images)")
 
-    if ev.bpd and family.tables is None:
+    if ev.bpd and experiment.latent is not None:
+        log("eval: bits/dim skipped: the model is a latent diffusion model (a bound on latents is not one on pixels)")
+        metrics["bpd"] = None
+    elif ev.bpd and family.tables is None:
         log(f"eval: bits/dim skipped: it is the discrete DDPM variational bound, and diffusion.family="
             f"{family.name!r} has no discrete chain (the ODE likelihood is not implemented)")
         metrics["bpd"] = None
@@ -308,8 +312,8 @@ def make_train_fid_hook(config, workdir, experiment, train_source=None, start_st
                                reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
                                               extractor), ev.batch_size, log)
     num_classes = int(experiment.model.num_classes)
-    generate = make_image_generator(experiment, config.sampling, image_shape,
-                                    float(ev.fid_guidance_scale) if num_classes else 1.0, ev.batch_size)
+    generate = make_image_generator(experiment, config.sampling, float(ev.fid_guidance_scale) if num_classes else 1.0,
+                                    ev.batch_size)
     labels = balanced_labels(ev.train_fid_samples, num_classes)
     path = paths.as_path(workdir) / "eval" / "train_fid.jsonl"
     if paths.is_writer() and path.exists():

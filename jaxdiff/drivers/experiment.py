@@ -20,11 +20,12 @@ from jaxdiff.common import parallel
 from jaxdiff.data import preprocess
 from jaxdiff.drivers.diffusion_config import family_from_config
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
+from jaxdiff.models.dit import DIT_SIZES, DiT
 from jaxdiff.models.unet import UNet
 from jaxdiff.training.keys import INIT_STREAM, stream_key
 from jaxdiff.training.optim import learning_rate_schedule, make_optimizer
 from jaxdiff.training.state import TrainState, init_train_state
-from jaxdiff.training.step import make_train_step
+from jaxdiff.training.step import as_float, make_train_step
 
 
 def unet_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32) -> UNet:
@@ -40,12 +41,22 @@ def unet_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.
                 freq_shift=m.freq_shift)
 
 
-def build_model(config, channels: int, num_classes: int) -> UNet:
-    """The U-Net of ``config.model`` for images with ``channels`` channels; conditional on
-    ``num_classes`` labels when ``model.class_conditional``."""
-    return unet_from_config(config.model, out_ch=channels,
-                            num_classes=num_classes if config.model.class_conditional else 0,
-                            dtype=jnp.dtype(config.training.dtype))
+def dit_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32) -> DiT:
+    """The :class:`~jaxdiff.models.dit.DiT` of a ``config.model`` block (``model.dit``; ``dit.size`` names
+    the paper's depth, width and heads, else the three fields give them)."""
+    d = model_config.dit
+    depth, hidden, heads = DIT_SIZES[d.size] if d.size else (d.depth, d.hidden_size, d.num_heads)
+    return DiT(patch_size=d.patch_size, hidden_size=hidden, depth=depth, num_heads=heads, mlp_ratio=d.mlp_ratio,
+               out_ch=out_ch, num_classes=num_classes, learn_sigma=d.learn_sigma, dtype=dtype,
+               remat=model_config.remat, attention_implementation=d.attention or None)
+
+
+def build_model(config, channels: int, num_classes: int):
+    """The denoiser of ``config.model`` (``backbone``: the U-Net or DiT) for images (or latents) with
+    ``channels`` channels; conditional on ``num_classes`` labels when ``model.class_conditional``."""
+    build = dit_from_config if config.model.backbone == "dit" else unet_from_config
+    return build(config.model, out_ch=channels, num_classes=num_classes if config.model.class_conditional else 0,
+                 dtype=jnp.dtype(config.training.dtype))
 
 
 def learning_rate_from_config(training_config) -> optax.Schedule:
@@ -60,15 +71,16 @@ def optimizer_from_config(training_config) -> optax.GradientTransformation:
                           eps=tc.adam_eps, weight_decay=tc.weight_decay, grad_clip_norm=tc.grad_clip_norm)
 
 
-def train_step_from_config(config, apply_fn, family, optimizer, num_classes: int, mesh=None):
+def train_step_from_config(config, apply_fn, family, optimizer, num_classes: int, mesh=None, latent: bool = False):
     """:func:`jaxdiff.training.make_train_step` with the arguments a config gives (the family of
     ``config.diffusion``; uint8 batches scaled to [-1, 1] and flipped per ``data.random_flip`` inside
-    the step)."""
+    the step, or with ``latent`` batches of latents taken as they are)."""
     tc = config.training
     return make_train_step(
         apply_fn, family, optimizer, ema_decay_rate=tc.ema_decay, ema_warmup=tc.ema_warmup,
         num_classes=num_classes, label_dropout=tc.label_dropout,
-        preprocess=functools.partial(preprocess, random_flip=config.data.random_flip), seed=config.seed,
+        preprocess=as_float if latent else functools.partial(preprocess, random_flip=config.data.random_flip),
+        seed=config.seed,
         grad_accum_steps=tc.grad_accum_steps, learning_rate_fn=learning_rate_from_config(tc), mesh=mesh)
 
 
@@ -76,9 +88,15 @@ class Experiment:
     """The compiled pieces of one configuration for images of ``channels`` channels and a dataset of
     ``num_classes`` classes: ``model`` (a Flax module), ``apply_fn``, ``family`` (its ``tables`` for the
     ddpm family, else ``None``), ``tx``, ``mesh``,
-    ``state_sharding``, ``step`` (the jitted train step), :meth:`init`, :meth:`abstract_state`."""
+    ``state_sharding``, ``step`` (the jitted train step), :meth:`init`, :meth:`abstract_state`.
 
-    def __init__(self, config, channels: int, num_classes: int, mesh=None):
+    With ``latent`` (a :class:`~jaxdiff.drivers.latent.LatentSpace`; ``channels`` its latent channels) the
+    model denoises latents: ``image_shape`` is the latent shape and :meth:`decode` turns samples into
+    images (the identity otherwise)."""
+
+    kind = "diffusion"
+
+    def __init__(self, config, channels: int, num_classes: int, mesh=None, latent=None):
         parallel.check_partitionable_rng()
         self.config = config
         pc = config.parallel
@@ -86,7 +104,8 @@ class Experiment:
         parallel.check_batch_divides(config.training.batch_size, self.mesh,
                                      accum_steps=config.training.grad_accum_steps)
         self.num_classes = num_classes
-        self.image_shape = (config.data.image_size, config.data.image_size, channels)
+        self.latent = latent
+        self.image_shape = tuple(latent.shape) if latent else (config.data.image_size, config.data.image_size, channels)
         self.model = build_model(config, channels, num_classes)
         self.apply_fn = denoiser_apply(self.model)
         self.family = family_from_config(config.diffusion)
@@ -97,7 +116,8 @@ class Experiment:
         self.state_sharding = parallel.state_shardings(shapes, self.mesh, pc.shard_params, pc.shard_min_size)
         self._shapes = shapes
         rep, batch = parallel.replicated(self.mesh), parallel.batch_sharded(self.mesh)
-        step = train_step_from_config(config, self.apply_fn, self.family, self.tx, self.model.num_classes, self.mesh)
+        step = train_step_from_config(config, self.apply_fn, self.family, self.tx, self.model.num_classes, self.mesh,
+                                      latent=latent is not None)
         self.step = jax.jit(step, in_shardings=(self.state_sharding, batch),
                             out_shardings=(self.state_sharding, rep), donate_argnums=0)
         # The key is made inside the program, so every process builds the same state without inputs.
@@ -114,7 +134,15 @@ class Experiment:
         return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             self._shapes, self.state_sharding)
 
+    def decode(self, samples):
+        """Samples as images in [-1, 1]: decoded by the latent space's autoencoder, else as they are."""
+        return samples if self.latent is None else self.latent.decode(samples)
+
     def meta(self) -> dict:
-        """What a checkpoint records besides the state: the config and the data's shape."""
-        return {"config": json.loads(self.config.to_json()), "channels": self.image_shape[-1],
-                "num_classes": self.num_classes}
+        """What a checkpoint records besides the state: the config, the data's shape (the latents'
+        channels for latent diffusion, then also the latent space's ``latent`` info) and the kind."""
+        meta = {"config": json.loads(self.config.to_json()), "channels": self.image_shape[-1],
+                "num_classes": self.num_classes, "kind": self.kind}
+        if self.latent is not None:
+            meta["latent"] = self.latent.info
+        return meta

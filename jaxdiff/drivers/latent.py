@@ -100,21 +100,23 @@ def encode_training_set(config, source, recorded: dict | None, log=print):
     ``latent.scale_factor`` resolved (the checkpoint's when resuming, else the config's, else measured:
     ``1 / std`` of the unscaled latents), the :class:`LatentSpace`, and an in-memory source of the
     scaled latents with the images' labels."""
-    if source.image_shape[-1] != _autoencoder_channels(config):
-        raise ConfigError(f"the autoencoder in {config.latent.autoencoder} takes {_autoencoder_channels(config)}-"
-                          f"channel images, the data has {source.image_shape[-1]}")
     scale = float((recorded or {}).get("latent", {}).get("scale_factor") or config.latent.scale_factor or 0.0)
-    space = open_latent_space(config, scale or 1.0, log)
+    space = open_latent_space(config, scale or 1.0, log if scale else lambda *_: None)
+    if source.image_shape[-1] != space.image_shape[-1]:
+        raise ConfigError(f"the autoencoder in {config.latent.autoencoder} takes {space.image_shape[-1]}-channel "
+                          f"images, the data has {source.image_shape[-1]}")
     latents, labels = _encode(space.encode, source)
     if not scale:  # measured, as LDM: unit standard deviation
         scale = 1.0 / float(np.std(latents.astype(np.float64)))
         latents = latents * np.float32(scale)
         space = space._replace(scale=scale, info={**space.info, "scale_factor": scale},
                                decode=_rescaled(space.decode, scale), encode=_rescaled_encode(space.encode, scale))
-        log(f"latent diffusion: scale factor {scale:.5g} measured (1 / std of {latents.size:,} latent values)")
+        log(f"latent diffusion: the {'x'.join(map(str, space.shape))} latents of the autoencoder in "
+            f"{config.latent.autoencoder}, scale factor {scale:.5g} measured (1 / std of {latents.size:,} values)")
     out = copy.deepcopy(config)
     out.latent.scale_factor = scale
-    data = ArraySource(latents, labels, source.num_classes, f"{source.name} latents", getattr(source, "class_names", ()))
+    data = ArraySource(latents, labels, source.num_classes, f"{source.name} latents",
+                       getattr(source, "class_names", ()))
     return out, space, data
 
 
@@ -126,11 +128,3 @@ def _rescaled(decode: Callable, scale: float) -> Callable:
 def _rescaled_encode(encode: Callable, scale: float) -> Callable:
     return lambda images: scale * encode(images)
 
-
-def _autoencoder_channels(config) -> int:
-    latest = model_source.latest_checkpoint(config.latent.autoencoder)
-    if latest is None:
-        raise ConfigError(f"latent.autoencoder={config.latent.autoencoder!r} has no checkpoint: train one there "
-                          "with --mode=train_autoencoder")
-    latest.manager.close()
-    return int(latest.meta["channels"])

@@ -74,8 +74,9 @@ def check_kind(latest: LatestCheckpoint | None, kind: str, workdir) -> None:
     held = latest.meta.get("kind", "diffusion") if latest is not None else kind
     if held != kind:
         mode = "--mode=train_autoencoder" if held == "autoencoder" else "--mode=train"
-        raise ConfigError(f"{workdir} holds a {held} checkpoint (made by {mode}), not a {kind} one: use another "
-                          "--workdir")
+        article = "an" if held[0] in "aeiou" else "a"
+        raise ConfigError(f"{workdir} holds {article} {held} checkpoint (made by {mode}), not a {kind} one: use "
+                          "another --workdir")
 
 
 def _diffusers_source(path: str) -> ModelSource:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from jaxdiff.drivers import config_checks, model_source
+from jaxdiff.drivers import config_checks, latent, model_source
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
 
@@ -40,6 +40,7 @@ def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
     if not workdir:
         raise config_checks.ConfigError("--workdir is required")
     latest = model_source.latest_checkpoint(workdir)
+    model_source.check_kind(latest, "diffusion", workdir)
     source = None if latest is not None else model_source.open_source(config)
     if latest is None and source is None:
         raise checkpoint.CheckpointError(
@@ -48,7 +49,12 @@ def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
     workdir = config_checks.check_workdir(workdir)
     if latest is not None:
         config = model_source.configure(config, None, latest.meta["config"], log)
-        experiment = Experiment(config, latest.meta["channels"], latest.meta["num_classes"])
+        space = None
+        if latest.meta.get("latent"):  # a latent diffusion model: decode with the autoencoder it trained on
+            config.latent.autoencoder = latest.meta["latent"]["autoencoder"]
+            config.latent.scale_factor = latest.meta["latent"]["scale_factor"]
+            space = latent.open_latent_space(config, config.latent.scale_factor, log)
+        experiment = Experiment(config, latest.meta["channels"], latest.meta["num_classes"], latent=space)
         return OpenModel(workdir, latest.step, experiment, latest, None)
     config = model_source.configure(config, source, None, log)
     return OpenModel(workdir, 0, Experiment(config, source.channels, source.num_classes), None, source)

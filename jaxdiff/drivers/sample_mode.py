@@ -29,15 +29,19 @@ def generate(experiment: Experiment, params, key, num_samples: int, sampling_con
     """``num_samples`` images from ``params`` with the sampler of ``sampling_config`` (default
     ``config.sampling``), chunked and keyed as :func:`jaxdiff.core.generation.generate` describes,
     the batch sharded over the experiment's mesh. With ``trajectory`` the first chunk's trajectory
-    comes back too."""
+    comes back too (not for latent diffusion, whose samples come back decoded into images)."""
     config = experiment.config
     sc = sampling_config or config.sampling
     num_steps = resolve_sampler(sc, experiment.family)[1]
-    every = trajectory_stride(num_steps, sc.trajectory_every) if trajectory else 0
-    return generate_from_config(
+    every = trajectory_stride(num_steps, sc.trajectory_every) if trajectory and experiment.latent is None else 0
+    out = generate_from_config(
         experiment.apply_fn, params, experiment.family, sc, (num_samples,) + tuple(experiment.image_shape), key,
         num_classes=experiment.model.num_classes, trajectory_every=every,
         mesh=experiment.mesh, cache=experiment.sampler_cache, progress=progress, should_stop=should_stop)
+    if experiment.latent is None:
+        return out
+    chunks = [experiment.decode(out.samples[i:i + sc.batch_size]) for i in range(0, num_samples, sc.batch_size)]
+    return out._replace(samples=np.concatenate([np.asarray(c) for c in chunks]))
 
 
 def sample_tag(sampling_config, family, step: int, conditional: bool) -> str:
