@@ -20,6 +20,7 @@ from jaxdiff import data  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
 from jaxdiff.core import diffusion  # noqa: E402
 from jaxdiff.drivers import restore, sample_mode  # noqa: E402
+from jaxdiff.drivers.autoencoder_experiment import AutoencoderExperiment  # noqa: E402
 from jaxdiff.drivers.experiment import Experiment  # noqa: E402
 from jaxdiff.training import keys  # noqa: E402
 from tests.scale_common import scale_config  # noqa: E402
@@ -115,6 +116,33 @@ def main():
     out8 = jax.jit(opened.experiment.apply_fn)(params, x, t, y)
     out1 = opened.experiment.apply_fn(jax.device_get(params), x, t, y)
     results["init_from_diff"] = float(np.max(np.abs(np.asarray(out8) - np.asarray(out1))))
+
+    # DiT with FSDP over 8 devices trains what it trains on 1 device.
+    dit = {"model.backbone": "dit", "model.dit.depth": 2, "model.dit.hidden_size": 32, "model.dit.num_heads": 2}
+    trainer_d1 = Experiment(scale_config(**dit, **{"parallel.num_devices": 1}), channels=1, num_classes=10)
+    dit_state0 = jax.device_get(trainer_d1.init())
+    _, loss_d1, _, state_d1 = run(trainer_d1.config, dit_state0)
+    _, loss_d8, _, state_d8 = run(scale_config(**dit, **{"parallel.num_devices": 8, "parallel.shard_params": True,
+                                                         "parallel.shard_min_size": 64}), dit_state0)
+    results["dit_loss_1"], results["dit_loss_fsdp"] = loss_d1, loss_d8
+    results["dit_param_diff"] = max_diff(state_d1.params, state_d8.params)
+    results["dit_sharded_leaves"] = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state_d8.params))
+
+    # The autoencoder's step over 8 devices (FSDP) equals 1 device's.
+    ae = {"autoencoder.block_out_channels": (16, 32), "autoencoder.norm_num_groups": 8}
+    ae1 = AutoencoderExperiment(scale_config(**ae, **{"parallel.num_devices": 1}), 1)
+    ae8 = AutoencoderExperiment(scale_config(**ae, **{"parallel.num_devices": 8, "parallel.shard_params": True,
+                                                      "parallel.shard_min_size": 64}), 1)
+    ae_state0, ae_final = jax.device_get(ae1.init()), {}
+    for n, experiment in ((1, ae1), (8, ae8)):
+        state = jax.device_put(ae_state0, experiment.state_sharding)
+        stream = data.batch_stream(data.load_source(experiment.config.data), 0, 0, 16)
+        losses = []
+        for _ in range(STEPS):
+            state, metrics = experiment.step(state, parallel.global_batch(next(stream), experiment.mesh))
+            losses.append(float(metrics["loss"]))
+        results[f"ae_loss_{n}"], ae_final[n] = losses, state
+    results["ae_param_diff"] = max_diff(ae_final[1].params, ae_final[8].params)
 
     errors = []
     for overrides in ({"training.batch_size": 12}, {"training.batch_size": 24, "training.grad_accum_steps": 2}):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxdiff.data import load_source
-from jaxdiff.drivers import config_checks, eval_mode, latent, model_source, restore, sample_mode, train_loop
+from jaxdiff.drivers import (config_checks, eval_mode, export_mode, latent, model_source, restore, sample_mode,
+                             train_loop)
 from tests.conftest import tiny_config
 
 AE = {"autoencoder.block_out_channels": (16, 32), "autoencoder.norm_num_groups": 8,
@@ -87,20 +88,24 @@ def test_latent_diffusion_trains_on_unit_std_latents_and_samples_images(autoenco
         generate = eval_mode.make_image_generator(opened.experiment, config.sampling, 1.0, 4)
         out = generate(restore.load_params(opened), jax.random.key(0), np.arange(4, dtype=np.int32))
         assert out.shape == (4, 8, 8, 1)  # eval's FID and accuracy see decoded images
+        # resume: 5 steps, then on to 10 from the checkpoint, is the 10-step run bit for bit
+        split = tmp_path / "split"
+        train_loop.train(latent_config(autoencoder, **{"training.num_train_steps": 5, "training.checkpoint_every": 5}),
+                         str(split), progress=False)
+        resumed = train_loop.train(config, str(split), progress=False)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(resumed)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_dit_backbone_trains_resumes_and_samples_in_pixel_space(tmp_path):
-    base = {**NETS, "model.backbone": "dit", "diffusion.family": "flow", "training.checkpoint_every": 3,
-            "sampling.sampler": "euler"}
-    full = train_loop.train(tiny_config(**base, **{"training.num_train_steps": 6}), str(tmp_path / "a"),
-                            progress=False)
-    train_loop.train(tiny_config(**base, **{"training.num_train_steps": 3}), str(tmp_path / "b"), progress=False)
-    resumed = train_loop.train(tiny_config(**base, **{"training.num_train_steps": 6}), str(tmp_path / "b"),
-                               progress=False)
-    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert "blocks_1" in full.params and "x_embedder" in full.params  # the DiT's parameters
-    info = sample_mode.run_sample_mode(tiny_config(**base, **{"training.num_train_steps": 6}), str(tmp_path / "a"))
+def test_dit_backbone_trains_and_samples_in_pixel_space(tmp_path):
+    """DiT through the drivers in another family (flow), guided sampling from the checkpoint; resume and
+    8 devices are the train loop's and the mesh's, tested for both backbones elsewhere."""
+    config = tiny_config(**{**NETS, "model.backbone": "dit", "diffusion.family": "flow", "sampling.sampler": "euler",
+                            "sampling.guidance_scale": 2.0, "training.num_train_steps": 6})
+    state = train_loop.train(config, str(tmp_path / "a"), progress=False)
+    assert "blocks_1" in state.params and "x_embedder" in state.params  # the DiT's parameters
+    assert np.isfinite([r["loss"] for r in rows(tmp_path / "a")]).all()
+    info = sample_mode.run_sample_mode(config, str(tmp_path / "a"))
     assert np.load(tmp_path / "a" / info["files"]["npz"])["images"].shape == (10, 8, 8, 1)
 
 
@@ -120,4 +125,8 @@ def test_mismatched_autoencoders_are_one_line_errors(autoencoder, tmp_path):
         train_loop.train_autoencoder(ae_config(), str(diffusion_run), progress=False)
     with pytest.raises(config_checks.ConfigError, match="holds an autoencoder checkpoint"):
         train_loop.train(tiny_config(), str(autoencoder), progress=False)
+    with pytest.raises(config_checks.ConfigError, match="holds an autoencoder: init_from takes pixel-space"):
+        restore.open_latest(tiny_config(**{"model.init_from": str(autoencoder)}), str(tmp_path / "x"), "sample")
+    with pytest.raises(ValueError, match="this model is a latent diffusion model"):
+        export_mode.run_export(latent_config(autoencoder), str(diffusion_run), log=lambda *_: None)
     assert not (tmp_path / "ldm" / "checkpoints").exists()

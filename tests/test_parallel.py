@@ -115,6 +115,16 @@ def test_init_from_weights_shard_over_devices(eight):
     assert eight["init_from_diff"] < 1e-5
 
 
+def test_dit_and_autoencoder_shard_over_devices_and_match(eight):
+    """DiT with FSDP (parallel.shard_params) on 8 devices and the autoencoder's step (FSDP too) train
+    what they train on one device."""
+    assert eight["dit_sharded_leaves"] > 5
+    np.testing.assert_allclose(eight["dit_loss_fsdp"], eight["dit_loss_1"], rtol=1e-5)
+    assert eight["dit_param_diff"] < TOL
+    np.testing.assert_allclose(eight["ae_loss_8"], eight["ae_loss_1"], rtol=1e-5)
+    assert eight["ae_param_diff"] < TOL
+
+
 def test_batch_that_does_not_divide_is_a_clear_error(eight):
     assert eight["errors"][0] == "training.batch_size=12 does not divide over 8 devices; use a multiple of 8"
     assert "grad_accum_steps=2 micro-batches over 8 devices; use a multiple of 16" in eight["errors"][1]

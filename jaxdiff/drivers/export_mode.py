@@ -29,6 +29,9 @@ def run_export(config, workdir, log=print) -> str:
     cfg = experiment.config
     out = paths.as_path(opened.workdir) / "diffusers"
     unet, size = experiment.model, cfg.data.image_size
+    if cfg.model.backbone != "unet" or experiment.latent is not None:
+        raise ValueError("--mode=export writes pixel-space U-Nets (diffusers UNet2DModel); this model is "
+                         + ("a DiT" if cfg.model.backbone != "unet" else "a latent diffusion model"))
     diffusers_unet.config_from_unet(unet, size)  # what diffusers cannot express fails here, before any work
     scheduler = None
     if cfg.diffusion.family == "ddpm":

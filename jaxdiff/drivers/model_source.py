@@ -110,6 +110,10 @@ def _workdir_source(config, path: str) -> ModelSource:
     if latest is None:
         raise ConfigError(f"model.init_from={path!r} is neither a diffusers folder (config.json) nor a jaxdiff "
                           "work directory with a checkpoint")
+    if latest.meta.get("kind", "diffusion") != "diffusion" or latest.meta.get("latent"):
+        latest.manager.close()
+        what = "a latent diffusion model" if latest.meta.get("latent") else "an autoencoder"
+        raise ConfigError(f"model.init_from={path!r} holds {what}: init_from takes pixel-space diffusion models")
     source_config = with_checkpoint_config(config, latest.meta["config"])
     source_config.model.init_from = ""
     channels, num_classes = int(latest.meta["channels"]), int(latest.meta["num_classes"])
