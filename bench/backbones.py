@@ -6,7 +6,8 @@ all at batch 64, in one run.
 
 Each workload builds the experiment its config gives (the compiled train step, donated state), runs
 one warm-up step (the compile, timed apart), then ``rounds`` rounds of ``steps`` steps on a fixed batch
-(no input pipeline); prints the median steps/s and images/s and the parameter count. Round-robin over
+(no input pipeline), with the CPU tuning ``main.py`` applies (tcmalloc, XLA flags); prints the
+median steps/s and images/s and the parameter count. Round-robin over
 the workloads so that a slow spell of the machine hits all of them alike.
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 
 from bench.train_step import machine  # noqa: E402
+from jaxdiff.common import cpu_tuning  # noqa: E402
 from configs import digits, digits_dit, digits_latent  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
 from jaxdiff.data import load_source  # noqa: E402
@@ -75,6 +77,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
+    cpu_tuning.reexec_with_tcmalloc()  # as main.py runs
+    cpu_tuning.apply()
     runs = {}
     for name, (experiment, batch) in workloads().items():
         state = experiment.init()
@@ -93,13 +97,14 @@ def main(argv=None):
             jax.block_until_ready(metrics)
             run["rates"].append(args.steps / (time.perf_counter() - t0))
             run["state"] = state
-    result = {name: {"steps_per_s": statistics.median(r["rates"]), "images_per_s": BATCH * statistics.median(r["rates"]),
-                     "compile_s": round(r["compile_s"], 2), "params": r["params"], "rounds": r["rates"]}
-              for name, r in runs.items()}
+    result = {name: {"steps_per_s": statistics.median(r["rates"]),
+                     "images_per_s": BATCH * statistics.median(r["rates"]), "compile_s": round(r["compile_s"], 2),
+                     "params": r["params"], "rounds": r["rates"]} for name, r in runs.items()}
     print(f"| workload (batch {BATCH}) | parameters | steps/s | images/s | first step (compile) |")
     print("|---|---|---|---|---|")
     for name, r in result.items():
-        print(f"| {name} | {r['params']:,} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} | {r['compile_s']:.1f} s |")
+        print(f"| {name} | {r['params']:,} | {r['steps_per_s']:.1f} | {r['images_per_s']:.0f} "
+              f"| {r['compile_s']:.1f} s |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": result, "args": vars(args), "machine": machine()}, f, indent=1)

@@ -32,4 +32,5 @@ def get_config(family: str = "ddpm"):
     config.sampling.sampler = "ddim"  # 1000-step DDPM on 50k samples is for the pixel-space protocol
     config.sampling.num_steps = 250
     config.eval.bpd = False  # a bound on latents is not one on pixels
+    config.sampling.clip_x0 = False  # latents have unit std, not the images' [-1, 1]
     return config

@@ -24,4 +24,5 @@ def get_config(family: str = "ddpm"):
     config.model.ch_mult = (1, 2)  # 4x4 and 2x2 latents
     config.model.attn_resolutions = (2,)
     config.model.dit.patch_size = 1  # with backbone=dit: one token per latent pixel
+    config.sampling.clip_x0 = False  # latents have unit std, not the images' [-1, 1]
     return config

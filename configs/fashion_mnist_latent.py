@@ -21,4 +21,5 @@ def get_config(family: str = "ddpm"):
     config.model.ch_mult = (1, 2)  # 14x14 and 7x7 latents
     config.model.attn_resolutions = (7,)
     config.model.dit.patch_size = 2
+    config.sampling.clip_x0 = False  # latents have unit std, not the images' [-1, 1]
     return config

@@ -128,6 +128,16 @@ def main():
     results["dit_param_diff"] = max_diff(state_d1.params, state_d8.params)
     results["dit_sharded_leaves"] = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(state_d8.params))
 
+    # DiT-XL/2's train state (675M parameters, never allocated) under FSDP: the share of its bytes sharded.
+    xl_fields = {"model.backbone": "dit", "model.dit.size": "XL", "model.dit.patch_size": 2,
+                 "model.dit.learn_sigma": True, "data.image_size": 32, "parallel.num_devices": 8,
+                 "parallel.shard_params": True}
+    xl = Experiment(scale_config(**xl_fields), channels=4, num_classes=1000)
+    leaves = jax.tree.leaves(xl.abstract_state())
+    sharded = sum(x.size for x in leaves if not x.sharding.is_fully_replicated)
+    results["xl_sharded_fraction"] = sharded / sum(x.size for x in leaves)
+    results["xl_params"] = sum(x.size for x in jax.tree.leaves(xl.abstract_state().params))
+
     # The autoencoder's step over 8 devices (FSDP) equals 1 device's.
     ae = {"autoencoder.block_out_channels": (16, 32), "autoencoder.norm_num_groups": 8}
     ae1 = AutoencoderExperiment(scale_config(**ae, **{"parallel.num_devices": 1}), 1)

@@ -27,7 +27,7 @@ def ae_config(**overrides):
 
 def latent_config(autoencoder, backbone="unet", **overrides):
     return tiny_config(**{**NETS, "latent.autoencoder": str(autoencoder), "model.backbone": backbone,
-                          "training.num_train_steps": 10, **overrides})
+                          "training.num_train_steps": 10, "sampling.clip_x0": False, **overrides})
 
 
 def rows(workdir):

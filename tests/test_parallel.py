@@ -119,6 +119,9 @@ def test_dit_and_autoencoder_shard_over_devices_and_match(eight):
     """DiT with FSDP (parallel.shard_params) on 8 devices and the autoencoder's step (FSDP too) train
     what they train on one device."""
     assert eight["dit_sharded_leaves"] > 5
+    # DiT-XL/2 (its state built abstractly): FSDP shards > 99% of the bytes of params, EMA and Adam moments
+    assert eight["xl_params"] == 674_834_720  # tests/test_dit.py: the paper's 675M less the frozen positions
+    assert eight["xl_sharded_fraction"] > 0.99
     np.testing.assert_allclose(eight["dit_loss_fsdp"], eight["dit_loss_1"], rtol=1e-5)
     assert eight["dit_param_diff"] < TOL
     np.testing.assert_allclose(eight["ae_loss_8"], eight["ae_loss_1"], rtol=1e-5)

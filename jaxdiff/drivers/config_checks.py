@@ -115,6 +115,9 @@ def _check_autoencoder(config) -> None:
         raise ConfigError(f"latent.autoencoder={lat.autoencoder!r} does not exist (train an autoencoder there "
                           "with --mode=train_autoencoder)")
     _number(lat.scale_factor, "latent.scale_factor", 0.0)
+    if lat.autoencoder and config.sampling.clip_x0:
+        raise ConfigError("sampling.clip_x0=True clips latents to [-1, 1], where images live but latents (unit "
+                          "std) do not: set sampling.clip_x0=False with latent.autoencoder")
     if lat.autoencoder and config.model.init_from:
         raise ConfigError("model.init_from and latent.autoencoder together are not supported: start a latent "
                           "model from scratch")
