@@ -28,13 +28,14 @@ resnet ``norm1 conv1 norm2 conv2 nin_shortcut``  ``norm1 conv1 norm2 conv2 conv_
 attention ``norm q k v proj_out``               ``group_norm to_q to_k to_v to_out.0``
 ==============================================  ==================================================
 
-Tensors as for the U-Net (:func:`~jaxdiff.interop.diffusers_unet.to_torch_layout`): conv ``[O, I, kh,
+Tensors as for the U-Net (:func:`~jaxdiff.interop.state_dicts.to_torch_layout`): conv ``[O, I, kh,
 kw]`` <-> ``[kh, kw, I, O]``, linear ``[out, in]`` <-> ``[in, out]``, GroupNorm ``weight`` <-> ``scale``;
 old hub folders' attention names ``query / key / value / proj_attn`` are read as diffusers renames them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import NamedTuple
@@ -43,10 +44,9 @@ import jax
 import numpy as np
 
 from jaxdiff.common import paths
-from jaxdiff.interop import safetensors_file
-from jaxdiff.interop.diffusers_unet import (_LEAF, CONFIG_NAME, DIFFUSERS_VERSION, WEIGHTS_NAME, _read_json,
-                                            _renamed_legacy, _write_json, from_torch_layout, read_weights,
-                                            to_torch_layout)
+from jaxdiff.interop import safetensors_file, state_dicts
+from jaxdiff.interop.diffusers_unet import CONFIG_NAME, DIFFUSERS_VERSION, WEIGHTS_NAME, read_weights
+from jaxdiff.interop.state_dicts import LEAF_NAMES, read_json, write_json
 from jaxdiff.interop.safetensors_file import WeightsError
 from jaxdiff.models.autoencoder import SD_SCALING_FACTOR, AutoencoderKL, init_autoencoder
 
@@ -176,7 +176,7 @@ def diffusers_key(path: tuple[str, ...], num_levels: int) -> str:
     """The diffusers state-dict key of the jaxdiff parameter at ``path`` (module names, then the leaf)."""
     part, *rest = path
     if part in ("quant_conv", "post_quant_conv"):
-        return f"{part}.{_LEAF[rest[-1]]}"
+        return f"{part}.{LEAF_NAMES[rest[-1]]}"
     module, *inner, leaf = rest
     if module in _TOP:
         key = _TOP[module]
@@ -185,7 +185,7 @@ def diffusers_key(path: tuple[str, ...], num_levels: int) -> str:
         prefix = f"{side}_blocks.{int(level) if side == 'down' else num_levels - 1 - int(level)}"
         key = {"block": f"{prefix}.resnets.{index}", "downsample": f"{prefix}.downsamplers.0.conv",
                "upsample": f"{prefix}.upsamplers.0.conv"}[kind]
-    return ".".join([part, key, *(_INNER[name] for name in inner), _LEAF[leaf]])
+    return ".".join([part, key, *(_INNER[name] for name in inner), LEAF_NAMES[leaf]])
 
 
 def param_shapes(autoencoder: AutoencoderKL) -> dict:
@@ -196,38 +196,13 @@ def param_shapes(autoencoder: AutoencoderKL) -> dict:
 def params_from_state_dict(state_dict: dict, autoencoder: AutoencoderKL, where: str = WEIGHTS_NAME) -> dict:
     """jaxdiff parameters (float32 NumPy) of ``autoencoder`` from a diffusers state dict; every key of
     the network must be present with its shape, and no other key may be left over."""
-    state_dict = _renamed_legacy(state_dict)
-    levels = len(autoencoder.block_out_channels)
-    params: dict = {}
-    used = set()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(autoencoder))[0]:
-        names = tuple(p.key for p in path)
-        key = diffusers_key(names, levels)
-        if key not in state_dict:
-            raise WeightsError(f"{where} lacks {key}, which the network of its config.json has")
-        array = from_torch_layout(np.asarray(state_dict[key]), names[-1])
-        if array.shape != tuple(leaf.shape):
-            raise WeightsError(f"{where}: {key} has shape {tuple(state_dict[key].shape)}, the network of its "
-                               f"config.json needs {to_torch_layout(np.zeros(leaf.shape, np.int8), names[-1]).shape}")
-        node = params
-        for name in names[:-1]:
-            node = node.setdefault(name, {})
-        node[names[-1]] = np.asarray(array, np.float32)
-        used.add(key)
-    extra = sorted(set(state_dict) - used)
-    if extra:
-        raise WeightsError(f"{where} has {len(extra)} weight(s) the network of its config.json lacks, "
-                           f"e.g. {extra[0]}")
-    return params
+    key_of = functools.partial(diffusers_key, num_levels=len(autoencoder.block_out_channels))
+    return state_dicts.params_from_state_dict(state_dict, param_shapes(autoencoder), key_of, where)
 
 
 def state_dict_from_params(params: dict, num_levels: int) -> dict[str, np.ndarray]:
     """The diffusers state dict (float32, PyTorch layouts) of jaxdiff autoencoder parameters."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = tuple(p.key for p in path)
-        out[diffusers_key(names, num_levels)] = to_torch_layout(np.asarray(leaf, np.float32), names[-1])
-    return out
+    return state_dicts.state_dict_from_params(params, functools.partial(diffusers_key, num_levels=num_levels))
 
 
 # ----------------------------------------------------------------------------------------- folders
@@ -247,7 +222,7 @@ def read_folder(path: str | os.PathLike) -> DiffusersAutoencoder:
     if not os.path.isfile(config_path):
         raise WeightsError(f"{path} is not a diffusers model folder: it has no {CONFIG_NAME} (nor "
                            f"{SUBFOLDER}/{CONFIG_NAME})")
-    autoencoder, size, scaling = autoencoder_from_diffusers_config(_read_json(config_path), config_path)
+    autoencoder, size, scaling = autoencoder_from_diffusers_config(read_json(config_path), config_path)
     params = params_from_state_dict(read_weights(model_dir), autoencoder, os.path.join(model_dir, WEIGHTS_NAME))
     return DiffusersAutoencoder(autoencoder, params, size, scaling, path)
 
@@ -261,4 +236,4 @@ def write_folder(path: paths.PathLike, autoencoder: AutoencoderKL, params: dict,
     config = config_from_autoencoder(autoencoder, sample_size, scaling_factor)  # before anything is written
     state_dict = state_dict_from_params(params, len(autoencoder.block_out_channels))
     safetensors_file.write(root / WEIGHTS_NAME, state_dict, metadata={"format": "pt"})
-    _write_json(root / CONFIG_NAME, config)
+    write_json(root / CONFIG_NAME, config)

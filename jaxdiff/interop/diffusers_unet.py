@@ -28,7 +28,7 @@ jaxdiff cannot reproduce (another block type, Fourier time, scale-shift norm, ..
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import re
 from typing import NamedTuple
@@ -37,7 +37,8 @@ import jax
 import numpy as np
 
 from jaxdiff.common import paths, torch_pickle
-from jaxdiff.interop import safetensors_file
+from jaxdiff.interop import safetensors_file, state_dicts
+from jaxdiff.interop.state_dicts import LEAF_NAMES, read_json, write_json
 from jaxdiff.interop.safetensors_file import WeightsError
 from jaxdiff.models.denoiser import init_denoiser
 from jaxdiff.models.unet import UNet
@@ -75,8 +76,6 @@ _TOP = {"conv_in": "conv_in", "temb_dense0": "time_embedding.linear_1", "temb_de
 _INNER = {"conv1": "conv1", "norm1": "norm1", "temb_proj": "time_emb_proj", "norm2": "norm2", "conv2": "conv2",
           "nin_shortcut": "conv_shortcut", "norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v",
           "proj_out": "to_out.0"}
-_LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
-_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _BLOCK = re.compile(r"(down|up)_(\d+)_(block|attn|downsample|upsample)(?:_(\d+))?$")
 
 
@@ -222,33 +221,7 @@ def diffusers_key(path: tuple[str, ...], num_levels: int) -> str:
         prefix = f"{side}_blocks.{int(level) if side == 'down' else num_levels - 1 - int(level)}"
         key = {"block": f"{prefix}.resnets.{index}", "attn": f"{prefix}.attentions.{index}",
                "downsample": f"{prefix}.downsamplers.0.conv", "upsample": f"{prefix}.upsamplers.0.conv"}[kind]
-    return ".".join([key, *(_INNER[name] for name in inner), _LEAF[leaf]])
-
-
-def to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-    """A jaxdiff parameter named ``leaf`` in PyTorch's layout: kernels ``[kh, kw, I, O] -> [O, I, kh, kw]``
-    and ``[in, out] -> [out, in]``; biases, norm scales and embedding tables as they are."""
-    if leaf != "kernel":
-        return array
-    return array.transpose(3, 2, 0, 1) if array.ndim == 4 else array.T
-
-
-def from_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
-    """The inverse of :func:`to_torch_layout`."""
-    if leaf != "kernel":
-        return array
-    return array.transpose(2, 3, 1, 0) if array.ndim == 4 else array.T
-
-
-def _renamed_legacy(state_dict: dict) -> dict:
-    """Old hub checkpoints' attention names (``attentions.0.query.weight``) as diffusers reads them."""
-    out = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        if len(parts) >= 2 and parts[-2] in _LEGACY_ATTENTION and "attentions" in parts:
-            key = ".".join(parts[:-2] + [_LEGACY_ATTENTION[parts[-2]], parts[-1]])
-        out[key] = value
-    return out
+    return ".".join([key, *(_INNER[name] for name in inner), LEAF_NAMES[leaf]])
 
 
 def param_shapes(unet: UNet, image_size: int, channels: int) -> dict:
@@ -260,53 +233,16 @@ def params_from_state_dict(state_dict: dict, unet: UNet, image_size: int, channe
                            where: str = WEIGHTS_NAME) -> dict:
     """jaxdiff parameters (float32 NumPy) of ``unet`` from a diffusers state dict; every key of the
     network must be present with its shape, and no other key may be left over."""
-    state_dict = _renamed_legacy(state_dict)
-    shapes = param_shapes(unet, image_size, channels)
-    levels = len(unet.ch_mult)
-    params: dict = {}
-    used = set()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
-        names = tuple(p.key for p in path)
-        key = diffusers_key(names, levels)
-        if key not in state_dict:
-            raise WeightsError(f"{where} lacks {key}, which the network of its config.json has")
-        array = from_torch_layout(np.asarray(state_dict[key]), names[-1])
-        if array.shape != tuple(leaf.shape):
-            raise WeightsError(f"{where}: {key} has shape {tuple(state_dict[key].shape)}, the network of its "
-                               f"config.json needs {to_torch_layout(np.zeros(leaf.shape, np.int8), names[-1]).shape}")
-        node = params
-        for name in names[:-1]:
-            node = node.setdefault(name, {})
-        node[names[-1]] = np.asarray(array, np.float32)
-        used.add(key)
-    extra = sorted(set(state_dict) - used)
-    if extra:
-        raise WeightsError(f"{where} has {len(extra)} weight(s) the network of its config.json lacks, "
-                           f"e.g. {extra[0]}")
-    return params
+    return state_dicts.params_from_state_dict(state_dict, param_shapes(unet, image_size, channels),
+                                              functools.partial(diffusers_key, num_levels=len(unet.ch_mult)), where)
 
 
 def state_dict_from_params(params: dict, num_levels: int) -> dict[str, np.ndarray]:
     """The diffusers state dict (float32, PyTorch layouts) of jaxdiff U-Net parameters."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = tuple(p.key for p in path)
-        out[diffusers_key(names, num_levels)] = to_torch_layout(np.asarray(leaf, np.float32), names[-1])
-    return out
+    return state_dicts.state_dict_from_params(params, functools.partial(diffusers_key, num_levels=num_levels))
 
 
 # ----------------------------------------------------------------------------------------- folders
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"cannot read {path} as JSON ({' '.join(str(e).split())})") from None
-    if not isinstance(config, dict):
-        raise WeightsError(f"{path} is not a JSON object")
-    return config
 
 
 def is_diffusers_folder(path: str | os.PathLike) -> bool:
@@ -341,14 +277,14 @@ def read_folder(path: str | os.PathLike) -> DiffusersUNet:
     config_path = os.path.join(unet_dir, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise WeightsError(f"{path} is not a diffusers model folder: it has no {CONFIG_NAME} (nor unet/{CONFIG_NAME})")
-    unet, size = unet_from_diffusers_config(_read_json(config_path), config_path)
+    unet, size = unet_from_diffusers_config(read_json(config_path), config_path)
     channels = unet.out_ch
     weights_path = os.path.join(unet_dir, WEIGHTS_NAME)
     params = params_from_state_dict(read_weights(unet_dir), unet, size, channels, weights_path)
     scheduler = None
     for candidate in (os.path.join(unet_dir, SCHEDULER_NAME), os.path.join(path, "scheduler", SCHEDULER_NAME)):
         if os.path.isfile(candidate):
-            scheduler = _read_json(candidate)
+            scheduler = read_json(candidate)
             break
     return DiffusersUNet(unet, params, size, channels, scheduler, path)
 
@@ -363,13 +299,10 @@ def write_folder(path: paths.PathLike, unet: UNet, params: dict, image_size: int
     config = config_from_unet(unet, image_size)  # before anything is written
     safetensors_file.write(root / "unet" / WEIGHTS_NAME, state_dict_from_params(params, len(unet.ch_mult)),
                            metadata={"format": "pt"})
-    _write_json(root / "unet" / CONFIG_NAME, config)
+    write_json(root / "unet" / CONFIG_NAME, config)
     if scheduler is not None:
-        _write_json(root / "scheduler" / SCHEDULER_NAME, scheduler)
-        _write_json(root / "model_index.json",
+        write_json(root / "scheduler" / SCHEDULER_NAME, scheduler)
+        write_json(root / "model_index.json",
                     {"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
                      "scheduler": ["diffusers", scheduler["_class_name"]], "unet": ["diffusers", "UNet2DModel"]})
 
-
-def _write_json(path, obj: dict) -> None:
-    paths.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
