@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 import jax
 import numpy as np
 
-from jaxdiff.common import parallel
+from jaxdiff.common.chunks import map_chunks
 from jaxdiff.data import ArraySource, preprocess
 from jaxdiff.drivers import model_source
 from jaxdiff.drivers.autoencoder_experiment import KIND, AutoencoderExperiment
@@ -28,28 +28,35 @@ ENCODE_BATCH = 256  # images per compiled encoder call
 
 class LatentSpace(NamedTuple):
     """An autoencoder's latent space: ``scale`` (latents are ``scale * z``), ``shape`` ``(h, w, c)`` of
-    the latents, ``image_shape`` ``(H, W, C)`` of the images, ``decode(latents) -> images in [-1, 1]``
-    (compiled, the EMA weights bound), ``encode(uint8 images) -> latents`` (posterior means times
-    ``scale``), and ``info`` (what checkpoints and sample files record: path, step, scale)."""
+    the latents, ``image_shape`` ``(H, W, C)`` of the images, the autoencoder's own compiled
+    ``encode_z(uint8 images) -> z`` (posterior means) and ``decode_z(z) -> images in [-1, 1]`` (EMA
+    weights bound), and ``info`` (what checkpoints and sample files record: path, step, scale)."""
 
     scale: float
     shape: tuple
     image_shape: tuple
-    decode: Callable
-    encode: Callable
+    encode_z: Callable
+    decode_z: Callable
     info: dict
+
+    def encode(self, images):
+        """uint8 images -> latents ``scale * z``."""
+        return self.scale * self.encode_z(images)
+
+    def decode(self, latents):
+        """Latents ``scale * z`` -> images in [-1, 1]."""
+        return self.decode_z(latents / self.scale)
+
+    def rescaled(self, scale: float) -> "LatentSpace":
+        """The same space with latents multiplied by ``scale`` instead."""
+        return self._replace(scale=float(scale), info={**self.info, "scale_factor": float(scale)})
 
 
 def recorded_autoencoder_config(config, recorded: dict):
     """``config`` with the autoencoder, training and image-size fields of an autoencoder checkpoint's
     recorded config, so that its train state restores."""
-    out = copy.deepcopy(config)
-    for block in ("autoencoder", "training"):
-        for name, value in recorded.get(block, {}).items():
-            if name in out[block]:
-                out[block][name] = tuple(value) if isinstance(value, list) else value
-    out.data.image_size = recorded["data"]["image_size"]
-    return out
+    return model_source.overlay_recorded(config, recorded, {"autoencoder": None, "training": None,
+                                                            "data": ("image_size",)})
 
 
 def open_latent_space(config, scale: float, log=print) -> LatentSpace:
@@ -76,23 +83,24 @@ def open_latent_space(config, scale: float, log=print) -> LatentSpace:
     f, h, c = model.downsampling_factor, config.data.image_size, model.latent_channels
     shape = (h // f, h // f, c)
     encode_mean = jax.jit(lambda p, images: model.apply({"params": p}, preprocess(images, None), method="encode")[0])
-    decode = jax.jit(lambda p, z: model.apply({"params": p}, z / scale, method="decode"))
+    decode = jax.jit(lambda p, z: model.apply({"params": p}, z, method="decode"))
     info = {"autoencoder": str(path), "autoencoder_step": int(latest.step), "scale_factor": float(scale),
             "latent_shape": list(shape)}
     log(f"latent diffusion: the {shape[0]}x{shape[1]}x{shape[2]} latents of the autoencoder in {path} "
         f"(step {latest.step}, f={f}), scaled by {scale:.5g}")
-    return LatentSpace(float(scale), shape, experiment.image_shape, lambda z: decode(params, z),
-                       lambda images: scale * encode_mean(params, images), info)
+    return LatentSpace(float(scale), shape, experiment.image_shape, lambda images: encode_mean(params, images),
+                       lambda z: decode(params, z), info)
 
 
-def _encode(space_encode: Callable, source) -> tuple[np.ndarray, np.ndarray]:
-    """All images of ``source`` through ``space_encode``, in batches: ``(latents, labels)``."""
-    latents, labels = [], []
-    for start in range(0, len(source), ENCODE_BATCH):
-        images, batch_labels = source[np.arange(start, min(start + ENCODE_BATCH, len(source)))]
-        latents.append(parallel.to_host(space_encode(np.asarray(images))))
-        labels.append(np.asarray(batch_labels))
-    return np.concatenate(latents).astype(np.float32), np.concatenate(labels).astype(np.int32)
+def _encode(encode: Callable, source) -> tuple[np.ndarray, np.ndarray]:
+    """All images of ``source`` through ``encode`` in chunks of :data:`ENCODE_BATCH` (one compiled
+    shape): ``(latents, labels)``."""
+    def chunk(c, indices):
+        images, labels = source[indices]
+        return encode(np.asarray(images)), np.asarray(labels)
+
+    latents, labels = map_chunks(chunk, np.arange(len(source)), ENCODE_BATCH)
+    return latents.astype(np.float32), labels.astype(np.int32)
 
 
 def encode_training_set(config, source, recorded: dict | None, log=print):
@@ -109,8 +117,7 @@ def encode_training_set(config, source, recorded: dict | None, log=print):
     if not scale:  # measured, as LDM: unit standard deviation
         scale = 1.0 / float(np.std(latents.astype(np.float64)))
         latents = latents * np.float32(scale)
-        space = space._replace(scale=scale, info={**space.info, "scale_factor": scale},
-                               decode=_rescaled(space.decode, scale), encode=_rescaled_encode(space.encode, scale))
+        space = space.rescaled(scale)
         log(f"latent diffusion: the {'x'.join(map(str, space.shape))} latents of the autoencoder in "
             f"{config.latent.autoencoder}, scale factor {scale:.5g} measured (1 / std of {latents.size:,} values)")
     out = copy.deepcopy(config)
@@ -118,13 +125,4 @@ def encode_training_set(config, source, recorded: dict | None, log=print):
     data = ArraySource(latents, labels, source.num_classes, f"{source.name} latents",
                        getattr(source, "class_names", ()))
     return out, space, data
-
-
-def _rescaled(decode: Callable, scale: float) -> Callable:
-    """``decode`` (built for scale 1) for latents multiplied by ``scale``."""
-    return lambda z: decode(z / scale)
-
-
-def _rescaled_encode(encode: Callable, scale: float) -> Callable:
-    return lambda images: scale * encode(images)
 

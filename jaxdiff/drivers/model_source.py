@@ -90,17 +90,26 @@ def _diffusers_source(path: str) -> ModelSource:
                        model.unet.num_classes, lambda use_ema: model.params)
 
 
+def overlay_recorded(config, recorded: dict, fields: dict) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the values a checkpoint's recorded config (``meta["config"]``, JSON)
+    has for ``fields`` (``{block: names}``; ``None`` = every field of the block the config has), JSON
+    lists as tuples and objects as ConfigDicts."""
+    out = copy.deepcopy(config)
+    for block, names in fields.items():
+        values = recorded.get(block, {})
+        for name in (names if names is not None else [n for n in values if n in out[block]]):
+            if name in values:
+                value = values[name]
+                out[block][name] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
+                    tuple(value) if isinstance(value, list) else value)
+    return out
+
+
 def with_checkpoint_config(config, recorded: dict) -> ml_collections.ConfigDict:
     """``config`` with the fields a checkpoint's recorded config (``meta["config"]``) has for the
     network, its process and its optimiser (so its train state restores), and the data's image size."""
-    out = copy.deepcopy(config)
-    for block, names in (("model", ARCHITECTURE), ("diffusion", PROCESS), ("training", tuple(config.training)),
-                         ("data", ("image_size",))):
-        for name in names:
-            if name in recorded.get(block, {}):
-                value = recorded[block][name]
-                out[block][name] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
-                    tuple(value) if isinstance(value, list) else value)
+    out = overlay_recorded(config, recorded, {"model": ARCHITECTURE, "diffusion": PROCESS, "training": None,
+                                              "data": ("image_size",)})
     out.model.downsample_padding = recorded.get("model", {}).get("downsample_padding", "symmetric")
     return out
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 
 from jaxdiff.common import paths, plotting, preemption
+from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core.samplers import SampleOutput
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.experiment import Experiment
@@ -40,8 +41,7 @@ def generate(experiment: Experiment, params, key, num_samples: int, sampling_con
         mesh=experiment.mesh, cache=experiment.sampler_cache, progress=progress, should_stop=should_stop)
     if experiment.latent is None:
         return out
-    chunks = [experiment.decode(out.samples[i:i + sc.batch_size]) for i in range(0, num_samples, sc.batch_size)]
-    return out._replace(samples=np.concatenate([np.asarray(c) for c in chunks]))
+    return out._replace(samples=map_chunks(lambda c, x: experiment.decode(x), out.samples, sc.batch_size))
 
 
 def sample_tag(sampling_config, family, step: int, conditional: bool) -> str:

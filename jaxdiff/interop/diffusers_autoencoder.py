@@ -101,12 +101,7 @@ def autoencoder_from_diffusers_config(config: dict, where: str = CONFIG_NAME) ->
     def unsupported(name, why):
         return WeightsError(f"{where}: {name}={_field(config, name)!r} is not supported: {why}")
 
-    if config.get("_class_name", CLASS_NAME) != CLASS_NAME:
-        raise WeightsError(f"{where}: _class_name={config['_class_name']!r}: jaxdiff reads {CLASS_NAME} folders here")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in AUTOENCODER_DEFAULTS)
-    if unknown:
-        raise WeightsError(f"{where}: unknown {CLASS_NAME} field {unknown[0]!r} (diffusers {DIFFUSERS_VERSION} "
-                           "has no such argument)")
+    state_dicts.check_model_config(config, CLASS_NAME, AUTOENCODER_DEFAULTS, DIFFUSERS_VERSION, where)
     for name, value in _FIXED.items():
         if _field(config, name) != value:
             raise unsupported(name, f"jaxdiff scales latents by scaling_factor alone ({name}={value!r})")

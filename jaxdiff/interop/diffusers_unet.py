@@ -107,12 +107,7 @@ def unet_from_diffusers_config(config: dict, where: str = CONFIG_NAME) -> tuple[
     def unsupported(name, why):
         return WeightsError(f"{where}: {name}={_field(config, name)!r} is not supported: {why}")
 
-    if config.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise WeightsError(f"{where}: _class_name={config['_class_name']!r}: jaxdiff reads UNet2DModel folders")
-    unknown = sorted(k for k in config if not k.startswith("_") and k not in UNET_DEFAULTS)
-    if unknown:
-        raise WeightsError(f"{where}: unknown UNet2DModel field {unknown[0]!r} (diffusers {DIFFUSERS_VERSION} "
-                           "has no such argument)")
+    state_dicts.check_model_config(config, "UNet2DModel", UNET_DEFAULTS, DIFFUSERS_VERSION, where)
     for name, value in _FIXED.items():
         if _field(config, name) != value:
             raise unsupported(name, f"jaxdiff's U-Net has {value!r} only")

@@ -86,6 +86,18 @@ def state_dict_from_params(params: dict, key_of: KeyOf) -> dict[str, np.ndarray]
     return out
 
 
+def check_model_config(config: dict, class_name: str, fields, version: str, where: str) -> None:
+    """Raise a one-line :class:`WeightsError` unless a diffusers ``config.json`` is of ``class_name``
+    (or says nothing) and has no argument outside ``fields`` (keys starting with ``_`` are metadata)."""
+    if config.get("_class_name", class_name) != class_name:
+        raise WeightsError(f"{where}: _class_name={config['_class_name']!r}: jaxdiff reads {class_name} folders "
+                           "here")
+    unknown = sorted(k for k in config if not k.startswith("_") and k not in fields)
+    if unknown:
+        raise WeightsError(f"{where}: unknown {class_name} field {unknown[0]!r} (diffusers {version} has no such "
+                           "argument)")
+
+
 def read_json(path: str) -> dict:
     """A model folder's JSON file as a dict (a one-line :class:`WeightsError` if it is not one)."""
     try:
