@@ -311,15 +311,32 @@ def make_sampler(family: Family, name: str, num_steps: int = 0, spacing: str = "
     """
     check_sampler_fits(family, name)
     spacing = resolve_spacing(family, name, spacing)
-    if family.name == "ddpm":
+    if family.name == "ddpm" and name in DISCRETE_CHAIN:
         tables = family.tables
-        if name in DISCRETE_CHAIN:
-            timesteps = samplers.spaced_timesteps(tables.num_timesteps, num_steps or tables.num_timesteps,
-                                                  spacing, tables.alphas_cumprod)
-            if name == "ddpm":
-                return samplers.ddpm_sampler(tables, timesteps, family.prediction, variance, clip_x0)
-            return samplers.ddim_sampler(tables, timesteps, family.prediction, eta, clip_x0, set_alpha_to_one)
-    grid = family.grid(num_steps, spacing, set_alpha_to_one)
+        timesteps = samplers.spaced_timesteps(tables.num_timesteps, num_steps or tables.num_timesteps, spacing,
+                                              tables.alphas_cumprod)
+        if name == "ddpm":
+            return samplers.ddpm_sampler(tables, timesteps, family.prediction, variance, clip_x0)
+        return samplers.ddim_sampler(tables, timesteps, family.prediction, eta, clip_x0, set_alpha_to_one)
+    return sampler_on_grid(family, name, family.grid(num_steps, spacing, set_alpha_to_one), eta=eta,
+                           sde_eta=sde_eta, variance=variance, clip_x0=clip_x0, churn=churn, s_min=s_min,
+                           s_max=s_max, s_noise=s_noise)
+
+
+def sampler_on_grid(family: Family, name: str, grid: Grid, *, eta: float = 0.0, sde_eta: float = 1.0,
+                    variance: str = "fixed_small", clip_x0: bool = True, churn: float = 0.0, s_min: float = 0.0,
+                    s_max: float = float("inf"), s_noise: float = 1.0) -> Sampler:
+    """The sampler called ``name`` over the levels of ``grid`` (any part of a family's grid: editing
+    starts part way down, at SDEdit's strength). The ddpm family's ``ddpm`` and ``ddim`` step over the
+    grid's table rows ``grid.time[:-1]`` and end at ``abar = grid.alpha[-1] ** 2`` (1 or ``abar_0``);
+    the other arguments are :func:`make_sampler`'s."""
+    check_sampler_fits(family, name)
+    if family.name == "ddpm" and name in DISCRETE_CHAIN:
+        tables, timesteps = family.tables, np.asarray(grid.time[:-1]).astype(np.int32)
+        if name == "ddpm":
+            return samplers.ddpm_sampler(tables, timesteps, family.prediction, variance, clip_x0)
+        return samplers.ddim_sampler(tables, timesteps, family.prediction, eta, clip_x0,
+                                     set_alpha_to_one=bool(grid.alpha[-1] == 1.0))
     if name in ("euler", "euler_ancestral"):
         return euler_ancestral_sampler(family, grid, sde_eta if name == "euler_ancestral" else 0.0, clip_x0)
     if name in ("heun", "edm_stochastic"):
