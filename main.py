@@ -1,4 +1,4 @@
-"""jaxdiff command line: ``python main.py --config=configs/NAME.py --workdir=DIR [--mode=train|sample|eval]``.
+"""jaxdiff command line: ``python main.py --config=configs/NAME.py --workdir=DIR [--mode=train|sample|eval|edit|...]``.
 
 Override any config field with ``--config.FIELD=VALUE`` (e.g. ``--config.training.batch_size=64``).
 The config is checked before anything is compiled or written; bad input is a one-line error.
@@ -12,7 +12,7 @@ Multi-process (multi-host GPU, TPU pods): run the same command on every host wit
 Exit codes: 0 done; 2 bad input, an unusable checkpoint, a failed save or a work directory in use by
 another run; 3 training diverged (a non-finite loss; nothing non-finite was saved); 128 + N (143 for
 SIGTERM, 130 for SIGINT) when training was stopped by signal N after saving a checkpoint: re-run the
-same command to continue; 128 + N too when ``--mode=sample`` or ``--mode=eval`` was stopped by signal N
+same command to continue; 128 + N too when ``--mode=sample``, ``--mode=eval`` or ``--mode=edit`` was stopped by signal N
 (between two chunks, before anything was written).
 """
 
@@ -30,14 +30,15 @@ from ml_collections import config_flags  # noqa: E402
 
 from jaxdiff.common import parallel, preemption  # noqa: E402
 from jaxdiff.common.run_lock import WorkdirLocked  # noqa: E402
-from jaxdiff.drivers import config_checks, eval_mode, export_mode, sample_mode, train_loop  # noqa: E402
+from jaxdiff.drivers import config_checks, edit_mode, eval_mode, export_mode, sample_mode, train_loop  # noqa: E402
 from jaxdiff.training import checkpoint  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics and pictures (resumes "
                     "if it has a checkpoint).")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export", "train_autoencoder"],
-                  "What to do with the config and workdir (export: a diffusers folder in <workdir>/diffusers; "
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "edit", "export", "train_autoencoder"],
+                  "What to do with the config and workdir (edit: inpaint, SDEdit, restore, invert or interpolate "
+                  "images as config.edit says; export: a diffusers folder in <workdir>/diffusers; "
                   "train_autoencoder: the KL autoencoder of config.autoencoder, for latent.autoencoder).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
@@ -103,6 +104,9 @@ def main(argv):
         elif FLAGS.mode == "eval":
             m = eval_mode.run_eval(config, workdir)
             print(f"wrote {workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
+        elif FLAGS.mode == "edit":
+            info = edit_mode.run_edit_mode(config, workdir)
+            print(f"wrote {workdir}/{info['files']['grid']} and {info['num_images']} inputs' results")
         elif FLAGS.mode == "train_autoencoder":
             train_loop.train_autoencoder(config, workdir)
             print(f"done: autoencoder checkpoints, reconstructions_*.png and metrics.jsonl in {workdir}")

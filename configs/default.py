@@ -172,8 +172,33 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.variance = "fixed_small"  # sampler ddpm only: fixed_small | fixed_large
     sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step (eps recomputed from it)
     sampling.use_ema = True
+    sampling.save_pngs = False  # --mode=sample: also every sample as its own PNG in sample_<tag>/ (for pytorch-fid,
+    #   clean-fid and other tools that read a folder)
     sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers
     #   still show ~10 frames (0 = no figure)
+
+    # --mode=edit: use a trained model on images (docs/editing.md). The sampler is config.sampling's.
+    config.edit = edit = ml_collections.ConfigDict()
+    edit.task = "inpaint"  # inpaint | sdedit | restore | invert | interpolate
+    edit.input = "dataset"  # dataset (the first images of data's test split) | a folder of PNG/JPEG files |
+    #   an .npz (array "images", uint8 [N, H, W, C]) | an .npy; interpolate also takes "noise"
+    edit.num_images = 8  # input images used (from the start of the input)
+    edit.samples_per_image = 2  # results per input (inpaint, sdedit, restore)
+    edit.method = "auto"  # inpaint: repaint | ddnm | dps (auto: repaint); restore: ddnm | dps (auto: ddnm,
+    #   dps when edit.measurement_noise > 0)
+    edit.mask = "center"  # inpaint, the region to fill: center | left | right | top | bottom | random |
+    #   box:y0,x0,h,w | a PNG or .npy file of the image size (white / nonzero = fill)
+    edit.operator = "super_resolution"  # restore: super_resolution | deblur_gaussian | deblur_box |
+    #   colorization | denoise
+    edit.operator_scale = 0.0  # super-resolution factor (default 4), Gaussian blur sigma (1.5), box size (3)
+    edit.measurement_noise = 0.0  # restore: std of the noise added to the measurement, in [-1, 1] units
+    edit.strength = 0.5  # sdedit: 0 returns the input, 1 an unconditional sample
+    edit.jump_length = 10  # repaint: resampling jumps of this many sampler steps ...
+    edit.jump_n_sample = 10  # ... this many times (1 = no resampling; RePaint's j = 10, r = 10)
+    edit.dps_scale = 1.0  # dps: step size zeta of the measurement gradient
+    edit.interpolation_points = 8  # interpolate: images along each path (ends included)
+    edit.labels = "auto"  # class-conditional models: auto (the input's labels from the dataset, else
+    #   sampling.labels) | none | comma-separated ids; guidance is sampling.guidance_scale
 
     # --mode=eval and the training-time FID; docs/evaluation.md states the protocol.
     config.eval = ev = ml_collections.ConfigDict()

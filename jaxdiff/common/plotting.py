@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -30,14 +31,8 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.n
 def save_image_grid(images, path: paths.PathLike, nrow: int | None = None, scale: int = 0) -> np.ndarray:
     """Save images in [-1, 1] (``[N, H, W, C]``) as one PNG grid; small images are enlarged
     (nearest neighbour) to about 64 pixels so that a person can see them. Returns the grid."""
-    from PIL import Image
-
     grid = make_grid(to_uint8(images), nrow)
-    h = np.asarray(images).shape[1]
-    scale = scale or max(1, 64 // h)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    paths.save_pil_image(img, path)
+    paths.save_pil_image(_enlarged(grid, np.asarray(images).shape[1], scale), path)
     return grid
 
 
@@ -131,3 +126,67 @@ def save_class_grid(images, labels, path: paths.PathLike, per_class: int = 10, c
     paths.save_figure(fig, path, dpi=100, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     return grid
+
+
+def _enlarged(grid: np.ndarray, height: int, scale: int = 0):
+    """A uint8 grid as a PIL image enlarged (nearest neighbour) so tiles of ``height`` are ~64 pixels."""
+    from PIL import Image
+
+    scale = scale or max(1, 64 // height)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def save_columns(columns, path: paths.PathLike, titles=None) -> np.ndarray:
+    """A before / after figure: ``columns`` is a list of image arrays ``[N, H, W, C]`` in [-1, 1]
+    (e.g. input, degraded input, results); row ``i`` shows image ``i`` of every column, titled with
+    ``titles`` when given. Returns the uint8 grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [to_uint8(c) for c in columns]
+    n, h = columns[0].shape[0], columns[0].shape[1]
+    tiles = np.stack(columns, axis=1).reshape((-1,) + columns[0].shape[1:])
+    grid = make_grid(tiles, len(columns))
+    fig, ax = plt.subplots(figsize=(0.3 + 0.8 * len(columns), 0.3 + 0.8 * n))
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_yticks([]), ax.set_xticks([1 + k * (h + 1) + h / 2 for k in range(len(columns))])
+    ax.set_xticklabels(list(titles) if titles is not None else [], fontsize=6, rotation=30)
+    ax.tick_params(length=0)
+    fig.tight_layout(pad=0.2)
+    paths.save_figure(fig, path, dpi=150)
+    plt.close(fig)
+    return grid
+
+
+def save_image_folder(images, directory: paths.PathLike, start: int = 0) -> list[str]:
+    """Each image of ``[N, H, W, C]`` in [-1, 1] as its own PNG ``directory/000000.png, ...`` (numbered
+    from ``start``), at its own resolution: a folder that external FID tools (pytorch-fid, clean-fid)
+    read. Returns the file names."""
+    from PIL import Image
+
+    directory = paths.as_path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, img in enumerate(to_uint8(images)):
+        name = f"{start + i:06d}.png"
+        paths.save_pil_image(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), directory / name)
+        names.append(name)
+    return names
+
+
+def save_trajectory_gif(frames, path: paths.PathLike, max_images: int = 16, frame_ms: int = 120,
+                        hold_ms: int = 1500) -> None:
+    """An animated GIF of a denoising trajectory: ``frames [F, N, H, W, C]`` in [-1, 1] (``x_t`` or the
+    predicted ``x0`` of each recorded step), each frame a grid of the first ``max_images``; the last
+    frame is held for ``hold_ms``."""
+    frames = to_uint8(frames)[:, :max_images]
+    if frames.ndim != 5 or len(frames) < 1:
+        raise ValueError(f"a trajectory GIF needs frames [F, N, H, W, C], got shape {frames.shape}")
+    images = [_enlarged(make_grid(f), f.shape[1]).convert("P" if f.shape[-1] == 3 else "L") for f in frames]
+    buf = io.BytesIO()
+    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], loop=0,
+                   duration=[frame_ms] * (len(images) - 1) + [hold_ms])
+    paths.write_bytes(path, buf.getvalue())

@@ -9,7 +9,7 @@ import math
 import uuid
 
 from jaxdiff.common import paths
-from jaxdiff.core import diffusion, families, schedules
+from jaxdiff.core import diffusion, families, operators, restoration, schedules
 from jaxdiff.data import DataError, check_data_config
 from jaxdiff.drivers.diffusion_config import TARGET_CHOICES, family_from_config
 from jaxdiff.drivers.sampling import check_sampling_config
@@ -22,6 +22,8 @@ from jaxdiff.training.autoencoder_step import RECONSTRUCTIONS
 from jaxdiff.training.optim import OPTIMIZERS
 
 EXTRACTORS = ("classifier", "inception")
+EDIT_TASKS = ("inpaint", "sdedit", "restore", "invert", "interpolate")
+INPAINT_METHODS = ("repaint",) + restoration.METHODS
 BACKBONES = ("unet", "dit")
 
 
@@ -213,14 +215,51 @@ def validate(config) -> None:
     _positive(s.num_samples, "sampling.num_samples")
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
+    _bool(s.save_pngs, "sampling.save_pngs")
     try:
         family = family_from_config(f)
         check_sampling_config(s, family, bool(m.class_conditional))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if "edit" in config:
+        validate_edit(config)
     if "eval" in config:
         # the Inception weights file is read only when training will use it (training.eval_every > 0)
         validate_eval(config, check_weights=bool(t.get("eval_every", 0)))
+
+
+def validate_edit(config) -> None:
+    """Raise :class:`ConfigError` (one line) for an unusable ``config.edit`` block (the checks that
+    need the model, such as the mask's or operator's fit to its images, follow once it is opened)."""
+    e = config.edit
+    _choice(e.task, EDIT_TASKS, "edit.task")
+    methods = {"inpaint": INPAINT_METHODS, "restore": restoration.METHODS}.get(e.task, ())
+    if e.method != "auto" and e.method not in methods:
+        raise ConfigError(f"edit.method={e.method!r} does not fit edit.task={e.task!r}; choose "
+                          + (f"auto, {', '.join(methods)}" if methods else "auto (this task has no method)"))
+    _choice(e.operator, operators.OPERATORS[:-1], "edit.operator")
+    if not isinstance(e.input, str) or not e.input:
+        raise ConfigError(f"edit.input must be 'dataset', 'noise' or a path, got {e.input!r}")
+    if e.input == "noise" and e.task != "interpolate":
+        raise ConfigError(f"edit.input=noise is for edit.task=interpolate; edit.task={e.task} needs images")
+    _positive(e.num_images, "edit.num_images")
+    if e.task == "interpolate" and e.num_images < 2:
+        raise ConfigError(f"edit.task=interpolate needs edit.num_images >= 2 (pairs of images), got {e.num_images}")
+    _positive(e.samples_per_image, "edit.samples_per_image")
+    _positive(e.jump_length, "edit.jump_length")
+    _positive(e.jump_n_sample, "edit.jump_n_sample")
+    _positive(e.interpolation_points, "edit.interpolation_points")
+    if e.interpolation_points < 2:
+        raise ConfigError(f"edit.interpolation_points must be at least 2, got {e.interpolation_points}")
+    _number(e.operator_scale, "edit.operator_scale", 0.0)
+    _number(e.measurement_noise, "edit.measurement_noise", 0.0)
+    _number(e.strength, "edit.strength", 0.0, 1.0)
+    _number(e.dps_scale, "edit.dps_scale", 0.0)
+    if e.task == "restore" and e.method == "ddnm" and e.measurement_noise > 0:
+        raise ConfigError("edit.method=ddnm is for noiseless measurements (DDNM+'s noise handling is not built); "
+                          "use edit.method=dps with edit.measurement_noise > 0")
+    if not isinstance(e.labels, str):
+        raise ConfigError(f"edit.labels must be auto, none or comma-separated class ids, got {e.labels!r}")
 
 
 def validate_eval(config, check_weights: bool = True) -> None:

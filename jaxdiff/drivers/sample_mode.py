@@ -73,8 +73,9 @@ def run_sample_mode(config, workdir) -> dict:
     """Restore the latest checkpoint in ``workdir`` (else the network of ``model.init_from``) and write,
     tagged by :func:`sample_tag`:
     ``sample_<tag>.png`` (grid of up to 256), ``sample_<tag>_classes.png`` (one row per class, for a
-    class-conditional model), ``trajectory_<tag>.png`` (x_t and predicted x0 over time, when
-    ``sampling.trajectory_every > 0``) and ``sample_<tag>.npz`` (``images`` uint8 ``[N, H, W, C]``,
+    class-conditional model), ``trajectory_<tag>.png`` and ``trajectory_<tag>.gif`` (x_t and predicted
+    x0 over time, and x_t as an animation, when ``sampling.trajectory_every > 0``), with
+    ``sampling.save_pngs`` a folder ``sample_<tag>/`` of one PNG per sample, and ``sample_<tag>.npz`` (``images`` uint8 ``[N, H, W, C]``,
     ``labels`` int32, -1 when unconditional, ``meta`` a JSON string). Returns the metadata.
     Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``. SIGTERM
     or Ctrl-C stops it between two chunks with :class:`~jaxdiff.common.preemption.Interrupted`,
@@ -101,6 +102,9 @@ def run_sample_mode(config, workdir) -> dict:
         files["classes"] = f"sample_{tag}_classes.png"
     if out.trajectory_xt is not None:
         files["trajectory"] = f"trajectory_{tag}.png"
+        files["trajectory_gif"] = f"trajectory_{tag}.gif"
+    if sc.save_pngs:
+        files["pngs"] = f"sample_{tag}"
     info["files"] = files
     if not paths.is_writer():  # every process samples (a collective); one writes
         return info
@@ -112,6 +116,9 @@ def run_sample_mode(config, workdir) -> dict:
         time_name = "sigma" if experiment.family.name == "edm" else "t"  # edm's time is its noise level
         plotting.save_trajectory(out.trajectory_xt, out.trajectory_x0, out.trajectory_t,
                                  out_dir / files["trajectory"], time_name=time_name)
+        plotting.save_trajectory_gif(out.trajectory_xt, out_dir / files["trajectory_gif"])
+    if sc.save_pngs:
+        plotting.save_image_folder(images, out_dir / files["pngs"])
     labels = out.labels if out.labels is not None else np.full(len(images), -1, np.int32)
     paths.save_npz(out_dir / files["npz"], compressed=True, images=plotting.to_uint8(images), labels=labels,
                    meta=json.dumps(info))

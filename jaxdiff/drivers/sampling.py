@@ -103,9 +103,16 @@ def sampler_from_config(family: Family, sampling_config) -> Sampler:
     """The :class:`Sampler` a ``config.sampling`` block describes (``ValueError`` on bad values)."""
     sc = sampling_config
     name, steps = resolve_sampler(sc, family)
-    return solvers.make_sampler(family, name, steps, sc.spacing, eta=sc.eta, sde_eta=sc.sde_eta,
-                                variance=sc.variance, clip_x0=sc.clip_x0, set_alpha_to_one=sc.set_alpha_to_one,
-                                churn=sc.s_churn, s_min=sc.s_min, s_max=sc.s_max, s_noise=sc.s_noise)
+    return solvers.make_sampler(family, name, steps, sc.spacing, set_alpha_to_one=sc.set_alpha_to_one,
+                                **sampler_options(sc))
+
+
+def sampler_options(sampling_config) -> dict:
+    """The keyword arguments of :func:`~jaxdiff.core.solvers.sampler_on_grid` in a ``config.sampling``
+    block (noise, variance, clipping, EDM's churn)."""
+    sc = sampling_config
+    return {"eta": sc.eta, "sde_eta": sc.sde_eta, "variance": sc.variance, "clip_x0": sc.clip_x0,
+            "churn": sc.s_churn, "s_min": sc.s_min, "s_max": sc.s_max, "s_noise": sc.s_noise}
 
 
 def sampling_metadata(sampling_config, family: Family) -> dict:

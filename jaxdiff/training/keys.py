@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import jax
 
-TRAIN_STREAM, SAMPLE_STREAM, INIT_STREAM = 0, 1, 2  # independent key streams derived from the seed
+TRAIN_STREAM, SAMPLE_STREAM, INIT_STREAM, EDIT_STREAM = 0, 1, 2, 3  # independent key streams derived from the seed
 EVAL_STREAM = 101  # evaluation keys (sample mode, FID); the training-time FID uses EVAL_STREAM + 1
 
 

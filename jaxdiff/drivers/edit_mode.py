@@ -1,0 +1,382 @@
+"""``--mode=edit``: a trained model applied to images, as ``config.edit`` describes (docs/editing.md).
+
+Tasks: ``inpaint`` (RePaint, DDNM or DPS with a mask), ``sdedit`` (image-to-image at a strength),
+``restore`` (super-resolution, deblurring, colorization or denoising by DDNM or DPS), ``invert``
+(DDIM inversion and reconstruction) and ``interpolate`` (spherical interpolation between inverted
+images or noises). The sampler is ``config.sampling``'s; class labels and guidance combine with every
+task. Every check (fields, the input's size and channels, the mask, the operator against the
+model's images) runs before anything is restored or compiled. Process 0 writes
+``<workdir>/edit_<tag>/``: ``before_after.png`` (input, degraded input, results; or the
+interpolation paths), ``results/000000.png ...`` (one PNG per result) and ``edit.npz`` with
+``edit.json``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.common import paths, plotting, preemption
+from jaxdiff.common.chunks import map_chunks
+from jaxdiff.core import editing, operators, restoration, solvers
+from jaxdiff.core.generation import prior_noise
+from jaxdiff.core.samplers import guided_denoise_fn, run_sampler
+from jaxdiff.data import preprocess
+from jaxdiff.drivers import restore
+from jaxdiff.drivers.config_checks import ConfigError
+from jaxdiff.drivers.eval_mode import load_splits
+from jaxdiff.drivers.progress import GuardedBar
+from jaxdiff.drivers.sampling import check_sampling_config, parse_labels, resolve_sampler, sampler_options
+from jaxdiff.training.keys import EDIT_STREAM, stream_key
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+PIXEL_SPACE_TASKS = ("inpaint", "restore")  # their masks and operators act on pixels, not latents
+
+
+# --------------------------------------------------------------------------- inputs
+
+def method_of(edit_config) -> str:
+    """``edit.method`` with ``auto`` resolved: repaint for inpaint, ddnm for restore (dps when the
+    measurement is noisy); ``-`` for the tasks without a method."""
+    ec = edit_config
+    if ec.task not in ("inpaint", "restore"):
+        return "-"
+    if ec.method != "auto":
+        return ec.method
+    if ec.task == "inpaint":
+        return "repaint"
+    return "dps" if ec.measurement_noise > 0 else "ddnm"
+
+
+def known_mask(spec: str, image_shape, seed: int = 0) -> np.ndarray:
+    """``[H, W, 1]`` float32, 1 where the input is kept and 0 in the region ``spec`` names to fill:
+    ``center`` (the middle half in each direction), ``left`` / ``right`` / ``top`` / ``bottom``
+    halves, ``random`` (half the pixels, ``default_rng(seed)``), ``box:y0,x0,h,w``, or a PNG / .npy
+    file of the image size (white / nonzero = fill)."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    fill = np.zeros((h, w), bool)
+    text = str(spec).strip()
+    if text == "center":
+        fill[h // 4:h - h // 4, w // 4:w - w // 4] = True
+    elif text in ("left", "right", "top", "bottom"):
+        half = {"left": (slice(None), slice(0, w // 2)), "right": (slice(None), slice(w // 2, None)),
+                "top": (slice(0, h // 2), slice(None)), "bottom": (slice(h // 2, None), slice(None))}[text]
+        fill[half] = True
+    elif text == "random":
+        fill = np.random.default_rng(seed).random((h, w)) < 0.5
+    elif text.startswith("box:"):
+        try:
+            y0, x0, bh, bw = (int(v) for v in text[4:].split(","))
+        except ValueError:
+            raise ConfigError(f"edit.mask={spec!r}: a box is box:y0,x0,h,w in pixels") from None
+        if not (0 <= y0 < h and 0 <= x0 < w and bh > 0 and bw > 0):
+            raise ConfigError(f"edit.mask={spec!r} is outside the {h}x{w} images")
+        fill[y0:y0 + bh, x0:x0 + bw] = True
+    else:
+        path = paths.as_path(text)
+        if not path.exists():
+            raise ConfigError(f"edit.mask={spec!r} is not center, left, right, top, bottom, random, box:y0,x0,h,w "
+                              "or an existing PNG / .npy file")
+        array = np.load(str(path)) if text.endswith(".npy") else _read_image(path, 1)[..., 0]
+        array = np.asarray(array)
+        if array.ndim == 3 and array.shape[-1] == 1:
+            array = array[..., 0]
+        if array.shape != (h, w):
+            raise ConfigError(f"edit.mask {text} is {'x'.join(map(str, array.shape))}, but the model's images are "
+                              f"{h}x{w}")
+        fill = array > (127 if array.dtype == np.uint8 else 0)
+    if not fill.any() or fill.all():
+        raise ConfigError(f"edit.mask={spec!r} fills {'nothing' if not fill.any() else 'every pixel'}")
+    return (~fill).astype(np.float32)[..., None]
+
+
+def _read_image(path, channels: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(str(path)) as im:
+            return np.asarray(im.convert("L" if channels == 1 else "RGB")).reshape(im.height, im.width, channels)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ConfigError(f"{path} is not a readable image ({e})") from None
+
+
+def read_input(edit_config, data_config, image_shape) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first ``edit.num_images`` input images as uint8 ``[N, H, W, C]`` and their labels (``None``
+    unless they come from the dataset). ``ConfigError`` (one line) for a missing input, too few
+    images, or images of another size or channel count than the model's ``image_shape``."""
+    ec, (h, w, c) = edit_config, tuple(image_shape)
+    n, spec, labels = int(ec.num_images), str(ec.input), None
+    if spec == "dataset":
+        _, test, _ = load_splits(data_config)
+        if len(test) < n:
+            raise ConfigError(f"edit.num_images={n}, but the test split has {len(test)} images")
+        images, labels = test[np.arange(n)]
+        labels = np.asarray(labels, np.int32)
+    else:
+        path = paths.as_path(spec)
+        if not path.exists():
+            raise ConfigError(f"edit.input={spec!r} is not 'dataset' or an existing folder, .npz or .npy file")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise ConfigError(f"edit.input {spec} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+            files = files[:n]
+            images = [_read_image(p, c) for p in files]
+            for p, im in zip(files, images):
+                if im.shape[:2] != (h, w):
+                    raise ConfigError(f"{p} is {im.shape[0]}x{im.shape[1]}, but the model's images are {h}x{w}")
+            images = np.stack(images)
+        else:
+            try:
+                images = np.load(str(path))["images"] if spec.endswith(".npz") else np.load(str(path))
+            except (OSError, ValueError, KeyError) as e:
+                raise ConfigError(f"edit.input {spec} cannot be read as images ({e}); an .npz needs an array "
+                                  "'images'") from None
+            images = np.asarray(images)
+            if images.ndim == 3:
+                images = images[..., None]
+            if images.ndim != 4 or images.dtype != np.uint8:
+                raise ConfigError(f"edit.input {spec} holds {images.dtype} {images.shape}; images are uint8 "
+                                  "[N, H, W, C]")
+            if images.shape[1:] != (h, w, c):
+                raise ConfigError(f"edit.input {spec} holds images of {images.shape[1:]}, but the model's are "
+                                  f"{(h, w, c)}")
+        if len(images) < n:
+            raise ConfigError(f"edit.num_images={n}, but edit.input {spec} holds {len(images)} images")
+        images = images[:n]
+    return np.asarray(images, np.uint8), labels
+
+
+def edit_labels(edit_config, sampling_config, input_labels, num: int, num_classes: int) -> np.ndarray | None:
+    """The class of every input (``None``: unconditional): ``auto`` takes the dataset's labels for a
+    class-conditional model (else ``sampling.labels``), ``none``, or comma-separated ids cycled."""
+    spec = str(edit_config.labels).strip().lower()
+    if spec == "auto":
+        if num_classes and input_labels is not None:
+            return parse_labels(",".join(str(int(v)) for v in input_labels), num, num_classes)
+        spec = str(sampling_config.labels)
+    return parse_labels(spec, num, num_classes)
+
+
+# --------------------------------------------------------------------------- the edit itself
+
+class EditPlan:
+    """What one edit runs, built (NumPy only) from the config and the opened model: the grid and
+    sampler, the operator (restore, inpaint by ddnm / dps) or mask (repaint), and one compiled
+    ``run(params, key, x, labels) -> (results, degraded)`` per chunk shape."""
+
+    def __init__(self, config, experiment):
+        ec, sc, family = config.edit, config.sampling, experiment.family
+        self.task, self.method = ec.task, method_of(ec)
+        self.name, self.steps = resolve_sampler(sc, family)
+        self.grid, self.sampler = editing.grid_and_sampler(family, self.name, self.steps, sc.spacing,
+                                                           set_alpha_to_one=sc.set_alpha_to_one,
+                                                           **sampler_options(sc))
+        shape = tuple(experiment.image_shape)
+        self.known = self.operator = None
+        if self.task == "inpaint":
+            self.known = known_mask(ec.mask, shape, config.seed)
+            if self.method != "repaint":
+                self.operator = operators.inpainting(self.known)
+        elif self.task == "restore":
+            self.operator = operators.operator_from_name(ec.operator, ec.operator_scale, shape[-1])
+        if self.operator is not None:
+            self.operator.measurement_shape(shape)  # ValueError if it does not fit the images
+        if self.method == "repaint" and ec.jump_n_sample > 1 and not editing.is_one_step(self.sampler):
+            raise ConfigError(f"edit.method=repaint resamples (edit.jump_n_sample={ec.jump_n_sample}) and needs a "
+                              f"one-step sampler; sampling.sampler={self.name!r} is multistep")
+        if self.task == "interpolate" or self.task == "invert":
+            editing.inversion_levels(family, self.grid)
+        if self.method == "ddnm":
+            general, sde_eta = restoration.x0_eps_form(self.name, sc.eta, sc.variance)
+            options = {**sampler_options(sc), "clip_x0": False, **({"sde_eta": sde_eta} if sde_eta is not None else {})}
+            self.ddnm_sampler = lambda y: solvers.sampler_on_grid(
+                restoration.ddnm_family(family, self.operator, y, sc.clip_x0), general, self.grid, **options)
+        self.config, self.experiment = config, experiment
+        self._compiled = None
+
+    def net(self, params, labels):
+        ex, sc = self.experiment, self.config.sampling
+        null = ex.model.num_classes if ex.model.num_classes else None
+        return guided_denoise_fn(lambda x, t, y: ex.apply_fn(params, x, t, y), labels, float(sc.guidance_scale), null)
+
+    def measure(self, x, key):
+        """``(y, shown)``: the measurement ``y = A x + s_y n`` (restore, inpaint by ddnm / dps; the input
+        itself for the other tasks) and what to show of it (``A^+ y``, or the masked input)."""
+        ec = self.config.edit
+        if self.operator is None:
+            return x, (self.known * x if self.known is not None else x)
+        y = self.operator.forward(x)
+        if self.task == "restore" and ec.measurement_noise > 0:
+            y = y + float(ec.measurement_noise) * jax.random.normal(key, y.shape, y.dtype)
+        return y, self.operator.pinv(y)
+
+    def edit(self, params, key, x, y, labels):
+        """Results for inputs ``x`` (model space) with measurements ``y`` (:meth:`measure`)."""
+        ec = self.config.edit
+        net = self.net(params, labels)
+        if self.task == "sdedit":
+            make = lambda grid: solvers.sampler_on_grid(self.experiment.family, self.name, grid,  # noqa: E731
+                                                        **sampler_options(self.config.sampling))
+            return editing.sdedit(make, self.grid, net, x, key, ec.strength)
+        if self.method == "repaint":
+            return editing.repaint(self.sampler, self.grid, net, x, self.known, key, jump_length=ec.jump_length,
+                                   jump_n_sample=ec.jump_n_sample)
+        if self.method == "ddnm":
+            sampler = self.ddnm_sampler(y)
+        else:
+            sampler = restoration.dps_sampler(self.sampler, self.operator, y, float(ec.dps_scale))
+        x_T = prior_noise(key, x.shape, sampler.prior_scale)
+        return run_sampler(sampler, net, x_T, jax.random.fold_in(key, 1)).samples
+
+    def invert(self, params, x, labels):
+        return editing.invert(self.experiment.family, self.grid, self.net(params, labels), x)
+
+    def reconstruct(self, params, x_T, labels):
+        return editing.reconstruct(self.experiment.family, self.grid, self.net(params, labels), x_T)
+
+    def compiled(self):
+        if self._compiled is None:
+            self._compiled = {"edit": jax.jit(self.edit), "measure": jax.jit(self.measure), "invert": jax.jit(self.invert),
+                              "reconstruct": jax.jit(self.reconstruct)}
+        return self._compiled
+
+
+def _tag(plan: EditPlan, step: int) -> str:
+    method = "" if plan.method == "-" else f"_{plan.method}"
+    what = {"restore": f"_{plan.config.edit.operator}", "inpaint": ""}.get(plan.task, "")
+    return f"{plan.task}{what}{method}_{plan.name}{plan.steps}_{step:07d}"
+
+
+def run_edit_mode(config, workdir) -> dict:
+    """Restore the latest checkpoint in ``workdir`` (else ``model.init_from``), run ``config.edit``'s
+    task on its inputs and write the files of the module docstring. Returns the metadata (what
+    ``edit.json`` holds). SIGTERM or Ctrl-C stops it between chunks, before anything is written."""
+    opened = restore.open_latest(config, workdir, "edit")  # validates the config, edit block included
+    experiment, step, ec, sc = opened.experiment, opened.step, config.edit, config.sampling
+    check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
+    if experiment.latent is not None and ec.task in PIXEL_SPACE_TASKS:
+        raise ConfigError(f"edit.task={ec.task} works on pixels; this is a latent diffusion model (use sdedit, invert "
+                          "or interpolate, which run in its latent space)")
+    shape = tuple(experiment.latent.image_shape if experiment.latent is not None else experiment.image_shape)
+    try:
+        plan = EditPlan(config, experiment)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    noise_input = ec.task == "interpolate" and str(ec.input) == "noise"
+    if noise_input:
+        images, input_labels = None, None
+    else:
+        images, input_labels = read_input(ec, config.data, shape)
+    num = int(ec.num_images)
+    labels = edit_labels(ec, sc, input_labels, num, experiment.model.num_classes)
+    params = restore.load_params(opened, sc.use_ema)
+    key = stream_key(config.seed, EDIT_STREAM, step)
+    chunk = min(int(sc.batch_size), num * max(1, int(ec.samples_per_image)))
+    fns = plan.compiled()
+    to_model = (lambda u8: np.asarray(experiment.latent.encode(u8))) if experiment.latent is not None else (
+        lambda u8: np.asarray(preprocess(u8, None)))
+    to_images = (lambda z: np.asarray(experiment.decode(jnp.asarray(z)))) if experiment.latent is not None else (
+        lambda z: np.asarray(z))
+    label_rows = labels if labels is not None else np.zeros(num, np.int32)
+    y_of = (lambda rows: jnp.asarray(rows)) if labels is not None else (lambda rows: None)
+
+    with preemption.PreemptionGuard() as guard:
+        check = guard.stop_check("editing")
+        info = {"task": ec.task, "method": plan.method, "sampler": plan.name, "num_steps": plan.steps,
+                "checkpoint_step": int(step), "family": experiment.family.name, "num_images": num,
+                "labels": labels.tolist() if labels is not None else None,
+                "guidance_scale": float(sc.guidance_scale) if labels is not None else None,
+                "input": str(ec.input), **({"init_from": opened.source.path} if opened.source else {})}
+        if ec.task in ("inpaint", "sdedit", "restore"):
+            reps = max(1, int(ec.samples_per_image))
+            x = to_model(images)
+            y, shown = (np.asarray(v) for v in fns["measure"](jnp.asarray(x), jax.random.fold_in(key, 1)))
+            rows = tuple(np.repeat(v, reps, 0) for v in (x, y, label_rows))
+            with GuardedBar(len(rows[0]), ec.task, check) as bar:
+                out = map_chunks(lambda c, r: fns["edit"](params, _chunk_key(key, c), jnp.asarray(r[0]),
+                                                          jnp.asarray(r[1]), y_of(r[2])), rows, chunk, bar)
+            results, shown = to_images(out), (to_images(shown) if ec.task != "sdedit" else None)
+            inputs = to_images(x) if experiment.latent is None else preprocess(images, None)
+            columns = [np.asarray(inputs)] + ([np.asarray(shown)] if shown is not None else []) + [
+                results[k::reps] for k in range(reps)]
+            titles = ["input"] + ([{"inpaint": "masked", "restore": plan.operator.name if plan.operator else ""}
+                                   .get(ec.task, "")] if shown is not None else []) + [f"result {k + 1}"
+                                                                                        for k in range(reps)]
+            extra = {"degraded": plotting.to_uint8(shown)} if shown is not None else {}
+            if ec.task == "restore":
+                info.update(operator=plan.operator.name, measurement_noise=float(ec.measurement_noise))
+            if ec.task == "sdedit":
+                info["strength"] = float(ec.strength)
+            if ec.task == "inpaint":
+                info["mask"] = str(ec.mask)
+                extra["known"] = plan.known
+            info["psnr_to_input_db"] = float(_psnr(np.repeat(np.asarray(inputs), reps, 0), results))
+        elif ec.task == "invert":
+            x = to_model(images)
+            with GuardedBar(num, "invert", check) as bar:
+                x_T, back = map_chunks(lambda c, r: _invert_and_back(fns, params, r, y_of), (x, label_rows), chunk, bar)
+            results, inputs = to_images(back), (to_images(x) if experiment.latent is None else preprocess(images, None))
+            noise_view = np.clip(np.asarray(x_T) / (3.0 * plan.grid.prior_scale), -1, 1)
+            columns = [np.asarray(inputs)] + ([noise_view] if experiment.latent is None else []) + [results]
+            titles = ["input"] + (["x_T / 3"] if experiment.latent is None else []) + ["reconstruction"]
+            info["reconstruction_rms"] = float(np.sqrt(np.mean((np.asarray(x) - np.asarray(back)) ** 2)))
+            info["psnr_to_input_db"] = float(_psnr(np.asarray(inputs), results))
+            extra = {"noise": np.asarray(x_T)}
+        else:  # interpolate
+            points, pairs = int(ec.interpolation_points), num // 2
+            if noise_input:
+                latent_shape = tuple(experiment.image_shape)
+                z = np.asarray(prior_noise(key, (2 * pairs,) + latent_shape, plan.sampler.prior_scale))
+            else:
+                x = to_model(images[:2 * pairs])
+                with GuardedBar(2 * pairs, "invert", check) as bar:
+                    z = map_chunks(lambda c, r: fns["invert"](params, jnp.asarray(r[0]), y_of(r[1])),
+                                   (x, label_rows[:2 * pairs]), chunk, bar)
+            path = np.asarray(editing.interpolation_path(z[0::2], z[1::2], points))  # point-major
+            path_labels = np.tile(label_rows[0::2][:pairs], points)
+            with GuardedBar(len(path), "interpolate", check) as bar:
+                out = map_chunks(lambda c, r: fns["reconstruct"](params, jnp.asarray(r[0]), y_of(r[1])),
+                                 (path, path_labels), chunk, bar)
+            out = to_images(out).reshape((points, pairs) + shape)
+            columns = [out[k] for k in range(points)]
+            titles = [f"u={u:.2f}" for u in np.linspace(0, 1, points)]
+            results = out.transpose(1, 0, 2, 3, 4).reshape((-1,) + shape)
+            info["interpolation_points"] = points
+            extra = {}
+
+    tag = _tag(plan, step)
+    out_dir = opened.workdir / f"edit_{tag}"
+    info["files"] = {"grid": f"edit_{tag}/before_after.png", "results": f"edit_{tag}/results",
+                     "npz": f"edit_{tag}/edit.npz"}
+    if not paths.is_writer():
+        return info
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plotting.save_columns(columns, out_dir / "before_after.png", titles)
+    plotting.save_image_folder(results, out_dir / "results")
+    paths.save_npz(out_dir / "edit.npz", compressed=True, results=plotting.to_uint8(results),
+                   inputs=images if images is not None else np.zeros((0,) + shape, np.uint8),
+                   labels=labels if labels is not None else np.full(num, -1, np.int32), meta=json.dumps(info), **extra)
+    paths.write_bytes(out_dir / "edit.json", json.dumps(info, indent=1).encode())
+    return info
+
+
+def _chunk_key(key, c):
+    """Chunk ``c``'s key ``fold_in(fold_in(key, 0), c)`` (``fold_in(key, 1)`` draws the measurement noise)."""
+    return jax.random.fold_in(jax.random.fold_in(key, 0), c)
+
+
+def _invert_and_back(fns, params, rows, y_of):
+    x, labels = jnp.asarray(rows[0]), y_of(rows[1])
+    x_T = fns["invert"](params, x, labels)
+    return x_T, fns["reconstruct"](params, x_T, labels)
+
+
+def _psnr(reference, images) -> float:
+    """Mean PSNR (dB, peak-to-peak 2 on [-1, 1]) of ``images`` against ``reference``."""
+    err = np.mean((np.clip(np.asarray(images, np.float64), -1, 1) - np.asarray(reference, np.float64)) ** 2,
+                  axis=tuple(range(1, np.ndim(images))))
+    return float(np.mean(10 * np.log10(4.0 / np.maximum(err, 1e-12))))
