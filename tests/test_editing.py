@@ -109,7 +109,7 @@ def reference_matrix(name, image_shape, scale):
 @settings(max_examples=12, deadline=None)
 @given(st.sampled_from([("super_resolution", 2), ("super_resolution", 4), ("colorization", 0),
                         ("deblur_gaussian", 1.0), ("deblur_box", 3), ("denoise", 0)]),
-       st.sampled_from([(8, 8, 3), (8, 12, 3), (12, 8, 1)]))
+       st.sampled_from([(8, 8, 3), (8, 12, 3), (12, 8, 1), (4, 8, 3)]))  # the 7x7 Gaussian wraps around 4 rows
 def test_every_operator_is_its_matrix_with_the_exact_transpose_and_pseudo_inverse(case, image_shape):
     name, scale = case
     if name == "colorization" and image_shape[2] == 1:
@@ -143,7 +143,6 @@ def test_bad_operators_and_masks_are_one_line_errors():
         (lambda: operators.super_resolution(3).measurement_shape((8, 8, 1)), "divisible by 3"),
         (lambda: operators.super_resolution(1), "integer >= 2"),
         (lambda: operators.colorization(3).measurement_shape((8, 8, 1)), "colour images"),
-        (lambda: operators.blur(operators.box_kernel(5)).measurement_shape((4, 4, 1)), "larger than"),
         (lambda: operators.gaussian_kernel(0.0), "positive"),
         (lambda: operators.operator_from_name("sharpen"), "unknown edit.operator"),
         (lambda: editing.sdedit_start(10, 1.5), "between 0"),
@@ -233,8 +232,9 @@ def test_repaint_resampling_harmonises_correlated_pixels():
     errors = {}
     for name, r in [("euler_ancestral", 1), ("euler_ancestral", 5), ("ddpm", 5)]:
         grid, sampler = editing.grid_and_sampler(FAMILIES["ddpm"], name, 100, clip_x0=False)
-        out = jax.jit(lambda x, k: editing.repaint(sampler, grid, net_for("ddpm", SMOOTH), x, KNOWN, k,
-                                                   jump_length=5, jump_n_sample=r))(batch(x_true), jax.random.PRNGKey(0))
+        run = jax.jit(lambda x, k: editing.repaint(sampler, grid, net_for("ddpm", SMOOTH), x, KNOWN, k,
+                                                   jump_length=5, jump_n_sample=r))
+        out = run(batch(x_true), jax.random.PRNGKey(0))
         errors[name, r] = max_errors(out, mean, cov)
     plain, resampled, ddpm = errors["euler_ancestral", 1], errors["euler_ancestral", 5], errors["ddpm", 5]
     assert plain[0] > 2 * resampled[0] and resampled[0] < 0.06 and ddpm[0] < 0.06, errors

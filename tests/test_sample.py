@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxdiff.common import plotting
 from jaxdiff.drivers import config_checks as config_lib, sample_mode
@@ -34,15 +35,23 @@ def workdir(tmp_path_factory):
 
 
 def test_sample_mode_writes_grids_trajectory_and_npz(workdir):
-    info = sample_mode.run_sample_mode(_config(**{"sampling.labels": "3,7"}), workdir)
+    info = sample_mode.run_sample_mode(_config(**{"sampling.labels": "3,7", "sampling.save_pngs": True}), workdir)
     tag = "ddim8_w3_0000004"
     assert info["files"] == {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz",
-                             "classes": f"sample_{tag}_classes.png", "trajectory": f"trajectory_{tag}.png"}
+                             "classes": f"sample_{tag}_classes.png", "trajectory": f"trajectory_{tag}.png",
+                             "trajectory_gif": f"trajectory_{tag}.gif", "pngs": f"sample_{tag}"}
     for name in info["files"].values():
-        assert os.path.getsize(os.path.join(workdir, name)) > 0
+        assert name == f"sample_{tag}" or os.path.getsize(os.path.join(workdir, name)) > 0
+    with Image.open(os.path.join(workdir, f"trajectory_{tag}.gif")) as gif:
+        assert 2 <= gif.n_frames <= 9  # the 8 steps and the end (Pillow merges frames that are equal)
     out = np.load(os.path.join(workdir, f"sample_{tag}.npz"))
     assert out["images"].shape == (12, 8, 8, 1) and out["images"].dtype == np.uint8
     assert list(out["labels"]) == [3, 7] * 6
+    pngs = sorted(os.listdir(os.path.join(workdir, f"sample_{tag}")))
+    assert pngs == [f"{i:06d}.png" for i in range(12)]  # one PNG per sample, at the model's resolution
+    for i in (0, 11):
+        with Image.open(os.path.join(workdir, f"sample_{tag}", pngs[i])) as png:
+            np.testing.assert_array_equal(np.asarray(png), out["images"][i, ..., 0])
     meta = json.loads(str(out["meta"]))
     assert meta["num_samples"] == 12 and meta["seed"] == 0 and meta["checkpoint_step"] == 4
     assert meta["sampler"] == "ddim" and meta["num_steps"] == 8 and meta["guidance_scale"] == 3.0

@@ -144,7 +144,8 @@ def box_kernel(size: int) -> np.ndarray:
 
 
 def blur(kernel, tol: float = 1e-3) -> LinearOperator:
-    """Circular convolution with ``kernel`` ``[k, k]`` (centred), per channel, through the 2-D DFT;
+    """Circular convolution with ``kernel`` ``[k, k]`` (centred; wrapped around images smaller than
+    it), per channel, through the 2-D DFT;
     ``A^+`` inverts the frequencies with ``|k^| > tol * max |k^|`` and drops the others."""
     kernel = np.asarray(kernel, np.float64)
     if kernel.ndim != 2:
@@ -154,11 +155,10 @@ def blur(kernel, tol: float = 1e-3) -> LinearOperator:
     def spectrum(h, w):
         if (h, w) not in spectra:
             kh, kw = kernel.shape
-            if kh > h or kw > w:
-                raise ValueError(f"the {kh}x{kw} blur kernel is larger than the {h}x{w} images")
-            padded = np.zeros((h, w))
-            padded[:kh, :kw] = kernel
-            k_hat = np.fft.fft2(np.roll(padded, (-(kh // 2), -(kw // 2)), axis=(0, 1)))
+            rows, cols = np.meshgrid((np.arange(kh) - kh // 2) % h, (np.arange(kw) - kw // 2) % w, indexing="ij")
+            centred = np.zeros((h, w))
+            np.add.at(centred, (rows, cols), kernel)  # a kernel wider than the image wraps around it
+            k_hat = np.fft.fft2(centred)
             keep = np.abs(k_hat) > tol * np.abs(k_hat).max()
             k_pinv = np.where(keep, np.conj(k_hat) / np.where(keep, np.abs(k_hat) ** 2, 1.0), 0.0)
             spectra[(h, w)] = tuple(jnp.asarray(v[None, :, :, None], jnp.complex64)
@@ -177,7 +177,8 @@ def blur(kernel, tol: float = 1e-3) -> LinearOperator:
         spectrum(image_shape[0], image_shape[1])
         return tuple(image_shape)
 
-    return LinearOperator(apply(0), apply(1), apply(2), measurement_shape, f"blur ({kernel.shape[0]}x{kernel.shape[1]})")
+    name = f"blur ({kernel.shape[0]}x{kernel.shape[1]})"
+    return LinearOperator(apply(0), apply(1), apply(2), measurement_shape, name)
 
 
 def operator_from_name(name: str, scale: float = 0.0, channels: int = 3) -> LinearOperator:

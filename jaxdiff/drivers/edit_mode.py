@@ -240,8 +240,8 @@ class EditPlan:
 
     def compiled(self):
         if self._compiled is None:
-            self._compiled = {"edit": jax.jit(self.edit), "measure": jax.jit(self.measure), "invert": jax.jit(self.invert),
-                              "reconstruct": jax.jit(self.reconstruct)}
+            self._compiled = {name: jax.jit(getattr(self, name))
+                              for name in ("edit", "measure", "invert", "reconstruct")}
         return self._compiled
 
 
