@@ -76,7 +76,8 @@ def run_sample_mode(config, workdir) -> dict:
     class-conditional model), ``trajectory_<tag>.png`` and ``trajectory_<tag>.gif`` (x_t and predicted
     x0 over time, and x_t as an animation, when ``sampling.trajectory_every > 0``), with
     ``sampling.save_pngs`` a folder ``sample_<tag>/`` of one PNG per sample, and ``sample_<tag>.npz``
-    (``images`` uint8 ``[N, H, W, C]``, ``labels`` int32, -1 when unconditional, ``meta`` a JSON string). Returns the metadata.
+    (``images`` uint8 ``[N, H, W, C]``, ``labels`` int32, -1 when unconditional, ``meta`` a JSON
+    string). Returns the metadata.
     Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``. SIGTERM
     or Ctrl-C stops it between two chunks with :class:`~jaxdiff.common.preemption.Interrupted`,
     before anything is written."""
