@@ -5,14 +5,15 @@ keeps it so)::
 
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
     core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
-                samplers and solvers, generation, likelihood
+                samplers and solvers, generation, likelihood, measurement operators, editing
+                (SDEdit, RePaint, inversion, slerp) and restoration (DDNM, DPS)
     models      layers, the U-Net, DiT, the KL autoencoder,   data         sources, stream, preprocessing
                 the denoiser calling convention
     training    train state, optimiser, EMA, keys, the steps, evaluation   FID/KID, features, accuracy
                 checkpoints
                                                               interop      safetensors, diffusers folders
     drivers     config checks, the config adapter, model sources (init_from), latent spaces,
-                train/sample/eval/export/train_autoencoder modes
+                train/sample/eval/edit/export/train_autoencoder modes
                 (what main.py runs)
 
 The names below are the public API; everything else is reachable through its module. Importing
@@ -21,19 +22,23 @@ jaxdiff changes nothing in the process: CPU tuning is an explicit call (:func:`c
 
 from jaxdiff.common import cpu_tuning, parallel, paths
 from jaxdiff.common.chunks import map_chunks
-from jaxdiff.common.plotting import make_grid, save_image_grid, save_loss_curve, save_trajectory, to_uint8
+from jaxdiff.common.plotting import (make_grid, save_columns, save_image_folder, save_image_grid, save_loss_curve,
+                                    save_trajectory, save_trajectory_gif, to_uint8)
 from jaxdiff.core.diffusion import (TARGETS, diffusion_loss, loss_given_noise, q_posterior, q_sample,
                                     x0_eps_from_output)
-from jaxdiff.core import families, processes
+from jaxdiff.core import editing, families, operators, processes, restoration
+from jaxdiff.core.editing import grid_and_sampler, interpolation_path, invert, reconstruct, repaint, sdedit, slerp
 from jaxdiff.core.families import FAMILIES, Family, Grid
 from jaxdiff.core.generation import generate
 from jaxdiff.core.likelihood import dataset_bpd, make_bpd_fn
+from jaxdiff.core.operators import LinearOperator
 from jaxdiff.core.processes import edm_preconditioning, karras_sigmas
+from jaxdiff.core.restoration import ddnm_family, dps_sampler
 from jaxdiff.core.samplers import (Sampler, SampleOutput, ddim_sampler, ddpm_sampler, guided_denoise_fn, run_sampler,
                                    spaced_timesteps)
 from jaxdiff.core.schedules import SCHEDULES, DiffusionTables, make_betas, make_tables, rescale_zero_terminal_snr
 from jaxdiff.core.solvers import (SAMPLERS, dpm_solver_pp_sampler, euler_ancestral_sampler, heun_sampler,
-                                  make_sampler, midpoint_sampler)
+                                  make_sampler, midpoint_sampler, sampler_on_grid)
 from jaxdiff.data import ArraySource, DataError, batch_stream, load_source, preprocess
 from jaxdiff.evaluation.fid import frechet_distance, kid
 from jaxdiff.interop.diffusers_autoencoder import read_folder as read_diffusers_autoencoder
@@ -50,18 +55,21 @@ from jaxdiff.training.optim import ema_update, learning_rate_schedule, make_opti
 from jaxdiff.training.state import TrainState, init_train_state
 from jaxdiff.training.step import make_train_step
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiT", "DiffusionTables", "FAMILIES", "Family",
-    "Grid", "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet", "batch_stream",
-    "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
-    "dit_from_name", "dpm_solver_pp_sampler", "edm_preconditioning", "ema_update", "euler_ancestral_sampler",
-    "families", "frechet_distance", "generate", "guided_denoise_fn", "heun_sampler", "init_denoiser",
-    "init_train_state", "karras_sigmas", "kid", "learning_rate_schedule", "load_source", "loss_given_noise",
-    "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler",
-    "make_tables", "make_train_step", "map_chunks", "midpoint_sampler", "parallel", "paths", "preprocess",
-    "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder", "read_diffusers_unet",
-    "rescale_zero_terminal_snr", "run_sampler", "save_image_grid", "save_loss_curve", "save_trajectory",
-    "spaced_timesteps", "to_uint8", "write_diffusers_autoencoder", "write_diffusers_unet", "x0_eps_from_output",
+    "Grid", "LinearOperator", "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet",
+    "batch_stream", "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddnm_family", "ddpm_sampler",
+    "denoiser_apply", "diffusion_loss", "dit_from_name", "dpm_solver_pp_sampler", "dps_sampler", "editing",
+    "edm_preconditioning", "ema_update", "euler_ancestral_sampler", "families", "frechet_distance", "generate",
+    "grid_and_sampler", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
+    "interpolation_path", "invert", "karras_sigmas", "kid", "learning_rate_schedule", "load_source",
+    "loss_given_noise", "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer",
+    "make_sampler", "make_tables", "make_train_step", "map_chunks", "midpoint_sampler", "operators", "parallel",
+    "paths", "preprocess", "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder",
+    "read_diffusers_unet", "reconstruct", "repaint", "rescale_zero_terminal_snr", "restoration", "run_sampler",
+    "sampler_on_grid", "save_columns", "save_image_folder", "save_image_grid", "save_loss_curve", "save_trajectory",
+    "save_trajectory_gif", "sdedit", "slerp", "spaced_timesteps", "to_uint8", "write_diffusers_autoencoder",
+    "write_diffusers_unet", "x0_eps_from_output",
 ]

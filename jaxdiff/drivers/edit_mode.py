@@ -205,14 +205,15 @@ class EditPlan:
 
     def measure(self, x, key):
         """``(y, shown)``: the measurement ``y = A x + s_y n`` (restore, inpaint by ddnm / dps; the input
-        itself for the other tasks) and what to show of it (``A^+ y``, or the masked input)."""
+        itself for the other tasks) and what to show of it: ``y`` when it is an image of the input's
+        shape (blur, noise, a mask), else ``A^+ y`` (the upsampled low-resolution or grey image)."""
         ec = self.config.edit
         if self.operator is None:
             return x, (self.known * x if self.known is not None else x)
         y = self.operator.forward(x)
         if self.task == "restore" and ec.measurement_noise > 0:
             y = y + float(ec.measurement_noise) * jax.random.normal(key, y.shape, y.dtype)
-        return y, self.operator.pinv(y)
+        return y, (y if y.shape == x.shape else self.operator.pinv(y))  # A^+ of a blurred y amplifies its noise
 
     def edit(self, params, key, x, y, labels):
         """Results for inputs ``x`` (model space) with measurements ``y`` (:meth:`measure`)."""
