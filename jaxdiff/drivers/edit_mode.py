@@ -14,15 +14,16 @@ interpolation paths), ``results/000000.png ...`` (one PNG per result) and ``edit
 from __future__ import annotations
 
 import json
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.common import paths, plotting, preemption
+from jaxdiff.common import parallel, paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core import editing, operators, restoration, solvers
-from jaxdiff.core.generation import prior_noise
+from jaxdiff.core.generation import network_time_interval, prior_noise
 from jaxdiff.core.samplers import guided_denoise_fn, run_sampler
 from jaxdiff.data import preprocess
 from jaxdiff.drivers import restore
@@ -199,9 +200,14 @@ class EditPlan:
         self._compiled = None
 
     def net(self, params, labels):
+        """The (guided) network: ``sampling.guidance_scale`` with labels, in ``sampling.guidance_interval``."""
         ex, sc = self.experiment, self.config.sampling
         null = ex.model.num_classes if ex.model.num_classes else None
-        return guided_denoise_fn(lambda x, t, y: ex.apply_fn(params, x, t, y), labels, float(sc.guidance_scale), null)
+        interval = None
+        if labels is not None and sc.guidance_scale != 1.0:
+            interval = network_time_interval(self.sampler, tuple(sc.guidance_interval) or None)
+        return guided_denoise_fn(lambda x, t, y: ex.apply_fn(params, x, t, y), labels, float(sc.guidance_scale), null,
+                                 interval)
 
     def measure(self, x, key):
         """``(y, shown)``: the measurement ``y = A x + s_y n`` (restore, inpaint by ddnm / dps; the input
@@ -252,6 +258,120 @@ def _tag(plan: EditPlan, step: int) -> str:
     return f"{plan.task}{what}{method}_{plan.name}{plan.steps}_{step:07d}"
 
 
+class EditOutput(NamedTuple):
+    """What a task wrote: the figure's ``columns`` (``[N, H, W, C]`` each, in [-1, 1]) and their
+    ``titles``, the ``results`` (one PNG each), extra ``info`` for ``edit.json`` and extra ``arrays``
+    for ``edit.npz``."""
+
+    columns: list
+    titles: list
+    results: np.ndarray
+    info: dict
+    arrays: dict
+
+
+class EditRun(NamedTuple):
+    """One run's compiled functions, parameters, keys, labels and chunking, shared by the tasks:
+    ``apply(name, c, *rows)`` calls the compiled function ``name`` on chunk ``c``'s rows placed over
+    the experiment's mesh (batch sharded over ``data``; the chunk is a multiple of its devices)."""
+
+    plan: EditPlan
+    params: object
+    key: jax.Array
+    labels: np.ndarray | None
+    chunk: int
+    check: Callable
+
+    @property
+    def label_rows(self):
+        return self.labels if self.labels is not None else np.zeros(int(self.plan.config.edit.num_images), np.int32)
+
+    def place(self, rows):
+        mesh = self.plan.experiment.mesh
+        return jax.tree.map(lambda a: parallel.put_global(np.asarray(a), parallel.batch_sharded(mesh)), rows)
+
+    def map(self, name: str, rows, desc: str, with_key: bool = False):
+        """``name`` over ``rows`` (a tuple whose last entry is the label rows) in chunks, with a bar."""
+        fn = self.plan.compiled()[name]
+        conditional = self.labels is not None
+
+        def run_chunk(c, chunk_rows):
+            *arrays, labels = self.place(tuple(chunk_rows))
+            args = ((_chunk_key(self.key, c),) if with_key else ()) + tuple(arrays) + (labels if conditional else None,)
+            return jax.tree.map(parallel.to_host, fn(self.params, *args))
+
+        with GuardedBar(len(rows[0]), desc, self.check) as bar:
+            return map_chunks(run_chunk, rows, self.chunk, bar)
+
+    def to_model(self, images):
+        """uint8 images -> the model's space: ``[-1, 1]`` pixels, or latents for a latent model."""
+        latent = self.plan.experiment.latent
+        return np.asarray(latent.encode(images) if latent is not None else preprocess(images, None))
+
+    def to_images(self, x):
+        latent = self.plan.experiment.latent
+        return np.asarray(self.plan.experiment.decode(jnp.asarray(x)) if latent is not None else x)
+
+
+def edit_images(run: EditRun, images) -> EditOutput:
+    """inpaint, sdedit, restore: ``edit.samples_per_image`` results per input."""
+    plan, ec = run.plan, run.plan.config.edit
+    reps = int(ec.samples_per_image)
+    x = run.to_model(images)
+    y, shown = (parallel.to_host(v) for v in plan.compiled()["measure"](jnp.asarray(x), jax.random.fold_in(run.key, 1)))
+    rows = tuple(np.repeat(v, reps, 0) for v in (x, y, run.label_rows))
+    results = run.to_images(run.map("edit", rows, ec.task, with_key=True))
+    inputs = preprocess(images, None)
+    columns, titles, arrays, info = [np.asarray(inputs)], ["input"], {}, {}
+    if ec.task != "sdedit":
+        columns.append(run.to_images(shown))
+        titles.append(plan.operator.name if plan.task == "restore" else "masked")
+        arrays["degraded"] = plotting.to_uint8(columns[-1])
+    columns += [results[k::reps] for k in range(reps)]
+    titles += [f"result {k + 1}" for k in range(reps)]
+    if ec.task == "restore":
+        info.update(operator=plan.operator.name, measurement_noise=float(ec.measurement_noise))
+    elif ec.task == "sdedit":
+        info["strength"] = float(ec.strength)
+    else:
+        info["mask"], arrays["known"] = str(ec.mask), plan.known
+    info["psnr_to_input_db"] = _psnr(np.repeat(np.asarray(inputs), reps, 0), results)
+    return EditOutput(columns, titles, results, info, arrays)
+
+
+def invert_images(run: EditRun, images) -> EditOutput:
+    """invert: each input's noise ``x_T`` and its reconstruction from it."""
+    x = run.to_model(images)
+    x_T = run.map("invert", (x, run.label_rows), "invert")
+    back = run.map("reconstruct", (x_T, run.label_rows), "reconstruct")
+    inputs, results = np.asarray(preprocess(images, None)), run.to_images(back)
+    columns, titles = [inputs], ["input"]
+    if run.plan.experiment.latent is None:  # noise of latents is not an image
+        columns.append(np.clip(x_T / (3.0 * run.plan.grid.prior_scale), -1.0, 1.0))
+        titles.append("x_T / 3")
+    info = {"reconstruction_rms": float(np.sqrt(np.mean((x - back) ** 2))), "psnr_to_input_db": _psnr(inputs, results)}
+    return EditOutput(columns + [results], titles + ["reconstruction"], results, info, {"noise": x_T})
+
+
+def interpolate_images(run: EditRun, images) -> EditOutput:
+    """interpolate: ``edit.interpolation_points`` images along the slerp between the noises of pairs
+    of inputs (inverted), or of fresh noises (``images`` is ``None``); each pair keeps its first label."""
+    plan, ec = run.plan, run.plan.config.edit
+    points, pairs = int(ec.interpolation_points), int(ec.num_images) // 2
+    labels = run.label_rows[:2 * pairs]
+    if images is None:
+        z = np.asarray(prior_noise(run.key, (2 * pairs,) + tuple(plan.experiment.image_shape),
+                                   plan.sampler.prior_scale))
+    else:
+        z = run.map("invert", (run.to_model(images[:2 * pairs]), labels), "invert")
+    path = np.asarray(editing.interpolation_path(z[0::2], z[1::2], points))  # point-major
+    out = run.to_images(run.map("reconstruct", (path, np.tile(labels[0::2], points)), "interpolate"))
+    out = out.reshape((points, pairs) + out.shape[1:])
+    results = out.transpose(1, 0, 2, 3, 4).reshape((-1,) + out.shape[2:])
+    return EditOutput([out[k] for k in range(points)], [f"u={u:.2f}" for u in np.linspace(0, 1, points)], results,
+                      {"interpolation_points": points}, {})
+
+
 def run_edit_mode(config, workdir) -> dict:
     """Restore the latest checkpoint in ``workdir`` (else ``model.init_from``), run ``config.edit``'s
     task on its inputs and write the files of the module docstring. Returns the metadata (what
@@ -268,99 +388,36 @@ def run_edit_mode(config, workdir) -> dict:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     noise_input = ec.task == "interpolate" and str(ec.input) == "noise"
-    if noise_input:
-        images, input_labels = None, None
-    else:
-        images, input_labels = read_input(ec, config.data, shape)
+    images, input_labels = (None, None) if noise_input else read_input(ec, config.data, shape)
     num = int(ec.num_images)
     labels = edit_labels(ec, sc, input_labels, num, experiment.model.num_classes)
     params = restore.load_params(opened, sc.use_ema)
-    key = stream_key(config.seed, EDIT_STREAM, step)
-    chunk = min(int(sc.batch_size), num * max(1, int(ec.samples_per_image)))
-    fns = plan.compiled()
-    to_model = (lambda u8: np.asarray(experiment.latent.encode(u8))) if experiment.latent is not None else (
-        lambda u8: np.asarray(preprocess(u8, None)))
-    to_images = (lambda z: np.asarray(experiment.decode(jnp.asarray(z)))) if experiment.latent is not None else (
-        lambda z: np.asarray(z))
-    label_rows = labels if labels is not None else np.zeros(num, np.int32)
-    y_of = (lambda rows: jnp.asarray(rows)) if labels is not None else (lambda rows: None)
-
+    devices = experiment.mesh.devices.size
+    chunk = -(-min(int(sc.batch_size), num * int(ec.samples_per_image)) // devices) * devices
+    task_fn = {"invert": invert_images, "interpolate": interpolate_images}.get(ec.task, edit_images)
     with preemption.PreemptionGuard() as guard:
-        check = guard.stop_check("editing")
-        info = {"task": ec.task, "method": plan.method, "sampler": plan.name, "num_steps": plan.steps,
-                "checkpoint_step": int(step), "family": experiment.family.name, "num_images": num,
-                "labels": labels.tolist() if labels is not None else None,
-                "guidance_scale": float(sc.guidance_scale) if labels is not None else None,
-                "input": str(ec.input), **({"init_from": opened.source.path} if opened.source else {})}
-        if ec.task in ("inpaint", "sdedit", "restore"):
-            reps = max(1, int(ec.samples_per_image))
-            x = to_model(images)
-            y, shown = (np.asarray(v) for v in fns["measure"](jnp.asarray(x), jax.random.fold_in(key, 1)))
-            rows = tuple(np.repeat(v, reps, 0) for v in (x, y, label_rows))
-            with GuardedBar(len(rows[0]), ec.task, check) as bar:
-                out = map_chunks(lambda c, r: fns["edit"](params, _chunk_key(key, c), jnp.asarray(r[0]),
-                                                          jnp.asarray(r[1]), y_of(r[2])), rows, chunk, bar)
-            results, shown = to_images(out), (to_images(shown) if ec.task != "sdedit" else None)
-            inputs = to_images(x) if experiment.latent is None else preprocess(images, None)
-            columns = [np.asarray(inputs)] + ([np.asarray(shown)] if shown is not None else []) + [
-                results[k::reps] for k in range(reps)]
-            titles = ["input"] + ([{"inpaint": "masked", "restore": plan.operator.name if plan.operator else ""}
-                                   .get(ec.task, "")] if shown is not None else []) + [f"result {k + 1}"
-                                                                                        for k in range(reps)]
-            extra = {"degraded": plotting.to_uint8(shown)} if shown is not None else {}
-            if ec.task == "restore":
-                info.update(operator=plan.operator.name, measurement_noise=float(ec.measurement_noise))
-            if ec.task == "sdedit":
-                info["strength"] = float(ec.strength)
-            if ec.task == "inpaint":
-                info["mask"] = str(ec.mask)
-                extra["known"] = plan.known
-            info["psnr_to_input_db"] = float(_psnr(np.repeat(np.asarray(inputs), reps, 0), results))
-        elif ec.task == "invert":
-            x = to_model(images)
-            with GuardedBar(num, "invert", check) as bar:
-                x_T, back = map_chunks(lambda c, r: _invert_and_back(fns, params, r, y_of), (x, label_rows), chunk, bar)
-            results, inputs = to_images(back), (to_images(x) if experiment.latent is None else preprocess(images, None))
-            noise_view = np.clip(np.asarray(x_T) / (3.0 * plan.grid.prior_scale), -1, 1)
-            columns = [np.asarray(inputs)] + ([noise_view] if experiment.latent is None else []) + [results]
-            titles = ["input"] + (["x_T / 3"] if experiment.latent is None else []) + ["reconstruction"]
-            info["reconstruction_rms"] = float(np.sqrt(np.mean((np.asarray(x) - np.asarray(back)) ** 2)))
-            info["psnr_to_input_db"] = float(_psnr(np.asarray(inputs), results))
-            extra = {"noise": np.asarray(x_T)}
-        else:  # interpolate
-            points, pairs = int(ec.interpolation_points), num // 2
-            if noise_input:
-                latent_shape = tuple(experiment.image_shape)
-                z = np.asarray(prior_noise(key, (2 * pairs,) + latent_shape, plan.sampler.prior_scale))
-            else:
-                x = to_model(images[:2 * pairs])
-                with GuardedBar(2 * pairs, "invert", check) as bar:
-                    z = map_chunks(lambda c, r: fns["invert"](params, jnp.asarray(r[0]), y_of(r[1])),
-                                   (x, label_rows[:2 * pairs]), chunk, bar)
-            path = np.asarray(editing.interpolation_path(z[0::2], z[1::2], points))  # point-major
-            path_labels = np.tile(label_rows[0::2][:pairs], points)
-            with GuardedBar(len(path), "interpolate", check) as bar:
-                out = map_chunks(lambda c, r: fns["reconstruct"](params, jnp.asarray(r[0]), y_of(r[1])),
-                                 (path, path_labels), chunk, bar)
-            out = to_images(out).reshape((points, pairs) + shape)
-            columns = [out[k] for k in range(points)]
-            titles = [f"u={u:.2f}" for u in np.linspace(0, 1, points)]
-            results = out.transpose(1, 0, 2, 3, 4).reshape((-1,) + shape)
-            info["interpolation_points"] = points
-            extra = {}
+        run = EditRun(plan, params, stream_key(config.seed, EDIT_STREAM, step), labels, chunk,
+                      guard.stop_check("editing"))
+        out = task_fn(run, images)
 
     tag = _tag(plan, step)
-    out_dir = opened.workdir / f"edit_{tag}"
-    info["files"] = {"grid": f"edit_{tag}/before_after.png", "results": f"edit_{tag}/results",
-                     "npz": f"edit_{tag}/edit.npz"}
-    if not paths.is_writer():
+    info = {"task": ec.task, "method": plan.method, "sampler": plan.name, "num_steps": plan.steps,
+            "checkpoint_step": int(step), "family": experiment.family.name, "num_images": num,
+            "labels": labels.tolist() if labels is not None else None,
+            "guidance_scale": float(sc.guidance_scale) if labels is not None else None, "input": str(ec.input),
+            "devices": int(devices), **({"init_from": opened.source.path} if opened.source else {}), **out.info,
+            "files": {"grid": f"edit_{tag}/before_after.png", "results": f"edit_{tag}/results",
+                      "npz": f"edit_{tag}/edit.npz"}}
+    if not paths.is_writer():  # every process edits (a collective); one writes
         return info
+    out_dir = opened.workdir / f"edit_{tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    plotting.save_columns(columns, out_dir / "before_after.png", titles)
-    plotting.save_image_folder(results, out_dir / "results")
-    paths.save_npz(out_dir / "edit.npz", compressed=True, results=plotting.to_uint8(results),
+    plotting.save_columns(out.columns, out_dir / "before_after.png", out.titles)
+    plotting.save_image_folder(out.results, out_dir / "results")
+    paths.save_npz(out_dir / "edit.npz", compressed=True, results=plotting.to_uint8(out.results),
                    inputs=images if images is not None else np.zeros((0,) + shape, np.uint8),
-                   labels=labels if labels is not None else np.full(num, -1, np.int32), meta=json.dumps(info), **extra)
+                   labels=labels if labels is not None else np.full(num, -1, np.int32), meta=json.dumps(info),
+                   **out.arrays)
     paths.write_bytes(out_dir / "edit.json", json.dumps(info, indent=1).encode())
     return info
 
@@ -368,12 +425,6 @@ def run_edit_mode(config, workdir) -> dict:
 def _chunk_key(key, c):
     """Chunk ``c``'s key ``fold_in(fold_in(key, 0), c)`` (``fold_in(key, 1)`` draws the measurement noise)."""
     return jax.random.fold_in(jax.random.fold_in(key, 0), c)
-
-
-def _invert_and_back(fns, params, rows, y_of):
-    x, labels = jnp.asarray(rows[0]), y_of(rows[1])
-    x_T = fns["invert"](params, x, labels)
-    return x_T, fns["reconstruct"](params, x_T, labels)
 
 
 def _psnr(reference, images) -> float:
