@@ -174,6 +174,9 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.use_ema = True
     sampling.save_pngs = False  # --mode=sample: also every sample as its own PNG in sample_<tag>/ (for pytorch-fid,
     #   clean-fid and other tools that read a folder)
+    sampling.grid_sampler = "auto"  # the sample grids written during training: auto (dpm_solver++, seconds
+    #   instead of minutes) | same (the sampler above) | any sampler name; --mode=sample uses the sampler above
+    sampling.grid_num_steps = 20  # steps of grid_sampler (ignored with same)
     sampling.trajectory_every = 100  # trajectory figure: every N-th step, at most S/10 so short samplers
     #   still show ~10 frames (0 = no figure)
 
@@ -213,6 +216,10 @@ def get_config() -> ml_collections.ConfigDict:
     ev.bpd_num_images = 0  # images of the test split for bits/dim (0 = all of it)
     ev.bpd_batch_size = 64
     ev.bpd_clip_x0 = False  # clip x0_hat to [-1, 1] inside the bound (DDPM's calc_bpd_loop does)
+    ev.sampler = "auto"  # the sampler of eval's samples (FID, KID, conditional accuracy) and the training-time
+    #   FID: auto (dpm_solver++, minutes) | same (config.sampling: the paper protocol, e.g. DDPM over 1000
+    #   steps) | any sampler name
+    ev.num_steps = 20  # steps of eval.sampler (ignored with same)
     ev.fid_guidance_scale = 1.0  # class-conditional models: FID/KID samples (balanced labels) use this w
     ev.guidance_scales = (0.0, 1.0, 3.0)  # conditional accuracy per classifier-free guidance scale w
     ev.samples_per_class = 100  # conditional accuracy: samples per class and scale

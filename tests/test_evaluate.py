@@ -436,10 +436,12 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
 
 def test_a_continuous_family_trains_samples_and_evaluates_like_ddpm(tmp_path, eval_config, digits_classifier):
     """diffusion.family=edm with a cosine-free config: grids, checkpoints, the training FID, sample mode
-    and eval mode all run; bits/dim (the discrete DDPM bound) is skipped and says so."""
+    (the configured Heun) and eval mode (its own fast sampler) all run; bits/dim (the discrete DDPM
+    bound) is skipped and says so."""
     config = eval_config.copy_and_resolve_references()
     config.diffusion.family = "edm"
     config.sampling.num_steps = 4
+    config.eval.num_steps = 3  # eval.sampler=auto: DPM-Solver++ whatever sampling.sampler says
     workdir = str(tmp_path / "edm")
     train_loop.train(config, workdir, progress=False)
     assert os.path.exists(os.path.join(workdir, "samples_0000020.png"))
@@ -448,7 +450,7 @@ def test_a_continuous_family_trains_samples_and_evaluates_like_ddpm(tmp_path, ev
     assert os.path.exists(os.path.join(workdir, "sample_heun4_0000020.npz"))
     lines = []
     m = eval_mode.run_eval(config, workdir, log=lines.append)
-    assert m["family"] == "edm" and m["sampler"] == "heun" and m["network_evaluations"] == 7
+    assert m["family"] == "edm" and m["sampler"] == "dpm_solver++" and m["network_evaluations"] == 3
     assert m["bpd"] is None and any("bits/dim skipped" in line for line in lines)
     assert np.isfinite(m["fid"]) and set(m["conditional_accuracy"]) == {"0", "1"}
 

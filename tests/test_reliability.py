@@ -338,7 +338,7 @@ def test_a_signal_during_a_training_grid_saves_and_stops_within_the_grid(tmp_pat
     the step's state is saved, training raises Preempted, and the resumed run ends as always."""
     config = tiny_config(**{"diffusion.num_timesteps": 400, "training.num_train_steps": 6,
                             "training.checkpoint_every": 4, "training.sample_every": 3,
-                            "sampling.num_samples": 16})
+                            "sampling.num_samples": 16, "sampling.grid_sampler": "same"})  # DDPM, 400 steps
     calls = []
     real = generation.make_chunk_generator
 

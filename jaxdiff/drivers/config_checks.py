@@ -9,10 +9,10 @@ import math
 import uuid
 
 from jaxdiff.common import paths
-from jaxdiff.core import diffusion, families, operators, restoration, schedules
+from jaxdiff.core import diffusion, families, operators, restoration, schedules, solvers
 from jaxdiff.data import DataError, check_data_config
 from jaxdiff.drivers.diffusion_config import TARGET_CHOICES, family_from_config
-from jaxdiff.drivers.sampling import check_sampling_config
+from jaxdiff.drivers.sampling import check_sampling_config, eval_sampling, grid_sampling
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import EvalError, check_sample_count
 from jaxdiff.models import dit as dit_module
@@ -24,6 +24,7 @@ from jaxdiff.training.optim import OPTIMIZERS
 EXTRACTORS = ("classifier", "inception")
 EDIT_TASKS = ("inpaint", "sdedit", "restore", "invert", "interpolate")
 INPAINT_METHODS = ("repaint",) + restoration.METHODS
+EDIT_MASKS = ("center", "left", "right", "top", "bottom", "random")  # and box:y0,x0,h,w or a file
 BACKBONES = ("unet", "dit")
 
 
@@ -216,9 +217,21 @@ def validate(config) -> None:
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
     _bool(s.save_pngs, "sampling.save_pngs")
+    _choice(s.grid_sampler, ("auto", "same") + solvers.SAMPLERS, "sampling.grid_sampler")
+    _positive(s.grid_num_steps, "sampling.grid_num_steps")
+    if "eval" in config:
+        _choice(config.eval.sampler, ("auto", "same") + solvers.SAMPLERS, "eval.sampler")
+        _positive(config.eval.num_steps, "eval.num_steps")
     try:
         family = family_from_config(f)
         check_sampling_config(s, family, bool(m.class_conditional))
+        for field, block in (("sampling.grid_sampler", grid_sampling(config)),
+                             ("eval.sampler", eval_sampling(config) if "eval" in config else None)):
+            if block is not None and block is not s:
+                try:
+                    check_sampling_config(block, family, bool(m.class_conditional))
+                except ValueError as e:
+                    raise ValueError(f"{field}={block.sampler!r} with {block.num_steps} steps: {e}") from None
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if "edit" in config:
@@ -238,6 +251,12 @@ def validate_edit(config) -> None:
         raise ConfigError(f"edit.method={e.method!r} does not fit edit.task={e.task!r}; choose "
                           + (f"auto, {', '.join(methods)}" if methods else "auto (this task has no method)"))
     _choice(e.operator, operators.OPERATORS[:-1], "edit.operator")
+    mask = str(e.mask)
+    if mask not in EDIT_MASKS and not paths.as_path(mask).exists():
+        box = mask[4:].split(",") if mask.startswith("box:") else []
+        if len(box) != 4 or not all(v.strip().lstrip("-").isdigit() for v in box):
+            raise ConfigError(f"edit.mask={e.mask!r} is not {', '.join(EDIT_MASKS)}, box:y0,x0,h,w or an existing "
+                              "PNG / .npy file")
     if not isinstance(e.input, str) or not e.input:
         raise ConfigError(f"edit.input must be 'dataset', 'noise' or a path, got {e.input!r}")
     if e.input == "noise" and e.task != "interpolate":

@@ -76,11 +76,8 @@ def known_mask(spec: str, image_shape, seed: int = 0) -> np.ndarray:
         if not (0 <= y0 < h and 0 <= x0 < w and bh > 0 and bw > 0):
             raise ConfigError(f"edit.mask={spec!r} is outside the {h}x{w} images")
         fill[y0:y0 + bh, x0:x0 + bw] = True
-    else:
+    else:  # a file (config_checks.validate_edit checked that it exists)
         path = paths.as_path(text)
-        if not path.exists():
-            raise ConfigError(f"edit.mask={spec!r} is not center, left, right, top, bottom, random, box:y0,x0,h,w "
-                              "or an existing PNG / .npy file")
         array = np.load(str(path)) if text.endswith(".npy") else _read_image(path, 1)[..., 0]
         array = np.asarray(array)
         if array.ndim == 3 and array.shape[-1] == 1:

@@ -36,7 +36,7 @@ from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator, network
 from jaxdiff.data import ArraySource, load_source
 from jaxdiff.drivers import config_checks, restore
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import resolve_sampler, sampler_from_config
+from jaxdiff.drivers.sampling import eval_sampling, resolve_sampler, sampler_from_config
 from jaxdiff.evaluation import classifier as classifier_lib
 from jaxdiff.evaluation.accuracy import (accuracy_table, balanced_labels, conditional_accuracy, generate_uint8,
                                          plot_conditional_accuracy)
@@ -161,8 +161,9 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     ``<workdir>/eval/metrics_<step>.json`` (and ``metrics.json``), the reference statistics, and for
     conditional models ``conditional_accuracy_<step>.{json,md,png}``. Returns the metrics.
 
-    ``make_generate(w) -> generate(params, key, labels) -> images in [-1, 1]`` may replace the
-    built-in DDPM sampler (:func:`make_image_generator`). ``stop_check()`` runs after every chunk of
+    Samples come from ``eval.sampler`` (:func:`~jaxdiff.drivers.sampling.eval_sampling`: DPM-Solver++
+    over 20 steps unless ``same``, which is ``config.sampling``); ``make_generate(w) ->
+    generate(params, key, labels) -> images in [-1, 1]`` may replace it (:func:`make_image_generator`). ``stop_check()`` runs after every chunk of
     work (:meth:`~jaxdiff.common.preemption.PreemptionGuard.stop_check`); when it raises, nothing of
     this evaluation has been written."""
 
@@ -171,6 +172,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
 
     ev = config.eval
     model, family = experiment.model, experiment.family
+    sampling = eval_sampling(config)  # eval.sampler: dpm_solver++ over 20 steps unless same (the paper protocol)
     t0 = time.perf_counter()
     train, test, split_note = load_splits(config.data)
     image_shape = tuple(train.image_shape)
@@ -181,7 +183,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
 
         def make_generate(w):  # one compiled sampler per guidance scale, shared by FID and accuracy
             if w not in cache:
-                cache[w] = make_image_generator(experiment, config.sampling, w, ev.batch_size)
+                cache[w] = make_image_generator(experiment, sampling, w, ev.batch_size)
             return cache[w]
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), EVAL_STREAM), step)
 
@@ -191,7 +193,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                                                                         ev.reference_split, extractor),
                                    ev.batch_size, log, bar)
     guidance = float(ev.fid_guidance_scale) if num_classes else None
-    sampler_name, steps = resolve_sampler(config.sampling, family)
+    sampler_name, steps = resolve_sampler(sampling, family)
     log(f"eval: generating {ev.num_samples} samples (EMA params, {sampler_name}, {steps} steps)")
     with progress_bar(ev.num_samples, "eval: samples") as bar:
         images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
@@ -199,7 +201,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                                 jax.random.fold_in(key, 0), bar, stop_check)
     metrics = {"checkpoint_step": int(step), "params": "ema", "family": family.name,
                "sampler": sampler_name, "sampling_steps": steps,
-               "network_evaluations": sampler_from_config(family, config.sampling).evaluations,
+               "network_evaluations": sampler_from_config(family, sampling).evaluations,
                "variance": config.sampling.variance,
                "clip_x0": bool(config.sampling.clip_x0), "guidance_scale": guidance,
                "quantisation": "uint8(round((clip(x, -1, 1) + 1) * 127.5))",
@@ -312,8 +314,8 @@ def make_train_fid_hook(config, workdir, experiment, train_source=None, start_st
                                reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
                                               extractor), ev.batch_size, log)
     num_classes = int(experiment.model.num_classes)
-    generate = make_image_generator(experiment, config.sampling, float(ev.fid_guidance_scale) if num_classes else 1.0,
-                                    ev.batch_size)
+    generate = make_image_generator(experiment, eval_sampling(config),
+                                    float(ev.fid_guidance_scale) if num_classes else 1.0, ev.batch_size)
     labels = balanced_labels(ev.train_fid_samples, num_classes)
     path = paths.as_path(workdir) / "eval" / "train_fid.jsonl"
     if paths.is_writer() and path.exists():

@@ -13,7 +13,8 @@ from jaxdiff.core.samplers import SampleOutput
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import check_sampling_config, generate_from_config, parse_labels, resolve_sampler
+from jaxdiff.drivers.sampling import (check_sampling_config, generate_from_config, grid_sampling, parse_labels,
+                                      resolve_sampler)
 from jaxdiff.training.keys import SAMPLE_STREAM, stream_key
 
 
@@ -53,14 +54,15 @@ def sample_tag(sampling_config, family, step: int, conditional: bool) -> str:
 
 
 def write_training_samples(experiment: Experiment, state, workdir, step: int, should_stop=None):
-    """Sample ``sampling.num_samples`` images with the EMA parameters and save ``samples_<step>.png``
+    """Sample ``sampling.num_samples`` images with the EMA parameters and the grid sampler
+    (``sampling.grid_sampler``: DPM-Solver++ over 20 steps by default) and save ``samples_<step>.png``
     (a class-conditional model: column k of the grid is class k). Returns the uint8 grid (``None``
     on processes other than 0, which sample but do not write). ``should_stop()`` is called every
     few sampler steps and may raise to stop (then nothing is written)."""
     config = experiment.config
-    sc = config.sampling
+    sc = grid_sampling(config)
     params = state.ema_params if sc.use_ema else state.params
-    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
+    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples, sc,
                    should_stop=should_stop)
     path = paths.as_path(workdir) / f"samples_{step:07d}.png"
     conditional_grid = out.labels is not None and str(sc.labels) in ("auto", "all")

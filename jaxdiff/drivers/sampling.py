@@ -7,6 +7,7 @@ Pure NumPy/Python checks run before anything is compiled; :func:`generate_from_c
 from __future__ import annotations
 
 import jax
+import ml_collections
 import numpy as np
 
 from jaxdiff.core import generation, solvers
@@ -14,6 +15,7 @@ from jaxdiff.core.families import Family
 from jaxdiff.core.samplers import SampleOutput, Sampler
 
 AUTO_SAMPLER = {"ddpm": "ddpm", "vp": "dpm_solver++", "edm": "heun", "flow": "euler"}
+FAST_SAMPLER = "dpm_solver++"  # what sampling.grid_sampler=auto and eval.sampler=auto run, in every family
 DEFAULT_STEPS = {"vp": 50, "edm": 18, "flow": 50}  # num_steps=0 on a continuous family (ddpm: all T)
 
 
@@ -42,6 +44,35 @@ def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
             raise ValueError(f"sampling.labels={spec!r} is not auto, none, all or comma-separated class "
                              "ids such as 3,5") from None
     return generation.check_labels(classes[np.arange(num_samples) % len(classes)], num_samples, num_classes)
+
+
+def with_sampler(sampling_config, sampler: str, num_steps: int):
+    """``sampling_config`` with another sampler: ``same`` returns it as it is; ``auto`` is
+    :data:`FAST_SAMPLER` (DPM-Solver++(2M), 10-20 steps in every family), any other name that
+    sampler; both with ``num_steps`` steps and the family's own spacing (``auto``). Labels, guidance,
+    clipping and the chunk size stay. The sample grids of training (``sampling.grid_sampler``) and
+    eval's samples (``eval.sampler``) go through this."""
+    if sampler == "same":
+        return sampling_config
+    sc = ml_collections.ConfigDict(sampling_config.to_dict())
+    sc.sampler, sc.num_steps, sc.spacing = FAST_SAMPLER if sampler == "auto" else sampler, int(num_steps), "auto"
+    return sc
+
+
+def _at_most_the_chain(config, num_steps: int) -> int:
+    """``num_steps``, capped at the chain's ``num_timesteps`` for the ddpm family."""
+    return min(int(num_steps), int(config.diffusion.num_timesteps)) if config.diffusion.family == "ddpm" else num_steps
+
+
+def grid_sampling(config):
+    """The ``sampling`` block of the sample grids written during training (``sampling.grid_sampler``)."""
+    sc = config.sampling
+    return with_sampler(sc, sc.grid_sampler, _at_most_the_chain(config, sc.grid_num_steps))
+
+
+def eval_sampling(config):
+    """The ``sampling`` block of eval's samples and the training-time FID (``eval.sampler``)."""
+    return with_sampler(config.sampling, config.eval.sampler, _at_most_the_chain(config, config.eval.num_steps))
 
 
 def resolve_sampler(sampling_config, family: Family) -> tuple[str, int]:
