@@ -19,10 +19,10 @@ import numpy as np  # noqa: E402
 from jaxdiff import data  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
 from jaxdiff.core import diffusion  # noqa: E402
-from jaxdiff.drivers import restore, sample_mode  # noqa: E402
+from jaxdiff.drivers import edit_mode, restore, sample_mode  # noqa: E402
 from jaxdiff.drivers.autoencoder_experiment import AutoencoderExperiment  # noqa: E402
 from jaxdiff.drivers.experiment import Experiment  # noqa: E402
-from jaxdiff.training import keys  # noqa: E402
+from jaxdiff.training import checkpoint, keys  # noqa: E402
 from tests.scale_common import scale_config  # noqa: E402
 
 STEPS = 3
@@ -101,6 +101,21 @@ def main():
     results["sample_shape"] = list(out8.samples.shape)
     results["sample_devices"] = out8.metadata["devices"]
     results["sample_diff"] = float(np.max(np.abs(out8.samples - out1.samples)))
+
+    # Edit mode (DDNM inpainting, 5 inputs padded to 8 rows) sharded over 8 devices equals 1 device.
+    with tempfile.TemporaryDirectory() as workdir:
+        mngr = checkpoint.manager(workdir)
+        checkpoint.save(mngr, 3, state8, trainer8.meta())
+        mngr.wait_until_finished()
+        mngr.close()
+        edits = {}
+        for n in (8, 1):
+            edit = {"parallel.num_devices": n, "sampling.sampler": "ddim", "sampling.num_steps": 4,
+                    "edit.task": "inpaint", "edit.method": "ddnm", "edit.num_images": 5, "edit.samples_per_image": 1}
+            info = edit_mode.run_edit_mode(scale_config(**edit), workdir)
+            edits[n] = (info["devices"], np.load(os.path.join(workdir, info["files"]["npz"]))["results"])
+    results["edit_devices"] = edits[8][0]
+    results["edit_diff"] = int(np.abs(edits[8][1].astype(int) - edits[1][1].astype(int)).max())
 
     # A diffusers network (model.init_from) placed FSDP-sharded on 8 devices computes what it does unsharded.
     general = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "diffusers", "general")

@@ -109,6 +109,12 @@ def test_sharded_sampling_matches_one_device(eight):
     assert eight["sample_diff"] < 1e-5
 
 
+def test_edit_mode_shards_over_devices_and_matches_one_device(eight):
+    """DDNM inpainting of 5 inputs over 8 devices (padded to 8 rows) equals the 1-device run to one
+    uint8 level."""
+    assert eight["edit_devices"] == 8 and eight["edit_diff"] <= 1
+
+
 def test_init_from_weights_shard_over_devices(eight):
     """model.init_from's diffusers weights placed with FSDP on 8 devices: sharded, and the same outputs."""
     assert eight["init_from_sharded_leaves"] > 10
