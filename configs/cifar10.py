@@ -26,4 +26,6 @@ def get_config(family: str = "ddpm"):
     config.sampling.variance = "fixed_large"  # the setting of DDPM's FID 3.17
     config.eval.feature_extractor = "inception"  # paper-comparable FID; needs eval.inception_weights
     config.eval.num_samples = 50_000  # DDPM / DDIM protocol: 50k samples vs training-set statistics
+    config.eval.sampler = "same"  # ... drawn with the sampler above (DDPM, 1000 steps, fixed-large)
+    config.eval.bpd_num_images = 0  # bits/dim on the whole test split
     return default.with_family(config, family)
