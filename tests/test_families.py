@@ -20,45 +20,21 @@ from jaxdiff.core import families, generation, processes, samplers, schedules, s
 from jaxdiff.drivers import config_checks
 from jaxdiff.drivers.diffusion_config import family_from_config
 from jaxdiff.training import keys, optim, state as state_lib, step as step_lib
+from tests import gaussian
 from tests.conftest import set_fields
 
 MU, S = 0.3, 0.5
 SHAPE = (2048, 4, 4, 1)
+PRIOR = gaussian.isotropic(np.full(SHAPE[1:], MU), S)
 TABLES = schedules.make_tables(schedules.linear_betas(1000))
 FAMILIES = {"ddpm": families.ddpm(TABLES), "vp": families.vp("linear"), "vp_cosine": families.vp("cosine"),
             "edm": families.edm(), "flow": families.flow()}
 
 
-def posterior_x0(x, alpha, sigma):
-    return MU + alpha * S ** 2 * (x - alpha * MU) / (alpha ** 2 * S ** 2 + sigma ** 2)
-
-
 def exact_net(family, process=None):
-    """``net(x_in, t_in)`` whose output, read by ``family.predict``, is the exact Gaussian denoiser."""
-    col = lambda v: v[:, None, None, None]  # noqa: E731
-    if family.name == "ddpm":
-        abar = jnp.asarray(family.tables.alphas_cumprod, jnp.float32)
-
-        def alpha_sigma(t_in):
-            return jnp.sqrt(abar[t_in]), jnp.sqrt(1.0 - abar[t_in])
-    elif family.name == "edm":
-        def net(x_in, c_noise):
-            sigma = col(jnp.exp(4.0 * c_noise))
-            c = processes.edm_preconditioning(sigma, 0.5)
-            x = x_in / c.c_in
-            return (posterior_x0(x, 1.0, sigma) - c.c_skip * x) / c.c_out
-
-        return net
-    else:
-        def alpha_sigma(t_in):
-            return process.alpha_sigma(t_in / families.NETWORK_TIME_SCALE, jnp)
-
-    def net(x, t_in):
-        a, s = alpha_sigma(t_in)
-        x0 = posterior_x0(x, col(a), col(s))
-        return processes.prediction_from_x0_eps(family.prediction, x0, (x - col(a) * x0) / col(s), a, s)
-
-    return net
+    """``net(x_in, t_in)`` whose output, read by ``family.predict``, is the exact Gaussian denoiser
+    (:func:`tests.gaussian.exact_net` for ``N(MU, S^2 I)``)."""
+    return gaussian.exact_net(family, PRIOR, process)
 
 
 PROCESS = {"vp": processes.vp_linear(), "vp_cosine": processes.vp_cosine(), "flow": processes.linear_interpolant()}
@@ -381,7 +357,8 @@ def test_loss_of_the_exact_denoiser_is_below_that_of_a_zero_network(name):
     key = jax.random.PRNGKey(2)
     x0 = MU + S * jax.random.normal(jax.random.PRNGKey(9), (4096, 2, 2, 1))
     t, eps = family.draw(key, x0)
-    exact, _ = family.loss(exact_net(family, PROCESS.get(name)), x0, t, eps)
+    prior = gaussian.isotropic(np.full((2, 2, 1), MU), S)
+    exact, _ = family.loss(gaussian.exact_net(family, prior, PROCESS.get(name)), x0, t, eps)
     zero, _ = family.loss(lambda x, tt: jnp.zeros_like(x), x0, t, eps)
     assert float(exact) < 0.9 * float(zero), (float(exact), float(zero))
     if name == "edm":  # data of std sigma_data: lambda(sigma) times the posterior variance is exactly 1
