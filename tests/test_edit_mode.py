@@ -6,12 +6,13 @@ SDEdit at strength 0 returns the input) holds; bad input fails before anything i
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff.common import plotting
+from jaxdiff.common import plotting, preemption
 from jaxdiff.drivers import config_checks, edit_mode
 from jaxdiff.drivers.eval_mode import load_splits
 from jaxdiff.drivers.experiment import Experiment
@@ -144,3 +145,17 @@ def test_bad_edit_input_is_one_line_and_writes_nothing(workdir, tmp_path, overri
     assert set(os.listdir(workdir)) == before
     if "edit.task" in overrides and overrides["edit.task"] == "paint":
         assert isinstance(info.value, config_checks.ConfigError)
+
+
+def test_a_signal_stops_edit_mode_after_the_chunk_writing_nothing(workdir, monkeypatch):
+    real = edit_mode.EditRun.map
+
+    def signalling(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGTERM)  # arrives while the first chunk runs
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(edit_mode.EditRun, "map", signalling)
+    before = set(os.listdir(workdir))
+    with pytest.raises(preemption.Interrupted) as info:
+        edit_mode.run_edit_mode(_config(**{"edit.task": "sdedit", "edit.strength": 0.5}), workdir)
+    assert info.value.signum == signal.SIGTERM and set(os.listdir(workdir)) == before
