@@ -122,6 +122,9 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_accum_steps = 1  # split each global batch into k micro-batches, one update (memory)
     training.dtype = "float32"  # U-Net compute dtype: float32 | bfloat16 (params, optimizer, EMA stay fp32)
     training.num_train_steps = 2000
+    # > 0: also stop (checkpoint, final grid) at the first step past this many minutes of wall clock, counted
+    # from the first step of this run (its compile included); a resumed run gets the budget again
+    training.max_minutes = 0.0
     training.optimizer = "adam"  # adam | adamw
     training.learning_rate = 2e-3
     training.warmup_steps = 100  # linear warm-up from 0 to learning_rate

@@ -95,6 +95,7 @@ BAD = {
     "training.log_every": (0,),
     "training.checkpoint_every": (0,),
     "training.sample_every": (-1,),
+    "training.max_minutes": (-1.0,),
     "training.keep_checkpoints": (0,),
     "training.eval_every": (-1,),
     "parallel.num_devices": (-1,),

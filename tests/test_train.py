@@ -112,3 +112,18 @@ def test_restore_errors(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="cannot be restored.*delete that step"):
         checkpoint.restore(reader, trainer.abstract_state())
     reader.close()
+
+
+def test_max_minutes_ends_the_run_with_a_checkpoint_and_a_grid(tmp_path):
+    """A wall-clock budget already spent after step 1 makes step 1 the last: it is checkpointed and
+    gets the final grid; the run resumed without a budget continues from it to num_train_steps."""
+    base = {"training.num_train_steps": 5, "training.checkpoint_every": 100, "training.sample_every": 0}
+    workdir = str(tmp_path / "run")
+    state = train_loop.train(tiny_config(**base, **{"training.max_minutes": 1e-9}), workdir, progress=False)
+    assert int(state.step) == 1
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1"]
+    assert os.path.exists(os.path.join(workdir, "samples_0000001.png"))
+    state = train_loop.train(tiny_config(**base), workdir, progress=False)
+    assert int(state.step) == 5
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "5"]
+    assert train_loop.wall_clock_limit(0.0, 10)(10**9) is False

@@ -6,7 +6,8 @@ experiment's jitted step, and every so often logs metrics, checkpoints, samples 
 ``training.eval_every``) logs a cheap FID. ``training.dtype=bfloat16`` computes the U-Net in bf16
 while parameters, gradients, optimizer state and EMA stay float32. SIGTERM/SIGINT save a checkpoint
 at the next step boundary and raise :class:`Preempted` (``main.py`` exits with ``128 + signal``);
-re-running the command continues exactly.
+re-running the command continues exactly. ``training.max_minutes`` ends the run (checkpoint, final grid)
+at the first step past that much wall clock.
 
 A non-finite loss or gradient norm, seen where the loop syncs with the device anyway (every log line,
 and before every checkpoint, sample grid and FID), stops training with :class:`Diverged` before that
@@ -18,9 +19,11 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from jaxdiff.common import parallel, paths, plotting, preemption
@@ -185,6 +188,23 @@ def train_autoencoder(config, workdir, progress: bool = True) -> TrainState:
         return _train(workdir, source, experiment, progress, grid)
 
 
+def wall_clock_limit(minutes: float, agree_every: int) -> Callable[[int], bool]:
+    """``out_of_time(step)``: whether ``minutes`` of wall clock have passed since this call (0 = never),
+    which makes ``step`` the run's last (checkpoint, final grid). Several processes agree on it every
+    ``agree_every`` steps (any process out of time stops them all at the same step)."""
+    deadline = time.monotonic() + 60.0 * minutes
+    if not minutes:
+        return lambda step: False
+    if jax.process_count() == 1:
+        return lambda step: time.monotonic() >= deadline
+
+    def out_of_time(step):
+        if step % agree_every:
+            return False
+        return bool(np.any(multihost_utils.process_allgather(np.int32(time.monotonic() >= deadline))))
+    return out_of_time
+
+
 def _train(workdir, source, experiment, progress: bool, write_grid, init=None, make_fid_hook=None) -> TrainState:
     """The loop of :func:`train` and :func:`train_autoencoder`, with the work directory locked:
     ``experiment.step`` on batches of ``source``, ``write_grid(state, step, should_stop)`` at
@@ -200,11 +220,13 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
         truncate_metrics(metrics_path, start)
     fid_hook = make_fid_hook(start) if make_fid_hook else None
 
+    minutes = tc.get("max_minutes", 0.0)  # (configs stored by jaxdiff < 0.6 lack it)
     slot, slots = parallel.process_batch_rows(experiment.mesh, tc.batch_size)
     stream = batch_stream(source, config.seed, start, tc.batch_size, slot, slots,
                           config.data.prefetch, config.data.num_workers)
     bar = tqdm(total=tc.num_train_steps, initial=start, disable=not progress or not writer,
-               desc="train", unit="step", dynamic_ncols=True, smoothing=0.05)
+               desc=f"train ({minutes:g} min budget)" if minutes else "train", unit="step",
+               dynamic_ncols=True, smoothing=0.05)
     log = MetricsLog(metrics_path, start, bar, writer)
     board = TensorBoard(workdir, enabled=writer, purge_step=start + 1 if start else None)
     finished = False
@@ -216,11 +238,12 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
                 if guard.signum is not None and jax.process_count() == 1:
                     raise preemption.Interrupted(guard.signum, what)
 
+            out_of_time = wall_clock_limit(minutes, tc.log_every)
             for n in range(start + 1, tc.num_train_steps + 1):
                 state, metrics = experiment.step(state, parallel.global_batch(next(stream), experiment.mesh))
                 log.add(metrics)
                 bar.update(1)
-                last = n == tc.num_train_steps
+                last = n == tc.num_train_steps or out_of_time(n)
                 stop = guard.should_stop(n)
                 save = n % tc.checkpoint_every == 0 or last or stop
                 sample_grid = (tc.sample_every and n % tc.sample_every == 0) or last
@@ -253,6 +276,8 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
                     board.scalars(n, {"fid": row["fid"]}, prefix="eval/")
                     bar.write(f"step {n}: FID {row['fid']:.3f} ({row['fid_samples']} EMA samples, "
                               f"{row['feature_extractor']} features) -> eval/train_fid.jsonl")
+                if last:
+                    break
         finished = True
     finally:
         bar.close()
