@@ -19,10 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from configs import cifar10, cifar10_64, default, digits, fashion_mnist, mnist
+from configs import cifar10, cifar10_64, default, digits, fashion_mnist, fashion_mnist_cpu, mnist, mnist_cpu
 from jaxdiff import data
 from jaxdiff.data import __main__ as data_cli, tfds_source
 from jaxdiff.data.testing import write_tfds_dataset
+from jaxdiff.drivers import config_checks
 
 FASHION = data.DEBIAN_FASHION_MNIST
 
@@ -362,9 +363,18 @@ def test_check_data_config_rejects(overrides, message):
         data.check_data_config(data_config(**overrides))
 
 
-@pytest.mark.parametrize("module", [default, digits, mnist, cifar10, cifar10_64, fashion_mnist])
+@pytest.mark.parametrize("module", [default, digits, mnist, cifar10, cifar10_64, fashion_mnist, fashion_mnist_cpu])
 def test_shipped_configs_pass_the_data_check(module):
     data.check_data_config(module.get_config().data)
+
+
+def test_cpu_recipes_are_valid_and_mnist_asks_for_its_folder(tmp_path):
+    config_checks.validate(fashion_mnist_cpu.get_config())
+    with pytest.raises(data.DataError, match="set --config.data.data_dir"):
+        data.check_data_config(mnist_cpu.get_config().data)
+    config = mnist_cpu.get_config()
+    config.data.data_dir = str(tmp_path)
+    config_checks.validate(config)
 
 
 def test_batch_larger_than_dataset():
