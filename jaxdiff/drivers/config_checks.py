@@ -192,7 +192,7 @@ def validate(config) -> None:
     _choice(f.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
     _positive(t.batch_size, "training.batch_size")
     _positive(t.num_train_steps, "training.num_train_steps")
-    _number(t.get("max_minutes", 0.0), "training.max_minutes", low=0.0)
+    _number(t.max_minutes, "training.max_minutes", low=0.0)
     _positive(t.log_every, "training.log_every")
     _positive(t.checkpoint_every, "training.checkpoint_every")
     _positive(t.sample_every, "training.sample_every", allow_zero=True)

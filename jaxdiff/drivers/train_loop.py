@@ -220,7 +220,7 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
         truncate_metrics(metrics_path, start)
     fid_hook = make_fid_hook(start) if make_fid_hook else None
 
-    minutes = tc.get("max_minutes", 0.0)  # (configs stored by jaxdiff < 0.6 lack it)
+    minutes = tc.max_minutes
     slot, slots = parallel.process_batch_rows(experiment.mesh, tc.batch_size)
     stream = batch_stream(source, config.seed, start, tc.batch_size, slot, slots,
                           config.data.prefetch, config.data.num_workers)
