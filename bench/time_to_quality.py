@@ -18,14 +18,20 @@ Recipes, run one after the other in the same process (the same cores, one job at
 - ``seeds``: the seeds' tutorial recipe: their 1.6M-parameter U-Net (channels 32/64/64, two res blocks per
   level, attention at 14x14), AdamW 1e-3, batch 64, linear schedule, eps target, no EMA, unconditional,
   DDIM 50;
-- ``cpu``: ``configs/fashion_mnist_cpu.py``.
+- ``cpu``: ``configs/fashion_mnist_cpu.py``;
+- the trials (:data:`TRIALS`): ``cpu`` with one choice changed (batch, width, depth, attention, bfloat16,
+  learning rate, family, target, loss weighting); and, drawn from ``cpu``'s last checkpoint without
+  training again, the sampling trials (:data:`SAMPLING_TRIALS`: solver and steps, guidance, no EMA).
 
-    python bench/time_to_quality.py                       # budgets 5,10,20 for both (about 1.5 h on 2 cores)
-    python bench/time_to_quality.py --budgets 5,10 --recipes seeds,cpu
+Like ``main.py``, it restarts itself under tcmalloc when Debian's ``libtcmalloc-minimal4`` is installed.
 
-Writes ``bench/time_to_quality.json``, ``bench/time_to_quality.md`` (the README table),
-``bench/time_to_quality.png`` (FID against CPU-minutes) and a 10x10 grid of each recipe's samples at each
-budget, ``bench/time_to_quality_<recipe>_<minutes>min.png``.
+    python bench/time_to_quality.py                       # budgets 5,10,20 for seeds and cpu
+    python bench/time_to_quality.py --name time_to_quality_trials --budgets 5 \
+        --recipes cpu,batch64,batch256,ch48,res2,bf16,edm,ddpm_v,ddpm_v_minsnr --sampling-trials w1,w3
+
+Writes ``bench/<name>.json``, ``bench/<name>.md`` (the table), ``bench/<name>.png`` (FID against
+CPU-minutes) and a 10x10 grid of each row's samples, ``<name>_<recipe>_<minutes>min.png`` (in ``bench/``
+for the default name, else in ``--out``); each recipe's checkpoints stay in ``<out>/<name>/<recipe>``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -60,22 +67,34 @@ def save_grid(images, labels, conditional: bool, path):
     plotting.save_image_grid(images[order].astype(np.float32) / 127.5 - 1.0, path, nrow=10, scale=3)
 
 
-def regrid(rows, out):
+def draw(config, workdir, samples: int, step: int | None = None):
+    """``(images uint8 [samples, 28, 28, 1], labels, seconds)`` from ``workdir``'s checkpoint ``step`` (the
+    latest by default): class-balanced labels for a class-conditional model, keys from ``PRNGKey(0)``; the
+    seconds include the sampler's compile (what a user waits for)."""
+    opened = restore.open_latest(config, workdir, "eval", log=lambda *_: None)
+    params = restore.load_params(opened if step is None else opened._replace(step=step),
+                                 use_ema=bool(config.sampling.use_ema))
+    generate = eval_mode.make_image_generator(opened.experiment, config.sampling,
+                                              config.sampling.guidance_scale, CHUNK)
+    labels = balanced_labels(samples, NUM_CLASSES if config.model.class_conditional else 0)
+    t0 = time.perf_counter()
+    images = generate_uint8(generate, params, labels, CHUNK, jax.random.PRNGKey(0))
+    return images, labels, time.perf_counter() - t0, int(opened.step)
+
+
+def regrid(rows, out, name):
     """Redraw every row's grid from its checkpoint: the first chunk of its samples (the same keys and labels)."""
     for r in rows:
-        config = recipe_config(r["recipe"], 1.0, out)
-        workdir = os.path.join(out, r["recipe"])
-        opened = restore.open_latest(config, workdir, "eval", log=lambda *_: None)
-        params = restore.load_params(opened._replace(step=r["step"]))
-        generate = eval_mode.make_image_generator(opened.experiment, config.sampling, 1.0, CHUNK)
-        conditional = bool(config.model.class_conditional)
-        labels = balanced_labels(CHUNK, NUM_CLASSES if conditional else 0)
-        images = generate_uint8(generate, params, labels, CHUNK, jax.random.PRNGKey(0))
-        save_grid(images, labels, conditional, grid_file(r["recipe"], r["minutes"]))
+        config = row_config(r, out)
+        images, labels, _, _ = draw(config, os.path.join(out, name, r["recipe"]), CHUNK, r["step"])
+        save_grid(images, labels, bool(config.model.class_conditional), grid_file(name, out, r))
 
 
-def grid_file(recipe: str, minutes: float) -> str:
-    return os.path.join(ROOT, "bench", f"time_to_quality_{recipe}_{minutes:g}min.png")
+def grid_file(name: str, out: str, row) -> str:
+    """The benchmark's own grids go to bench/ (the README shows them), trial runs' to ``out``."""
+    folder = os.path.join(ROOT, "bench") if name == "time_to_quality" else out
+    trial = f"_{row['sampling_trial']}" if row.get("sampling_trial") else ""
+    return os.path.join(folder, f"{name}_{row['recipe']}{trial}_{row['minutes']:g}min.png")
 
 
 def seeds_config():
@@ -96,20 +115,69 @@ def seeds_config():
     config.training.ema_decay = 0.0  # no EMA: the "EMA" parameters are the parameters
     config.sampling.sampler = "ddim"
     config.sampling.num_steps = 50
+    config.sampling.guidance_scale = 1.0
     return config
 
 
 RECIPES = {"seeds": seeds_config, "cpu": fashion_mnist_cpu.get_config}
 
+# One-at-a-time changes to ``cpu`` (``--recipes cpu,batch64,...``): name -> (family, {dotted field: value}).
+TRIALS = {
+    "batch64": ("flow", {"training.batch_size": 64}),
+    "batch256": ("flow", {"training.batch_size": 256}),
+    "ch48": ("flow", {"model.ch": 48}),
+    "res2": ("flow", {"model.num_res_blocks": 2}),
+    "attn14": ("flow", {"model.attn_resolutions": (14, 7)}),
+    "bf16": ("flow", {"training.dtype": "bfloat16"}),
+    "lr1e-3": ("flow", {"training.learning_rate": 1e-3}),
+    "edm": ("edm", {"sampling.sampler": "heun", "sampling.num_steps": 10}),  # 19 network evaluations
+    "ddpm_v": ("ddpm", {"diffusion.target": "v", "diffusion.schedule": "cosine",
+                        "sampling.sampler": "dpm_solver++", "sampling.num_steps": 20}),
+    "ddpm_v_minsnr": ("ddpm", {"diffusion.target": "v", "diffusion.schedule": "cosine",
+                               "diffusion.loss_weighting": "min_snr",
+                               "sampling.sampler": "dpm_solver++", "sampling.num_steps": 20}),
+}
+
+# Sampling-only changes, drawn from ``cpu``'s last checkpoint (``--sampling-trials``): name -> {dotted
+# sampling field: value}.
+SAMPLING_TRIALS = {
+    "euler20_w1": {"sampling.sampler": "euler", "sampling.num_steps": 20, "sampling.guidance_scale": 1.0},
+    "euler20": {"sampling.sampler": "euler", "sampling.num_steps": 20},
+    "heun5": {"sampling.num_steps": 5},
+    "heun20": {"sampling.num_steps": 20},
+    "w1": {"sampling.guidance_scale": 1.0},
+    "w3": {"sampling.guidance_scale": 3.0},
+    "no_ema": {"sampling.use_ema": False},
+}
+# The trials of the first run (bench/time_to_quality_trials.json), when cpu sampled with Euler 20 at
+# guidance 1: euler10 and euler40 (Euler's steps), heun10, w1.5 and w2 (guidance), no_ema.
+
+
+def override(config, fields: dict):
+    """``config`` with each dotted ``fields`` entry set (``{"training.batch_size": 64}``)."""
+    for dotted, value in fields.items():
+        parent, _, leaf = dotted.rpartition(".")
+        setattr(config[parent] if parent else config, leaf, value)
+    return config
+
 
 def recipe_config(name: str, minutes: float, out: str):
-    config = RECIPES[name]()
+    if name in TRIALS:
+        family, fields = TRIALS[name]
+        config = override(fashion_mnist_cpu.get_config(family), fields)
+    else:
+        config = RECIPES[name]()
     config.training.num_train_steps = 10**7  # the budget ends every segment
     config.training.max_minutes = float(minutes)
     config.training.checkpoint_every = 10**7  # only each segment's last step
     config.training.sample_every = 0  # only each segment's final grid
     config.eval.classifier_dir = os.path.join(out, "classifier")
     return config
+
+
+def row_config(row, out):
+    """The config a table row was sampled with: its recipe's, with its sampling trial."""
+    return override(recipe_config(row["recipe"], 1.0, out), SAMPLING_TRIALS.get(row.get("sampling_trial"), {}))
 
 
 def class_balance(predicted: np.ndarray) -> tuple[float, float]:
@@ -120,43 +188,56 @@ def class_balance(predicted: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate(config, workdir, samples: int, extractor, clf, ref, grid_path):
-    opened = restore.open_latest(config, workdir, "eval", log=lambda *_: None)
-    params = restore.load_params(opened)
-    generate = eval_mode.make_image_generator(opened.experiment, config.sampling, 1.0, CHUNK)
-    conditional = bool(config.model.class_conditional)
-    labels = balanced_labels(samples, NUM_CLASSES if conditional else 0)
-    key = jax.random.PRNGKey(0)
-    t0 = time.perf_counter()
-    images = generate_uint8(generate, params, labels, CHUNK, key)  # compile included: what a user waits for
-    sample_s = time.perf_counter() - t0
+    images, labels, sample_s, step = draw(config, workdir, samples)
     metrics = fid_kid(extractor, images, ref, 256, 10, min(1000, samples))
     predicted = np.argmax(classifier_lib.batched_apply(clf.apply_fn(), images, 256)[0], axis=-1)
     balance, rarest = class_balance(predicted)
+    conditional = bool(config.model.class_conditional)
     save_grid(images[:CHUNK], labels[:CHUNK], conditional, grid_path)
     return {"fid": float(metrics["fid"]), "kid": float(metrics["kid"]), "class_balance": balance,
-            "rarest_class": rarest, "sample_s": sample_s, "step": int(opened.step),
+            "rarest_class": rarest, "sample_s": sample_s, "step": step,
             "accuracy": float(np.mean(predicted == labels)) if conditional else None}
+
+
+def sampler_name(config) -> str:
+    name, guidance = f"{config.sampling.sampler} {config.sampling.num_steps}", config.sampling.guidance_scale
+    name += f" w={guidance:g}" if guidance != 1.0 and config.model.class_conditional else ""
+    return name + ("" if config.sampling.use_ema else " raw")
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--budgets", default="5,10,20", help="cumulative training minutes, comma-separated")
-    parser.add_argument("--recipes", default="seeds,cpu")
+    parser.add_argument("--recipes", default="seeds,cpu", help=f"of {', '.join([*RECIPES, *TRIALS])}")
+    parser.add_argument("--sampling-trials", default="",
+                        help=f"drawn from cpu's last checkpoint, of {', '.join(SAMPLING_TRIALS)}")
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--name", default="time_to_quality", help="bench/<name>.{json,md,png}")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "time_to_quality"))
     parser.add_argument("--replot", action="store_true", help="redraw the table and figure from the json")
     parser.add_argument("--regrid", action="store_true", help="redraw the sample grids from the kept checkpoints")
     args = parser.parse_args()
-    cpu_tuning.apply()
-    if args.replot or args.regrid:
-        with open(os.path.join(ROOT, "bench", "time_to_quality.json")) as f:
-            saved = json.load(f)
-        if args.regrid:
-            regrid(saved["rows"], args.out)
-        return write(saved["rows"], saved["command"])
+    recipes = args.recipes.split(",")
+    sampling_trials = [t for t in args.sampling_trials.split(",") if t]
+    unknown = [r for r in recipes if r not in RECIPES and r not in TRIALS] + [
+        t for t in sampling_trials if t not in SAMPLING_TRIALS]
+    if unknown:
+        raise SystemExit(f"unknown recipe or sampling trial: {', '.join(unknown)}")
+    if sampling_trials and "cpu" not in recipes:
+        raise SystemExit("--sampling-trials draw from the cpu recipe's checkpoint: add cpu to --recipes")
     budgets = [float(b) for b in args.budgets.split(",")]
     if budgets != sorted(budgets) or budgets[0] <= 0:
         raise SystemExit(f"--budgets must be increasing positive minutes, got {args.budgets}")
+    cpu_tuning.reexec_with_tcmalloc()  # as main.py runs
+    cpu_tuning.apply()
+    base = os.path.join(ROOT, "bench", args.name)
+    if args.replot or args.regrid:
+        with open(base + ".json") as f:
+            saved = json.load(f)
+        if args.regrid:
+            regrid(saved["rows"], args.out, args.name)
+        return write(saved["rows"], saved["command"], base)
+    command = "python bench/time_to_quality.py " + " ".join(sys.argv[1:])
     config = recipe_config("cpu", 1.0, args.out)
     t0 = time.perf_counter()
     train, test, _ = eval_mode.load_splits(config.data)
@@ -164,10 +245,12 @@ def main():
     ref = reference_statistics(extractor, train, eval_mode.reference_path(
         args.out, "fashion_mnist", tuple(train.image_shape), "train", extractor), 256)
     print(f"classifier (test accuracy {clf.test_accuracy:.3f}) and reference statistics: "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+          f"{time.perf_counter() - t0:.0f} s; tcmalloc: {'tcmalloc' in os.environ.get('LD_PRELOAD', '')}",
+          flush=True)
     rows = []
-    for name in args.recipes.split(","):
-        workdir = os.path.join(args.out, name)
+    for name in recipes:
+        workdir = os.path.join(args.out, args.name, name)
+        shutil.rmtree(workdir, ignore_errors=True)  # every recipe trains from scratch
         done, trained_s = 0.0, 0.0
         for minutes in budgets:
             config = recipe_config(name, minutes - done, args.out)
@@ -175,17 +258,25 @@ def main():
             train_loop.train(config, workdir, progress=True)
             trained_s += time.perf_counter() - t0
             done = minutes
-            grid = grid_file(name, minutes)
-            row = {"recipe": name, "minutes": minutes, "train_s": trained_s,
-                   "sampler": f"{config.sampling.sampler} {config.sampling.num_steps}",
-                   **evaluate(config, workdir, args.samples, extractor, clf, ref, grid)}
+            row = {"recipe": name, "minutes": minutes, "train_s": trained_s, "sampler": sampler_name(config)}
+            grid = grid_file(args.name, args.out, row)
+            row.update(evaluate(config, workdir, args.samples, extractor, clf, ref, grid))
             rows.append(row)
             print(json.dumps(row), flush=True)
-            write(rows, "python bench/time_to_quality.py " + " ".join(sys.argv[1:]))
+            write(rows, command, base)
+    cpu = [r for r in rows if r["recipe"] == "cpu"][-1] if sampling_trials else None
+    for trial in sampling_trials:
+        row = {**cpu, "sampling_trial": trial}
+        config = row_config(row, args.out)
+        row["sampler"] = sampler_name(config)
+        row.update(evaluate(config, os.path.join(args.out, args.name, "cpu"), args.samples, extractor, clf, ref,
+                            grid_file(args.name, args.out, row)))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        write(rows, command, base)
 
 
-def write(rows, command):
-    base = os.path.join(ROOT, "bench", "time_to_quality")
+def write(rows, command, base):
     with open(base + ".json", "w") as f:
         json.dump({"command": command.strip(), "rows": rows}, f, indent=1)
     lines = ["| recipe | budget (min) | training wall clock (min) | steps | sampler | sampling 1,000 (s) | "
@@ -193,7 +284,8 @@ def write(rows, command):
              "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
-        lines.append(f"| {r['recipe']} | {r['minutes']:g} | {r['train_s'] / 60:.1f} | {r['step']} | {r['sampler']} | "
+        recipe = r["recipe"] + (f" ({r['sampling_trial']})" if r.get("sampling_trial") else "")
+        lines.append(f"| {recipe} | {r['minutes']:g} | {r['train_s'] / 60:.1f} | {r['step']} | {r['sampler']} | "
                      f"{r['sample_s']:.0f} | {r['fid']:.2f} | {r['class_balance']:.3f} | "
                      f"{r['rarest_class']:.3f} | {acc} |")
     with open(base + ".md", "w") as f:
@@ -202,8 +294,8 @@ def write(rows, command):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for recipe in dict.fromkeys(r["recipe"] for r in rows):
-        pts = [r for r in rows if r["recipe"] == recipe]
+    for recipe in dict.fromkeys(r["recipe"] for r in rows if not r.get("sampling_trial")):
+        pts = [r for r in rows if r["recipe"] == recipe and not r.get("sampling_trial")]
         ax.plot([r["train_s"] / 60 for r in pts], [r["fid"] for r in pts], "o-",
                 label=f"{recipe} ({pts[0]['sampler']})")
     ax.set_yscale("log")

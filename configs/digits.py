@@ -1,4 +1,4 @@
-"""Quick start: scikit-learn's embedded 8x8 digits (no download), a few minutes on 2 CPU cores.
+"""Scikit-learn's embedded 8x8 digits (no download), a few minutes on 2 CPU cores.
 
 A small class-conditional U-Net (ch 32, one res block per level, ~0.7M parameters); the sample grid
 has 10 columns, one per digit class, sampled with DDPM over T=1000 steps from the EMA parameters.

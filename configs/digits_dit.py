@@ -1,4 +1,4 @@
-"""The quick start with a Diffusion Transformer (Peebles & Xie 2023) for the U-Net: 8x8 digits as 16
+"""configs/digits.py with a Diffusion Transformer (Peebles & Xie 2023) for the U-Net: 8x8 digits as 16
 patches of 2x2, 4 blocks of width 128 (1.3M parameters), class-conditional; minutes on 2 CPU cores.
 
 Any family after the colon: ``--config=configs/digits_dit.py:flow``.

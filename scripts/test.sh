@@ -6,11 +6,8 @@
 # run (and is an error under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
 source scripts/venv.sh
-if [ ! -d /usr/share/datasets/fashion-mnist ] || ! have_tcmalloc; then
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist libtcmalloc-minimal4
-fi
+install_fashion_mnist
 make_venv .venv python3 requirements.txt
 .venv/bin/python -m pip install -q -r requirements-test.txt
 echo "== tests on $(.venv/bin/python --version), requirements.txt (jax $(.venv/bin/python -c 'import jax; print(jax.__version__)'))"

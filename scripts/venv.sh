@@ -8,6 +8,12 @@ if ! have_tcmalloc; then
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq libtcmalloc-minimal4 \
     || echo "warning: could not install libtcmalloc-minimal4; main.py runs with glibc malloc (slower on CPU)" >&2
 fi
+# install_fashion_mnist: Debian's dataset-fashion-mnist (idx files in /usr/share/datasets/fashion-mnist).
+install_fashion_mnist() {
+  if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist
+  fi
+}
 make_venv() {
   local dir=$1 python=$2 pins=$3
   if [ ! -x "$dir/bin/python" ]; then
