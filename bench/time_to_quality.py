@@ -68,12 +68,12 @@ def save_grid(images, labels, conditional: bool, path):
 
 
 def draw(config, workdir, samples: int, step: int | None = None):
-    """``(images uint8 [samples, 28, 28, 1], labels, seconds)`` from ``workdir``'s checkpoint ``step`` (the
-    latest by default): class-balanced labels for a class-conditional model, keys from ``PRNGKey(0)``; the
+    """``(images uint8 [samples, 28, 28, 1], labels, seconds, step)`` from ``workdir``'s checkpoint ``step``
+    (the latest by default): class-balanced labels for a class-conditional model, keys from ``PRNGKey(0)``; the
     seconds include the sampler's compile (what a user waits for)."""
     opened = restore.open_latest(config, workdir, "eval", log=lambda *_: None)
-    params = restore.load_params(opened if step is None else opened._replace(step=step),
-                                 use_ema=bool(config.sampling.use_ema))
+    opened = opened if step is None else opened._replace(step=step)
+    params = restore.load_params(opened, use_ema=bool(config.sampling.use_ema))
     generate = eval_mode.make_image_generator(opened.experiment, config.sampling,
                                               config.sampling.guidance_scale, CHUNK)
     labels = balanced_labels(samples, NUM_CLASSES if config.model.class_conditional else 0)
