@@ -153,18 +153,22 @@ SAMPLING_TRIALS = {
 # guidance 1: euler10 and euler40 (Euler's steps), heun10, w1.5 and w2 (guidance), no_ema.
 
 
-def override(config, fields: dict):
+def with_fields(config, fields: dict):
     """``config`` with each dotted ``fields`` entry set (``{"training.batch_size": 64}``)."""
-    for dotted, value in fields.items():
-        parent, _, leaf = dotted.rpartition(".")
-        setattr(config[parent] if parent else config, leaf, value)
+    config.update_from_flattened_dict(fields)
     return config
+
+
+def sampling_fields(config) -> dict:
+    """What a row was sampled with, as dotted fields: stored in the row, so ``--regrid`` redraws it even
+    after the recipe's sampler or a trial's definition changed."""
+    return {f"sampling.{k}": config.sampling[k] for k in ("sampler", "num_steps", "guidance_scale", "use_ema")}
 
 
 def recipe_config(name: str, minutes: float, out: str):
     if name in TRIALS:
         family, fields = TRIALS[name]
-        config = override(fashion_mnist_cpu.get_config(family), fields)
+        config = with_fields(fashion_mnist_cpu.get_config(family), fields)
     else:
         config = RECIPES[name]()
     config.training.num_train_steps = 10**7  # the budget ends every segment
@@ -176,8 +180,8 @@ def recipe_config(name: str, minutes: float, out: str):
 
 
 def row_config(row, out):
-    """The config a table row was sampled with: its recipe's, with its sampling trial."""
-    return override(recipe_config(row["recipe"], 1.0, out), SAMPLING_TRIALS.get(row.get("sampling_trial"), {}))
+    """The config a table row was sampled with: its recipe's, with the sampling fields it stored."""
+    return with_fields(recipe_config(row["recipe"], 1.0, out), row["sampling"])
 
 
 def class_balance(predicted: np.ndarray) -> tuple[float, float]:
@@ -258,7 +262,8 @@ def main():
             train_loop.train(config, workdir, progress=True)
             trained_s += time.perf_counter() - t0
             done = minutes
-            row = {"recipe": name, "minutes": minutes, "train_s": trained_s, "sampler": sampler_name(config)}
+            row = {"recipe": name, "minutes": minutes, "train_s": trained_s, "sampler": sampler_name(config),
+                   "sampling": sampling_fields(config)}
             grid = grid_file(args.name, args.out, row)
             row.update(evaluate(config, workdir, args.samples, extractor, clf, ref, grid))
             rows.append(row)
@@ -266,9 +271,8 @@ def main():
             write(rows, command, base)
     cpu = [r for r in rows if r["recipe"] == "cpu"][-1] if sampling_trials else None
     for trial in sampling_trials:
-        row = {**cpu, "sampling_trial": trial}
-        config = row_config(row, args.out)
-        row["sampler"] = sampler_name(config)
+        config = with_fields(recipe_config("cpu", 1.0, args.out), SAMPLING_TRIALS[trial])
+        row = {**cpu, "sampling_trial": trial, "sampler": sampler_name(config), "sampling": sampling_fields(config)}
         row.update(evaluate(config, os.path.join(args.out, args.name, "cpu"), args.samples, extractor, clf, ref,
                             grid_file(args.name, args.out, row)))
         rows.append(row)
