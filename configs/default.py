@@ -128,6 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
     training.optimizer = "adam"  # adam | adamw
     training.learning_rate = 2e-3
     training.warmup_steps = 100  # linear warm-up from 0 to learning_rate
+    # after the warm-up: constant | cosine (to 0 over lr_decay_steps, 0 = the rest of num_train_steps) |
+    # inverse_sqrt (EDM2: learning_rate / sqrt(max(n / lr_decay_steps, 1)), needs lr_decay_steps > 0)
+    training.lr_schedule = "constant"
+    training.lr_decay_steps = 0
     training.adam_b1 = 0.9
     training.adam_b2 = 0.999
     training.adam_eps = 1e-8
@@ -135,6 +139,12 @@ def get_config() -> ml_collections.ConfigDict:
     training.grad_clip_norm = 1.0  # global-norm clipping (0 = off)
     training.ema_decay = 0.999
     training.ema_warmup = True  # decay_n = min(ema_decay, (1 + n) / (10 + n)), as TF's num_updates
+    # post-hoc EMA (EDM2): relative stds of power-function EMA profiles tracked besides (EDM2: (0.05, 0.10)),
+    # snapshotted to <workdir>/ema_snapshots every ema_snapshot_every steps (0 = checkpoint_every; all kept,
+    # each as large as the params times len(ema_stds)); then sampling.ema_std picks the EMA length after
+    # training. () = off
+    training.ema_stds = ()
+    training.ema_snapshot_every = 0
     training.label_dropout = 0.1  # class-conditional models: P(label -> null label)
     training.log_every = 50  # host sync + metrics line every N steps
     training.checkpoint_every = 500
@@ -175,6 +185,8 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.variance = "fixed_small"  # sampler ddpm only: fixed_small | fixed_large
     sampling.clip_x0 = True  # clip the predicted x0 to [-1, 1] at every step (eps recomputed from it)
     sampling.use_ema = True
+    sampling.ema_std = 0.0  # > 0: use_ema reconstructs the post-hoc EMA of this relative std (EDM2; e.g. 0.05-0.2,
+    #   at most 0.289) from the snapshots of training.ema_stds; 0 = the EMA of training.ema_decay
     sampling.save_pngs = False  # --mode=sample: also every sample as its own PNG in sample_<tag>/ (for pytorch-fid,
     #   clean-fid and other tools that read a folder)
     sampling.grid_sampler = "auto"  # the sample grids written during training: auto (dpm_solver++, seconds

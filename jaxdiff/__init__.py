@@ -49,6 +49,7 @@ from jaxdiff.models.autoencoder import AutoencoderKL
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
 from jaxdiff.models.dit import DiT, dit_from_name
 from jaxdiff.models.unet import UNet, count_params
+from jaxdiff.training import posthoc_ema
 from jaxdiff.training.checkpoint import CheckpointError
 from jaxdiff.training.autoencoder_step import make_autoencoder_train_step
 from jaxdiff.training.optim import ema_update, learning_rate_schedule, make_optimizer
@@ -67,7 +68,7 @@ __all__ = [
     "interpolation_path", "invert", "karras_sigmas", "kid", "learning_rate_schedule", "load_source",
     "loss_given_noise", "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer",
     "make_sampler", "make_tables", "make_train_step", "map_chunks", "midpoint_sampler", "operators", "parallel",
-    "paths", "preprocess", "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder",
+    "paths", "posthoc_ema", "preprocess", "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder",
     "read_diffusers_unet", "reconstruct", "repaint", "rescale_zero_terminal_snr", "restoration", "run_sampler",
     "sampler_on_grid", "save_columns", "save_image_folder", "save_image_grid", "save_loss_curve", "save_trajectory",
     "save_trajectory_gif", "sdedit", "slerp", "spaced_timesteps", "to_uint8", "write_diffusers_autoencoder",

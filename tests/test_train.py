@@ -63,6 +63,15 @@ def test_warmup_schedule_is_ddpm_linear():
     assert [float(lr(n)) for n in (0, 5, 10, 50)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
 
 
+def test_decay_schedules_after_the_warmup():
+    cosine = optim.learning_rate_schedule(2.0, 10, decay="cosine", decay_steps=100)
+    assert [float(cosine(n)) for n in (5, 10, 60, 110, 300)] == pytest.approx([1.0, 2.0, 1.0, 0.0, 0.0], abs=1e-6)
+    inverse_sqrt = optim.learning_rate_schedule(2.0, 10, decay="inverse_sqrt", decay_steps=50)
+    assert [float(inverse_sqrt(n)) for n in (5, 30, 60, 210)] == pytest.approx([1.0, 2.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match="decay_steps > 0"):
+        optim.learning_rate_schedule(2.0, 10, decay="inverse_sqrt")
+
+
 def _final_params(workdir, config):
     trainer = Experiment(config, channels=1, num_classes=10)
     mngr = checkpoint.manager(workdir, read_only=True)
@@ -74,6 +83,8 @@ def _final_params(workdir, config):
 @pytest.mark.parametrize("family", ["ddpm", "vp", "edm", "flow"])
 def test_resume_is_bit_identical(tmp_path, family):
     base = {"model.class_conditional": True, "training.checkpoint_every": 7, "diffusion.family": family}
+    if family == "flow":  # with post-hoc EMA profiles, snapshotted every 4 steps
+        base.update({"training.ema_stds": (0.05, 0.1), "training.ema_snapshot_every": 4})
     full = str(tmp_path / "full")
     train_loop.train(tiny_config(**base, **{"training.num_train_steps": 16}), full, progress=False)
     split = str(tmp_path / "split")
@@ -93,6 +104,10 @@ def test_resume_is_bit_identical(tmp_path, family):
     steps = [json.loads(line)["step"] for line in open(os.path.join(split, "metrics.jsonl"))]
     assert steps == sorted(set(steps)) and steps[-1] == 16
     assert sorted(os.listdir(os.path.join(full, "checkpoints"))) == ["14", "16", "7"]
+    if family == "flow":
+        assert len(a.ema_profiles) == 2
+        for run in (full, split):
+            assert sorted(os.listdir(os.path.join(run, "ema_snapshots"))) == ["12", "16", "4", "8"]
 
 
 def test_restore_errors(tmp_path):

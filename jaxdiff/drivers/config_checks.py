@@ -19,7 +19,8 @@ from jaxdiff.models import dit as dit_module
 from jaxdiff.models.dit import DIT_SIZES
 from jaxdiff.models.unet import DOWNSAMPLE_PADDINGS, check_image_size
 from jaxdiff.training.autoencoder_step import RECONSTRUCTIONS
-from jaxdiff.training.optim import OPTIMIZERS
+from jaxdiff.training.optim import LR_SCHEDULES, OPTIMIZERS
+from jaxdiff.training.posthoc_ema import MAX_STD
 
 EXTRACTORS = ("classifier", "inception")
 EDIT_TASKS = ("inpaint", "sdedit", "restore", "invert", "interpolate")
@@ -126,6 +127,17 @@ def _check_autoencoder(config) -> None:
                           "model from scratch")
 
 
+def _check_posthoc_ema(t, s) -> None:
+    """``training.ema_stds`` and ``sampling.ema_std``: relative stds in (0, 1/sqrt(12)]."""
+    stds = t.ema_stds
+    if not isinstance(stds, (tuple, list)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_STD for v in stds):
+        raise ConfigError(f"training.ema_stds must be a tuple of relative stds in (0, {MAX_STD:.3f}] (EDM2: "
+                          f"(0.05, 0.10)), got {stds!r}")
+    _positive(t.ema_snapshot_every, "training.ema_snapshot_every", allow_zero=True)
+    _number(s.ema_std, "sampling.ema_std", 0.0, MAX_STD)  # that the checkpoint has snapshots: when it is opened
+
+
 def validate(config) -> None:
     """Raise :class:`ConfigError` for the first invalid value in ``config``."""
     d, m, f, t, s = config.data, config.model, config.diffusion, config.training, config.sampling
@@ -203,6 +215,12 @@ def validate(config) -> None:
         raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}")
     if not 0.0 <= t.ema_decay < 1.0:
         raise ConfigError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
+    _choice(t.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
+    _positive(t.lr_decay_steps, "training.lr_decay_steps", allow_zero=True)
+    if t.lr_schedule == "inverse_sqrt" and not t.lr_decay_steps:
+        raise ConfigError("training.lr_schedule='inverse_sqrt' needs training.lr_decay_steps > 0 (the step where the "
+                          "decay starts)")
+    _check_posthoc_ema(t, s)
     if not 0.0 <= t.label_dropout < 1.0:
         raise ConfigError(f"training.label_dropout must be in [0, 1), got {t.label_dropout}")
     _positive(t.grad_accum_steps, "training.grad_accum_steps")

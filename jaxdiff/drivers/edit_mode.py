@@ -388,7 +388,7 @@ def run_edit_mode(config, workdir) -> dict:
     images, input_labels = (None, None) if noise_input else read_input(ec, config.data, shape)
     num = int(ec.num_images)
     labels = edit_labels(ec, sc, input_labels, num, experiment.model.num_classes)
-    params = restore.load_params(opened, sc.use_ema)
+    params = restore.load_params(opened, sc.use_ema, sc.ema_std)
     devices = experiment.mesh.devices.size
     chunk = -(-min(int(sc.batch_size), num * int(ec.samples_per_image)) // devices) * devices
     task_fn = {"invert": invert_images, "interpolate": interpolate_images}.get(ec.task, edit_images)

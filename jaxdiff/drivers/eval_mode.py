@@ -199,7 +199,8 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
         images = generate_uint8(make_generate(guidance if num_classes else 1.0), params,
                                 balanced_labels(ev.num_samples, num_classes), ev.batch_size,
                                 jax.random.fold_in(key, 0), bar, stop_check)
-    metrics = {"checkpoint_step": int(step), "params": "ema", "family": family.name,
+    metrics = {"checkpoint_step": int(step), "params": "ema", "ema_std": float(config.sampling.ema_std),
+               "family": family.name,
                "sampler": sampler_name, "sampling_steps": steps,
                "network_evaluations": sampler_from_config(family, sampling).evaluations,
                "variance": config.sampling.variance,
@@ -282,8 +283,9 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None) 
     (:class:`~jaxdiff.common.preemption.Interrupted`) before any metric is written."""
     config_checks.validate_eval(config, check_weights=True)
     opened = restore.open_latest(config, workdir, "eval", log)
-    params = restore.load_params(opened)
-    log(f"eval: {opened.describe()} (EMA parameters)")
+    ema_std = config.sampling.ema_std
+    params = restore.load_params(opened, True, ema_std)
+    log(f"eval: {opened.describe()} (" + (f"post-hoc EMA, relative std {ema_std:g})" if ema_std else "EMA parameters)"))
     with preemption.PreemptionGuard() as guard:
         return evaluate_params(opened.experiment.config, opened.workdir, params, opened.experiment, opened.step, log,
                                make_generate, guard.stop_check("evaluation"))

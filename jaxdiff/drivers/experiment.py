@@ -60,8 +60,13 @@ def build_model(config, channels: int, num_classes: int):
 
 
 def learning_rate_from_config(training_config) -> optax.Schedule:
-    """``training.learning_rate`` with ``training.warmup_steps`` of linear warm-up."""
-    return learning_rate_schedule(training_config.learning_rate, training_config.warmup_steps)
+    """``training.learning_rate`` with ``training.warmup_steps`` of linear warm-up, then
+    ``training.lr_schedule`` (cosine over ``lr_decay_steps``, 0 meaning the steps after the warm-up)."""
+    tc = training_config
+    decay_steps = tc.lr_decay_steps
+    if tc.lr_schedule == "cosine" and not decay_steps:
+        decay_steps = max(tc.num_train_steps - tc.warmup_steps, 1)
+    return learning_rate_schedule(tc.learning_rate, tc.warmup_steps, decay=tc.lr_schedule, decay_steps=decay_steps)
 
 
 def optimizer_from_config(training_config) -> optax.GradientTransformation:
@@ -78,6 +83,7 @@ def train_step_from_config(config, apply_fn, family, optimizer, num_classes: int
     tc = config.training
     return make_train_step(
         apply_fn, family, optimizer, ema_decay_rate=tc.ema_decay, ema_warmup=tc.ema_warmup,
+        ema_stds=tuple(tc.ema_stds),
         num_classes=num_classes, label_dropout=tc.label_dropout,
         preprocess=as_float if latent else functools.partial(preprocess, random_flip=config.data.random_flip),
         seed=config.seed,
@@ -111,7 +117,8 @@ class Experiment:
         self.family = family_from_config(config.diffusion)
         self.tables = self.family.tables
         self.tx = optimizer_from_config(config.training)
-        init = lambda key: init_train_state(init_denoiser(self.model, key, self.image_shape), self.tx)  # noqa: E731
+        init = lambda key: init_train_state(init_denoiser(self.model, key, self.image_shape), self.tx,  # noqa: E731
+                                            num_ema_profiles=len(config.training.ema_stds))
         shapes = jax.eval_shape(init, jax.random.key(0))
         self.state_sharding = parallel.state_shardings(shapes, self.mesh, pc.shard_params, pc.shard_min_size)
         self._shapes = shapes

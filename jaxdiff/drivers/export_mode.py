@@ -37,7 +37,7 @@ def run_export(config, workdir, log=print) -> str:
     if cfg.diffusion.family == "ddpm":
         diffusion = {**cfg.diffusion.to_dict(), "target": resolve_target(cfg.diffusion)}
         scheduler = diffusers_scheduler.scheduler_config(diffusion, cfg.sampling, diffusers_unet.DIFFUSERS_VERSION)
-    params = jax.tree.map(parallel.to_host, restore.load_params(opened, cfg.sampling.use_ema))
+    params = jax.tree.map(parallel.to_host, restore.load_params(opened, cfg.sampling.use_ema, cfg.sampling.ema_std))
     if paths.is_writer():
         diffusers_unet.write_folder(str(out), unet, params, size, scheduler)
     log(f"export: {opened.describe()} -> {out}"

@@ -195,6 +195,18 @@ def configure(config, source: ModelSource | None, recorded: dict | None, log=pri
     return out
 
 
+def recorded_ema_stds(recorded: dict | None) -> tuple:
+    """The ``training.ema_stds`` a checkpoint's config ``recorded`` (its state holds one EMA profile for each)."""
+    return tuple((recorded or {}).get("training", {}).get("ema_stds", ()))
+
+
+def check_ema_stds(config, recorded: dict | None) -> None:
+    """Raise :class:`ConfigError` when resuming a checkpoint whose ``training.ema_stds`` are not ``config``'s."""
+    if recorded is not None and tuple(config.training.ema_stds) != recorded_ema_stds(recorded):
+        raise ConfigError(f"training.ema_stds={tuple(config.training.ema_stds)} but the checkpoint tracks "
+                          f"{recorded_ema_stds(recorded)}: resume with those, or use a new --workdir")
+
+
 def check_source_fits(source: ModelSource | None, channels: int, num_classes: int) -> None:
     """Raise :class:`ConfigError` unless ``source`` was built for images of ``channels`` channels and,
     when class-conditional, for ``num_classes`` classes (the dataset's)."""

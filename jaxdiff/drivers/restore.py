@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 from jaxdiff.drivers import config_checks, latent, model_source
 from jaxdiff.drivers.experiment import Experiment
-from jaxdiff.training import checkpoint
+from jaxdiff.training import checkpoint, posthoc_ema
 
 
 class OpenModel(NamedTuple):
@@ -49,6 +49,8 @@ def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
     workdir = config_checks.check_workdir(workdir)
     if latest is not None:
         config = model_source.configure(config, None, latest.meta["config"], log)
+        # the state's structure: one EMA profile per tracked std, whatever the config says
+        config.training.ema_stds = model_source.recorded_ema_stds(latest.meta["config"])
         space = None
         if latest.meta.get("latent"):  # a latent diffusion model: decode with the autoencoder it trained on
             config.latent.autoencoder = latest.meta["latent"]["autoencoder"]
@@ -60,11 +62,42 @@ def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
     return OpenModel(workdir, 0, Experiment(config, source.channels, source.num_classes), None, source)
 
 
-def load_params(opened: OpenModel, use_ema: bool = True):
-    """The parameters of ``opened`` (its EMA ones with ``use_ema``), placed as its experiment shards
-    them; the checkpoint's manager is closed afterwards."""
+def load_params(opened: OpenModel, use_ema: bool = True, ema_std: float = 0.0):
+    """The parameters of ``opened`` (its EMA ones with ``use_ema``; with ``ema_std > 0`` the post-hoc EMA
+    of that relative std, :func:`posthoc_params`), placed as its experiment shards them; the checkpoint's
+    manager is closed afterwards."""
+    if use_ema and ema_std and not opened.experiment.config.training.ema_stds:
+        raise config_checks.ConfigError(
+            f"sampling.ema_std={ema_std} reconstructs a post-hoc EMA, but {opened.describe()} tracked no EMA "
+            "profiles: train with e.g. --config.training.ema_stds='(0.05, 0.1)', or set sampling.ema_std=0")
     if opened.latest is None:
         return model_source.place(opened.source.load_params(use_ema), opened.experiment)
     state, _ = checkpoint.restore(opened.latest.manager, opened.experiment.abstract_state(), opened.step)
     opened.latest.manager.close()
+    if use_ema and ema_std:
+        return posthoc_params(opened, state, ema_std)
     return state.ema_params if use_ema else state.params
+
+
+def posthoc_params(opened: OpenModel, state, ema_std: float):
+    """The post-hoc EMA of relative std ``ema_std`` at the checkpoint's step: the least-squares combination
+    (:func:`jaxdiff.training.posthoc_ema.posthoc_coefficients`) of the snapshots before that step in
+    ``<workdir>/ema_snapshots`` and the checkpoint's own profiles, read one snapshot at a time."""
+    stds = tuple(opened.experiment.config.training.ema_stds)
+    abstract = opened.experiment.abstract_state().ema_profiles
+    mngr = (checkpoint.snapshot_manager(opened.workdir, read_only=True)
+            if checkpoint.snapshot_dir(opened.workdir).exists() else None)
+    earlier = [s for s in mngr.all_steps() if s < opened.step] if mngr is not None else []
+    steps = [s for s in earlier for _ in stds] + [opened.step] * len(stds)
+    coefficients = posthoc_ema.posthoc_coefficients(steps, list(stds) * (len(earlier) + 1), opened.step, ema_std)
+
+    def snapshots():
+        for step in earlier:
+            yield from checkpoint.restore(mngr, abstract, step)[0]
+        yield from state.ema_profiles
+
+    try:
+        return posthoc_ema.reconstruct(snapshots(), coefficients)
+    finally:
+        if mngr is not None:
+            mngr.close()

@@ -89,7 +89,7 @@ def run_sample_mode(config, workdir) -> dict:
     # Labels and guidance against the checkpoint's class count, before restoring or compiling.
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
-    params = restore.load_params(opened, sc.use_ema)
+    params = restore.load_params(opened, sc.use_ema, sc.ema_std)
     with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
                                                            guard.stop_check("sampling")) as bar:
         out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
@@ -98,6 +98,7 @@ def run_sample_mode(config, workdir) -> dict:
     images = out.samples
     tag = sample_tag(sc, experiment.family, step, out.labels is not None)
     info = {"checkpoint_step": int(step), "seed": int(config.seed), "use_ema": bool(sc.use_ema),
+            "ema_std": float(sc.ema_std),
             "labels": str(sc.labels), "key": "fold_in(fold_in(fold_in(key(seed), 1), checkpoint_step), chunk)",
             **({"init_from": opened.source.path} if opened.source else {}), **out.metadata}
     files = {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz"}

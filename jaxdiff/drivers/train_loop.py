@@ -119,11 +119,22 @@ def resume_or_init(experiment: Experiment, mngr, log=print, init: model_source.M
         log(f"starting from the weights of {init.path}")
         # two copies: the step donates both
         return state.replace(params=model_source.place(weights, experiment),
-                             ema_params=model_source.place(weights, experiment))
+                             ema_params=model_source.place(weights, experiment),
+                             ema_profiles=tuple(model_source.place(weights, experiment) for _ in state.ema_profiles))
     log(f"resuming from checkpoint {step} of {total} steps in {mngr.directory}"
         + (": training is complete" if step >= total else ""))
     state, _ = checkpoint.restore(mngr, experiment.abstract_state())
     return state
+
+
+def open_snapshots(workdir, start: int):
+    """The post-hoc EMA snapshot manager of a run that continues from step ``start``: snapshots after it
+    (of a run that went further before it lost its last checkpoints) are deleted, as the run will redo them."""
+    snapshots = checkpoint.snapshot_manager(workdir)
+    for step in snapshots.all_steps():
+        if step > start:
+            snapshots.delete(step)
+    return snapshots
 
 
 def train(config, workdir, progress: bool = True) -> TrainState:
@@ -147,6 +158,7 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     say = print if progress and paths.is_writer() else lambda *_: None
     recorded = latest.meta["config"] if latest else None
     config = model_source.configure(config, init, recorded, say)
+    model_source.check_ema_stds(config, recorded)
     if latest is not None:
         latest.manager.close()
     model_source.check_source_fits(init, source.image_shape[-1], source.num_classes)
@@ -215,6 +227,8 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
     mngr = checkpoint.manager(workdir, tc.keep_checkpoints)
     state = resume_or_init(experiment, mngr, log=print if progress and writer else lambda *_: None, init=init)
     start = int(state.step)
+    snapshots = open_snapshots(workdir, start) if state.ema_profiles else None
+    snapshot_every = tc.ema_snapshot_every or tc.checkpoint_every
     metrics_path, loss_png = workdir / "metrics.jsonl", workdir / "loss.png"
     if writer:
         truncate_metrics(metrics_path, start)
@@ -246,9 +260,10 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
                 last = n == tc.num_train_steps or out_of_time(n)
                 stop = guard.should_stop(n)
                 save = n % tc.checkpoint_every == 0 or last or stop
+                snapshot = snapshots is not None and n % snapshot_every == 0
                 sample_grid = (tc.sample_every and n % tc.sample_every == 0) or last
                 fid = fid_hook and n % tc.eval_every == 0
-                if save or sample_grid or fid or n % tc.log_every == 0:
+                if save or snapshot or sample_grid or fid or n % tc.log_every == 0:
                     bad = log.check()
                     if bad:
                         raise Diverged(n, bad[0], bad[1], mngr.latest_step(), mngr.directory)
@@ -256,6 +271,8 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
                     board.scalars(n, log.write(n))
                 if save:
                     checkpoint.save(mngr, n, state, experiment.meta())
+                if snapshot:
+                    checkpoint.save(snapshots, n, state.ema_profiles, {"ema_stds": list(tc.ema_stds)})
                 if stop:
                     raise Preempted(n, guard.signum, state)
                 try:
@@ -284,6 +301,8 @@ def _train(workdir, source, experiment, progress: bool, write_grid, init=None, m
         stream.close()
         board.close()
         try:
+            if snapshots is not None:
+                snapshots.close()
             mngr.close()  # waits for anything still being written
         except Exception:
             if finished:  # otherwise the error already on its way (a failed save) is the one to report

@@ -5,16 +5,22 @@ during a save leaves the previous checkpoints intact and never a half-written on
 the temporary folders such a crash leaves are removed when the next run opens the directory. A save
 is waited for, so a full disk or a lost permission is one :class:`CheckpointError` at that save,
 naming the checkpoint that is still intact. Each checkpoint holds the train state (step, params,
-EMA params, optimizer state) and a JSON item with the configuration it was trained with.
+EMA params, optimizer state, power-function EMA profiles) and a JSON item with the configuration it was
+trained with.
+
+With post-hoc EMA the profiles are also snapshotted, all kept, in ``<workdir>/ema_snapshots`` (the same
+atomic Orbax steps; :func:`snapshot_manager`), for :mod:`jaxdiff.training.posthoc_ema` to combine.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import warnings
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxdiff.common import paths
@@ -35,14 +41,27 @@ def checkpoint_dir(workdir: paths.PathLike):
     return paths.as_path(workdir) / "checkpoints"
 
 
-def manager(workdir: paths.PathLike, keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
-    """A CheckpointManager over ``<workdir>/checkpoints`` keeping the ``keep`` newest steps (and,
-    unless ``read_only``, removing the temporary folders of interrupted saves)."""
+def snapshot_dir(workdir: paths.PathLike):
+    """``<workdir>/ema_snapshots``: the post-hoc EMA snapshots."""
+    return paths.as_path(workdir) / "ema_snapshots"
+
+
+def manager(workdir: paths.PathLike, keep: int | None = 3, read_only: bool = False,
+            directory=None) -> ocp.CheckpointManager:
+    """A CheckpointManager over ``<workdir>/checkpoints`` (or ``directory``) keeping the ``keep`` newest steps
+    (``None``: all) and, unless ``read_only``, removing the temporary folders of interrupted saves."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(checkpoint_dir(workdir),
-                                 options=options, item_names=("state", "config"))
+    return ocp.CheckpointManager(directory or checkpoint_dir(workdir),
+                                 options=options, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                                 "config": ocp.JsonCheckpointHandler()})
+
+
+def snapshot_manager(workdir: paths.PathLike, read_only: bool = False) -> ocp.CheckpointManager:
+    """A :func:`manager` over ``<workdir>/ema_snapshots`` that keeps every step: :func:`save` writes the
+    state's ``ema_profiles`` there (with ``{"ema_stds": [...]}`` as the JSON item), :func:`restore` reads them."""
+    return manager(workdir, keep=None, read_only=read_only, directory=snapshot_dir(workdir))
 
 
 @contextlib.contextmanager
@@ -116,15 +135,32 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None
         raise CheckpointError(f"no checkpoint in {mngr.directory}: train first "
                               "(python main.py --mode=train with the same --config and --workdir)")
     try:
+        target, predates = _restore_target(mngr, step, abstract_state)
         restored = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), config=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(target), config=ocp.args.JsonRestore()))
     except Exception as e:  # orbax raises many types for damaged or mismatched files
         raise CheckpointError(
             f"checkpoint {step} in {mngr.directory} cannot be restored ({type(e).__name__}: "
             f"{_short(e)}). If it is damaged, delete that step's folder to "
             "fall back to the previous one; if the model config changed, use the config it was "
             "trained with or a new --workdir") from e
-    return restored.state, restored.config
+    state = abstract_state.replace(**restored.state) if predates else restored.state
+    return state, restored.config
+
+
+def _restore_target(mngr: ocp.CheckpointManager, step: int, abstract_state):
+    """What to restore checkpoint ``step`` into: ``abstract_state`` itself, or, for a checkpoint older
+    than a field added since with an empty default (``TrainState.ema_profiles = ()``), a dict of the
+    fields it holds, whose restore :func:`restore` puts back into ``abstract_state``. Returns
+    ``(target, predates)``."""
+    if not dataclasses.is_dataclass(abstract_state):
+        return abstract_state, False
+    on_disk = mngr.item_metadata(step).state.tree
+    fields = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)}
+    missing = [name for name, value in fields.items() if name not in on_disk and not jax.tree.leaves(value)]
+    if not missing:
+        return abstract_state, False
+    return {name: value for name, value in fields.items() if name not in missing}, True
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:

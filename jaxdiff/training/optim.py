@@ -9,11 +9,31 @@ import optax
 OPTIMIZERS = ("adam", "adamw")
 
 
-def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0) -> optax.Schedule:
-    """``lr(n) = learning_rate * min(n / warmup_steps, 1)`` (DDPM's linear warm-up from 0)."""
+LR_SCHEDULES = ("constant", "cosine", "inverse_sqrt")
+
+
+def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0, *, decay: str = "constant",
+                           decay_steps: int = 0) -> optax.Schedule:
+    """Linear warm-up from 0 over ``warmup_steps`` (DDPM's), then, with ``m = n - warmup_steps``:
+
+    - ``constant``: ``learning_rate``;
+    - ``cosine``: ``learning_rate * (1 + cos(pi * min(m / decay_steps, 1))) / 2`` (to 0 at ``decay_steps``);
+    - ``inverse_sqrt``: ``learning_rate / sqrt(max(m / decay_steps, 1))`` (EDM2's, which needs no end step).
+    """
+    if decay not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {decay!r}; choose one of {', '.join(LR_SCHEDULES)}")
+    if decay != "constant" and decay_steps <= 0:
+        raise ValueError(f"the {decay} learning-rate schedule needs decay_steps > 0, got {decay_steps}")
+    if decay == "constant":
+        return optax.linear_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else (
+            optax.constant_schedule(learning_rate))
+    if decay == "cosine":
+        after = optax.cosine_decay_schedule(learning_rate, decay_steps)
+    else:
+        after = lambda m: learning_rate * jax.lax.rsqrt(jnp.maximum(m / decay_steps, 1.0))  # noqa: E731
     if warmup_steps == 0:
-        return optax.constant_schedule(learning_rate)
-    return optax.linear_schedule(0.0, learning_rate, warmup_steps)
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), after], [warmup_steps])
 
 
 def make_optimizer(learning_rate: float | optax.Schedule, *, optimizer: str = "adam", b1: float = 0.9,

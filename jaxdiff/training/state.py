@@ -12,23 +12,27 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """Step, parameters, their EMA and the optimiser state (a pytree)."""
+    """Step, parameters, their EMA, the optimiser state and the power-function EMA profiles that
+    post-hoc EMA snapshots (:mod:`jaxdiff.training.posthoc_ema`; ``()`` when none are tracked), a pytree."""
 
     step: jax.Array  # int32 scalar: number of optimizer updates applied so far
     params: Any
     ema_params: Any
     opt_state: Any
+    ema_profiles: tuple = ()  # one copy of params per tracked relative std
 
 
-def init_train_state(params, optimizer: optax.GradientTransformation) -> TrainState:
+def init_train_state(params, optimizer: optax.GradientTransformation, num_ema_profiles: int = 0) -> TrainState:
     """The train state at step 0.
 
     Args:
       params: the network's parameters (:func:`jaxdiff.models.denoiser.init_denoiser`).
       optimizer: the optax transformation the step will apply.
+      num_ema_profiles: how many power-function EMA profiles the step tracks (its ``ema_stds``).
 
     Returns:
-      :class:`TrainState` with ``step = 0``, the EMA equal to ``params`` and a fresh optimiser state.
+      :class:`TrainState` with ``step = 0``, the EMA (and each profile) equal to ``params`` and a fresh
+      optimiser state.
     """
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=optimizer.init(params))
+                      opt_state=optimizer.init(params), ema_profiles=(params,) * num_ema_profiles)

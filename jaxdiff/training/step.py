@@ -13,6 +13,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxdiff.core import families
@@ -20,6 +21,7 @@ from jaxdiff.core.families import Family
 from jaxdiff.core.schedules import DiffusionTables
 from jaxdiff.training.keys import step_keys
 from jaxdiff.training.optim import ema_decay, ema_update
+from jaxdiff.training.posthoc_ema import power_ema_decay, std_to_exponent
 from jaxdiff.training.state import TrainState
 
 ApplyFn = Callable  # apply(params, x_t, t, labels | None, dropout_key) -> network output
@@ -48,7 +50,8 @@ def micro_batches(tree, k: int, mesh=None):
 
 def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimizer: optax.GradientTransformation,
                     *, target: str = "eps", loss_weighting: str = "none", min_snr_gamma: float = 5.0,
-                    ema_decay_rate: float = 0.9999, ema_warmup: bool = False, num_classes: int = 0,
+                    ema_decay_rate: float = 0.9999, ema_warmup: bool = False, ema_stds: tuple = (),
+                    num_classes: int = 0,
                     label_dropout: float = 0.0, preprocess: Preprocess = as_float, seed: int = 0,
                     grad_accum_steps: int = 1, learning_rate_fn: Callable | None = None, mesh=None):
     """The pure ``step(state, batch) -> (state, metrics)`` of denoising diffusion training.
@@ -67,6 +70,9 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
       target, loss_weighting, min_snr_gamma: the ddpm family's, when ``family`` is a table
         (``eps``/``x0``/``v``; ``none``/``min_snr``).
       ema_decay_rate: EMA decay; with ``ema_warmup`` it is ``min(decay, (1 + n) / (10 + n))``.
+      ema_stds: relative stds of power-function EMA profiles to track besides, in ``state.ema_profiles``
+        (EDM2's post-hoc EMA snapshots them, :mod:`jaxdiff.training.posthoc_ema`; its default is ``(0.05, 0.10)``;
+        the state needs as many, ``init_train_state(..., num_ema_profiles=len(ema_stds))``).
       num_classes: > 0 for a class-conditional model; the batch then carries ``"label"`` and each
         label is replaced by the null label ``num_classes`` with probability ``label_dropout``.
       preprocess: ``preprocess(batch["image"], key) -> x0`` inside the compiled step (default
@@ -90,6 +96,7 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
     if isinstance(family, DiffusionTables):
         family = families.ddpm(family, target, loss_weighting, min_snr_gamma)
     k = int(grad_accum_steps)
+    exponents = [float(g) for g in std_to_exponent(np.asarray(ema_stds, np.float64).reshape(-1))]
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         keys = step_keys(seed, state.step)
@@ -124,9 +131,11 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, ema_decay(state.step, ema_decay_rate, ema_warmup))
+        profiles = tuple(ema_update(p, params, power_ema_decay(state.step, g))
+                         for p, g in zip(state.ema_profiles, exponents, strict=True))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
-        return TrainState(state.step + 1, params, ema, opt_state), metrics
+        return TrainState(state.step + 1, params, ema, opt_state, profiles), metrics
 
     return step
