@@ -20,14 +20,19 @@ Recipes, run one after the other in the same process (the same cores, one job at
   DDIM 50;
 - ``cpu``: ``configs/fashion_mnist_cpu.py``;
 - the trials (:data:`TRIALS`): ``cpu`` with one choice changed (batch, width, depth, attention, bfloat16,
-  learning rate, family, target, loss weighting); and, drawn from ``cpu``'s last checkpoint without
-  training again, the sampling trials (:data:`SAMPLING_TRIALS`: solver and steps, guidance, no EMA).
+  learning rate and its schedule, family, target, loss weighting, seed, post-hoc EMA profiles); and, drawn
+  from ``cpu``'s (or ``--sampling-from``'s) last checkpoint without training again, the sampling trials
+  (:data:`SAMPLING_TRIALS`: solver and steps, guidance, no EMA; with ``--sampling-from phema``, post-hoc
+  EMA lengths).
 
 Like ``main.py``, it restarts itself under tcmalloc when Debian's ``libtcmalloc-minimal4`` is installed.
 
     python bench/time_to_quality.py                       # budgets 5,10,20 for seeds and cpu
     python bench/time_to_quality.py --name time_to_quality_trials --budgets 5 \
         --recipes cpu,batch64,batch256,ch48,res2,bf16,edm,ddpm_v,ddpm_v_minsnr --sampling-trials w1,w3
+    python bench/time_to_quality.py --name time_to_quality_trials2 --budgets 5 \
+        --recipes phema,seed1,attn14,lr1e-3,warmup25,lr_isqrt,lr_cosine --sampling-from phema \
+        --sampling-trials ema_std0.05,ema_std0.1,ema_std0.2
 
 Writes ``bench/<name>.json``, ``bench/<name>.md`` (the table), ``bench/<name>.png`` (FID against
 CPU-minutes) and a 10x10 grid of each row's samples, ``<name>_<recipe>_<minutes>min.png`` (in ``bench/``
@@ -73,7 +78,8 @@ def draw(config, workdir, samples: int, step: int | None = None):
     seconds include the sampler's compile (what a user waits for)."""
     opened = restore.open_latest(config, workdir, "eval", log=lambda *_: None)
     opened = opened if step is None else opened._replace(step=step)
-    params = restore.load_params(opened, use_ema=bool(config.sampling.use_ema))
+    params = restore.load_params(opened, use_ema=bool(config.sampling.use_ema),
+                                 ema_std=config.sampling.ema_std)
     generate = eval_mode.make_image_generator(opened.experiment, config.sampling,
                                               config.sampling.guidance_scale, CHUNK)
     labels = balanced_labels(samples, NUM_CLASSES if config.model.class_conditional else 0)
@@ -136,10 +142,20 @@ TRIALS = {
     "ddpm_v_minsnr": ("ddpm", {"diffusion.target": "v", "diffusion.schedule": "cosine",
                                "diffusion.loss_weighting": "min_snr",
                                "sampling.sampler": "dpm_solver++", "sampling.num_steps": 20}),
+    "seed1": ("flow", {"seed": 1}),  # cpu again with other keys: the run-to-run noise of a row
+    # the learning-rate schedule, for the ~150 steps 5 minutes reach on the 2-core machine of 2026-12-02: a
+    # quarter of the warm-up; after the 100 warm-up steps, cosine to 0 over 50 steps, or EDM2's inverse
+    # square root from 10 steps on (lr / sqrt(m / 10))
+    "warmup25": ("flow", {"training.warmup_steps": 25}),
+    "lr_cosine": ("flow", {"training.lr_schedule": "cosine", "training.lr_decay_steps": 50}),
+    "lr_isqrt": ("flow", {"training.lr_schedule": "inverse_sqrt", "training.lr_decay_steps": 10}),
+    # cpu, also tracking two power-function EMA profiles (training is unchanged), snapshotted every 25 steps,
+    # for the post-hoc EMA sampling trials (--sampling-from phema --sampling-trials ema_std0.05,...)
+    "phema": ("flow", {"training.ema_stds": (0.05, 0.10), "training.ema_snapshot_every": 25}),
 }
 
-# Sampling-only changes, drawn from ``cpu``'s last checkpoint (``--sampling-trials``): name -> {dotted
-# sampling field: value}.
+# Sampling-only changes, drawn from the last checkpoint of ``--sampling-from`` (default ``cpu``)
+# (``--sampling-trials``): name -> {dotted sampling field: value}.
 SAMPLING_TRIALS = {
     "euler20_w1": {"sampling.sampler": "euler", "sampling.num_steps": 20, "sampling.guidance_scale": 1.0},
     "euler20": {"sampling.sampler": "euler", "sampling.num_steps": 20},
@@ -148,6 +164,8 @@ SAMPLING_TRIALS = {
     "w1": {"sampling.guidance_scale": 1.0},
     "w3": {"sampling.guidance_scale": 3.0},
     "no_ema": {"sampling.use_ema": False},
+    # post-hoc EMA of relative std (EDM2), reconstructed from a recipe that tracked training.ema_stds
+    **{f"ema_std{std:g}": {"sampling.ema_std": std} for std in (0.02, 0.05, 0.10, 0.15, 0.20, 0.25)},
 }
 # The trials of the first run (bench/time_to_quality_trials.json), when cpu sampled with Euler 20 at
 # guidance 1: euler10 and euler40 (Euler's steps), heun10, w1.5 and w2 (guidance), no_ema.
@@ -162,7 +180,8 @@ def with_fields(config, fields: dict):
 def sampling_fields(config) -> dict:
     """What a row was sampled with, as dotted fields: stored in the row, so ``--regrid`` redraws it even
     after the recipe's sampler or a trial's definition changed."""
-    return {f"sampling.{k}": config.sampling[k] for k in ("sampler", "num_steps", "guidance_scale", "use_ema")}
+    return {f"sampling.{k}": config.sampling[k]
+            for k in ("sampler", "num_steps", "guidance_scale", "use_ema", "ema_std")}
 
 
 def recipe_config(name: str, minutes: float, out: str):
@@ -206,7 +225,8 @@ def evaluate(config, workdir, samples: int, extractor, clf, ref, grid_path):
 def sampler_name(config) -> str:
     name, guidance = f"{config.sampling.sampler} {config.sampling.num_steps}", config.sampling.guidance_scale
     name += f" w={guidance:g}" if guidance != 1.0 and config.model.class_conditional else ""
-    return name + ("" if config.sampling.use_ema else " raw")
+    ema = f" ema_std={config.sampling.ema_std:g}" if config.sampling.ema_std else ""
+    return name + (ema if config.sampling.use_ema else " raw")
 
 
 def main():
@@ -214,7 +234,8 @@ def main():
     parser.add_argument("--budgets", default="5,10,20", help="cumulative training minutes, comma-separated")
     parser.add_argument("--recipes", default="seeds,cpu", help=f"of {', '.join([*RECIPES, *TRIALS])}")
     parser.add_argument("--sampling-trials", default="",
-                        help=f"drawn from cpu's last checkpoint, of {', '.join(SAMPLING_TRIALS)}")
+                        help=f"drawn from --sampling-from's last checkpoint, of {', '.join(SAMPLING_TRIALS)}")
+    parser.add_argument("--sampling-from", default="cpu", help="the recipe the sampling trials draw from")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--name", default="time_to_quality", help="bench/<name>.{json,md,png}")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "time_to_quality"))
@@ -227,8 +248,9 @@ def main():
         t for t in sampling_trials if t not in SAMPLING_TRIALS]
     if unknown:
         raise SystemExit(f"unknown recipe or sampling trial: {', '.join(unknown)}")
-    if sampling_trials and "cpu" not in recipes:
-        raise SystemExit("--sampling-trials draw from the cpu recipe's checkpoint: add cpu to --recipes")
+    if sampling_trials and args.sampling_from not in recipes:
+        raise SystemExit(f"--sampling-trials draw from the {args.sampling_from} recipe's checkpoint: add "
+                         f"{args.sampling_from} to --recipes")
     budgets = [float(b) for b in args.budgets.split(",")]
     if budgets != sorted(budgets) or budgets[0] <= 0:
         raise SystemExit(f"--budgets must be increasing positive minutes, got {args.budgets}")
@@ -269,12 +291,13 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
             write(rows, command, base)
-    cpu = [r for r in rows if r["recipe"] == "cpu"][-1] if sampling_trials else None
+    source = [r for r in rows if r["recipe"] == args.sampling_from][-1] if sampling_trials else None
     for trial in sampling_trials:
-        config = with_fields(recipe_config("cpu", 1.0, args.out), SAMPLING_TRIALS[trial])
-        row = {**cpu, "sampling_trial": trial, "sampler": sampler_name(config), "sampling": sampling_fields(config)}
-        row.update(evaluate(config, os.path.join(args.out, args.name, "cpu"), args.samples, extractor, clf, ref,
-                            grid_file(args.name, args.out, row)))
+        config = with_fields(recipe_config(args.sampling_from, 1.0, args.out), SAMPLING_TRIALS[trial])
+        row = {**source, "sampling_trial": trial, "sampler": sampler_name(config),
+               "sampling": sampling_fields(config)}
+        row.update(evaluate(config, os.path.join(args.out, args.name, args.sampling_from), args.samples,
+                            extractor, clf, ref, grid_file(args.name, args.out, row)))
         rows.append(row)
         print(json.dumps(row), flush=True)
         write(rows, command, base)
