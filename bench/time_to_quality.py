@@ -142,7 +142,8 @@ TRIALS = {
     "ddpm_v_minsnr": ("ddpm", {"diffusion.target": "v", "diffusion.schedule": "cosine",
                                "diffusion.loss_weighting": "min_snr",
                                "sampling.sampler": "dpm_solver++", "sampling.num_steps": 20}),
-    "seed1": ("flow", {"seed": 1}),  # cpu again with other keys: the run-to-run noise of a row
+    # cpu again with other keys: the run-to-run spread of a row
+    **{f"seed{seed}": ("flow", {"seed": seed}) for seed in (1, 2)},
     # the learning-rate schedule, for the ~150 steps 5 minutes reach on the 2-core machine of 2026-12-02: a
     # quarter of the warm-up; after the 100 warm-up steps, cosine to 0 over 50 steps, or EDM2's inverse
     # square root from 10 steps on (lr / sqrt(m / 10))
