@@ -33,6 +33,7 @@ Like ``main.py``, it restarts itself under tcmalloc when Debian's ``libtcmalloc-
     python bench/time_to_quality.py --name time_to_quality_trials2 --budgets 5 \
         --recipes phema,seed1,attn14,lr1e-3,warmup25,lr_isqrt,lr_cosine --sampling-from phema \
         --sampling-trials ema_std0.05,ema_std0.1,ema_std0.2
+    python bench/time_to_quality.py --name time_to_quality_seeds --budgets 5 --recipes cpu,seed2
 
 Writes ``bench/<name>.json``, ``bench/<name>.md`` (the table), ``bench/<name>.png`` (FID against
 CPU-minutes) and a 10x10 grid of each row's samples, ``<name>_<recipe>_<minutes>min.png`` (in ``bench/``
@@ -146,7 +147,7 @@ TRIALS = {
     **{f"seed{seed}": ("flow", {"seed": seed}) for seed in (1, 2)},
     # the learning-rate schedule, for the ~150 steps 5 minutes reach on the 2-core machine of 2026-12-02: a
     # quarter of the warm-up; after the 100 warm-up steps, cosine to 0 over 50 steps, or EDM2's inverse
-    # square root from 10 steps on (lr / sqrt(m / 10))
+    # square root from 10 steps on (lr / sqrt(max(m / 10, 1)))
     "warmup25": ("flow", {"training.warmup_steps": 25}),
     "lr_cosine": ("flow", {"training.lr_schedule": "cosine", "training.lr_decay_steps": 50}),
     "lr_isqrt": ("flow", {"training.lr_schedule": "inverse_sqrt", "training.lr_decay_steps": 10}),
