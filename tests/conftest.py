@@ -1,16 +1,24 @@
-"""Shared fixtures. A persistent XLA compilation cache (per test session) lets tests that build the
-same tiny programs, in-process or in subprocesses, compile them once."""
+"""Shared fixtures and the suite's scheduling.
+
+A persistent XLA compilation cache in the user's cache folder (``$XDG_CACHE_HOME/jaxdiff/xla-tests``,
+outside the checkout; ``JAX_COMPILATION_CACHE_DIR`` overrides it) lets tests that build the same tiny
+programs, in-process, in the other xdist worker or in subprocesses, compile them once, and a later run
+on the same machine reuse them (JAX keys each entry by the program, the flags and the JAX version).
+Tests that use a module- or session-scoped fixture are kept on one xdist worker (``--dist loadgroup``),
+so the fixture is built once, and the long tests are scheduled first, so the two workers end together.
+"""
 
 import os
+import shutil
 import sys
-import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jaxdiff-xla-cache-"))
+_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxdiff", "xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # The test programs are tiny: LLVM's optimisation passes dominate their compile time (about 5x for the
@@ -69,3 +77,60 @@ def run_main(*args, timeout=600):
 
     return subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# main.py flags of a tiny digits run (6 steps, checkpoints at 3 and 6, 20 samples): the command-line tests.
+TINY = ["--config=configs/digits.py", "--config.model.ch=8", "--config.model.num_res_blocks=1",
+        "--config.diffusion.num_timesteps=20", "--config.training.batch_size=16",
+        "--config.training.num_train_steps=6", "--config.training.log_every=3",
+        "--config.training.checkpoint_every=3", "--config.training.sample_every=0",
+        "--config.sampling.num_samples=20", "--config.sampling.batch_size=10",
+        "--config.sampling.trajectory_every=5", "--config.parallel.num_devices=1"]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """``(workdir, CompletedProcess)`` of one ``main.py`` run with :data:`TINY`, trained once per pytest
+    process and shared. A test that writes into the work directory works on :func:`copy_run` of it."""
+    workdir = tmp_path_factory.mktemp("trained_tiny") / "run"
+    r = run_main(*TINY, f"--workdir={workdir}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return workdir, r
+
+
+def copy_run(workdir, dest):
+    """A copy of the work directory ``workdir`` at ``dest`` (a ``pathlib.Path``), for a test to change."""
+    shutil.copytree(workdir, dest)
+    return dest
+
+
+# Scheduled first (longest first), so that neither xdist worker is left with a long test at the end.
+LONG_FIRST = ("test_parallel.py", "test_reliability.py", "test_wheel.py", "test_train.py", "test_latent.py",
+              "test_cpu_tuning.py", "test_evaluate.py", "test_monitoring.py", "test_cli.py", "test_interop.py",
+              "test_edit_mode.py", "test_posthoc_ema.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        defs = item._fixtureinfo.name2fixturedefs
+        shared = [(name, defs[name][-1].scope) for name in item.fixturenames
+                  if name in defs and defs[name][-1].scope in ("module", "session") and defs[name][-1].baseid]
+        if shared:  # one worker builds the fixture: a session one for all its users, a module one for its module
+            name, scope = shared[0]
+            item.add_marker(pytest.mark.xdist_group(name if scope == "session" else os.path.basename(str(item.fspath))))
+
+
+if os.environ.get("JAXDIFF_TEST_PROFILE"):  # where the time goes: tests/profile_plugin.py
+    from tests import profile_plugin
+
+    profile_plugin.install()
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(item, nextitem):
+        with profile_plugin.record(item.nodeid):
+            yield

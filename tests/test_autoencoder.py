@@ -125,6 +125,7 @@ def test_the_defaults_are_stable_diffusions_autoencoder():
 # ---------------------------------------------------------------------------------------- parity
 
 
+@pytest.mark.compat
 def test_outputs_match_diffusers(loaded):
     model, ref = loaded
     assert model.sample_size == 16 and model.scaling_factor == 0.18215

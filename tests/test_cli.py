@@ -6,20 +6,11 @@ import numpy as np
 import pytest
 
 from jaxdiff.drivers import config_checks as config_lib
-from tests.conftest import run_main, tiny_config
+from tests.conftest import TINY, copy_run, run_main, tiny_config
 
-TINY = ["--config=configs/digits.py", "--config.model.ch=8", "--config.model.num_res_blocks=1",
-        "--config.diffusion.num_timesteps=20", "--config.training.batch_size=16",
-        "--config.training.num_train_steps=6", "--config.training.log_every=3",
-        "--config.training.checkpoint_every=3", "--config.training.sample_every=0",
-        "--config.sampling.num_samples=20", "--config.sampling.batch_size=10",
-        "--config.sampling.trajectory_every=5", "--config.parallel.num_devices=1"]
-
-
-def test_train_then_sample(tmp_path):
-    workdir = str(tmp_path / "run")
-    r = run_main(*TINY, f"--workdir={workdir}")
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_train_then_sample(trained_tiny, tmp_path):
+    trained, r = trained_tiny  # main.py with TINY (tests/conftest.py), run once for the suite
+    workdir = str(copy_run(trained, tmp_path / "run"))
     files = set(os.listdir(workdir))
     assert {"checkpoints", "metrics.jsonl", "loss.png", "samples_0000006.png"} <= files
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]

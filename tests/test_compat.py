@@ -11,6 +11,8 @@ import pytest
 from jaxdiff.drivers import sample_mode, train_loop
 from tests.conftest import ROOT, tiny_config
 
+pytestmark = pytest.mark.compat  # what differs between JAX versions: run on the oldest pinned stack too
+
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "main_v0.1")
 
 

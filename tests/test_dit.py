@@ -330,6 +330,7 @@ def official_to_params(sd, depth):
     return params
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("layout", ["p2_sigma", "p4"])
 def test_matches_official_dit(layout):
     fixture = np.load(FIXTURE)

@@ -64,6 +64,7 @@ GAUSSIAN_CASES = [  # (family, sampler, steps)
 ]
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("family_name,name,steps", GAUSSIAN_CASES)
 def test_gaussian_data_is_recovered_by_every_solver_in_every_family(x_T, family_name, name, steps):
     sampler = solvers.make_sampler(FAMILIES[family_name], name, steps, clip_x0=False, churn=5.0)

@@ -49,6 +49,7 @@ def max_relative_error(ours, theirs):
 # ------------------------------------------------------------------------------ loading, parity
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("name", LAYOUTS)
 def test_outputs_match_diffusers(name):
     model = diffusers_unet.read_folder(fixture(name))

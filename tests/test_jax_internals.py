@@ -7,8 +7,11 @@ import jax
 import jax.extend.random
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxdiff.common import jax_internals, preemption
+
+pytestmark = pytest.mark.compat  # what differs between JAX versions: run on the oldest pinned stack too
 
 
 def test_private_names_exist_on_the_installed_jax():

@@ -72,6 +72,7 @@ def eight():
     return results
 
 
+@pytest.mark.compat
 def test_eight_devices_match_one_device(eight):
     """Data parallel over 8 devices, same global batch: same losses, gradients and parameters."""
     assert eight["replicated_8"]
@@ -80,6 +81,7 @@ def test_eight_devices_match_one_device(eight):
     assert eight["param_diff_8"] < TOL and eight["ema_diff_8"] < TOL
 
 
+@pytest.mark.compat
 def test_fsdp_accumulation_remat_shard_state_and_match(eight):
     """All options at once on 8 devices: parallel.shard_params puts 1/8 of every big leaf (params,
     EMA, both Adam moments) on each device; grad_accum_steps=2 scans 2 micro-batches inside the step;
@@ -95,6 +97,7 @@ def test_fsdp_accumulation_remat_shard_state_and_match(eight):
     assert eight["param_diff_fsdp"] < TOL
 
 
+@pytest.mark.compat
 def test_devices_draw_different_noise(eight):
     """The loss noise of one step, sharded over 8 devices: every device's rows differ from every
     other's, and together they are exactly the 1-device draw."""
@@ -103,24 +106,28 @@ def test_devices_draw_different_noise(eight):
     assert eight["noise_equals_1dev"]
 
 
+@pytest.mark.compat
 def test_sharded_sampling_matches_one_device(eight):
     """10 samples over 8 devices (padded to 16) equal the same 10 sampled on one device."""
     assert eight["sample_shape"] == [10, 8, 8, 1] and eight["sample_devices"] == 8
     assert eight["sample_diff"] < 1e-5
 
 
+@pytest.mark.compat
 def test_edit_mode_shards_over_devices_and_matches_one_device(eight):
     """DDNM inpainting of 5 inputs over 8 devices (padded to 8 rows) equals the 1-device run to one
     uint8 level."""
     assert eight["edit_devices"] == 8 and eight["edit_diff"] <= 1
 
 
+@pytest.mark.compat
 def test_init_from_weights_shard_over_devices(eight):
     """model.init_from's diffusers weights placed with FSDP on 8 devices: sharded, and the same outputs."""
     assert eight["init_from_sharded_leaves"] > 10
     assert eight["init_from_diff"] < 1e-5
 
 
+@pytest.mark.compat
 def test_dit_and_autoencoder_shard_over_devices_and_match(eight):
     """DiT with FSDP (parallel.shard_params) on 8 devices and the autoencoder's step (FSDP too) train
     what they train on one device."""
@@ -134,6 +141,7 @@ def test_dit_and_autoencoder_shard_over_devices_and_match(eight):
     assert eight["ae_param_diff"] < TOL
 
 
+@pytest.mark.compat
 def test_batch_that_does_not_divide_is_a_clear_error(eight):
     assert eight["errors"][0] == "training.batch_size=12 does not divide over 8 devices; use a multiple of 8"
     assert "grad_accum_steps=2 micro-batches over 8 devices; use a multiple of 16" in eight["errors"][1]

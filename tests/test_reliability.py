@@ -21,8 +21,7 @@ from jaxdiff.drivers import train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
 from jaxdiff.training.checkpoint import AbandonedWrites
-from tests.conftest import ROOT, run_main, tiny_config
-from tests.test_cli import TINY
+from tests.conftest import ROOT, TINY, copy_run, run_main, tiny_config
 
 
 def _restore_latest(workdir, config):
@@ -273,12 +272,9 @@ def test_a_second_sigterm_ends_the_process_at_once():
 # ----------------------------------------------------------------------------- signals in sample / eval
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("trained")
-    r = run_main(*TINY, f"--workdir={workdir}")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return workdir
+@pytest.fixture
+def trained_workdir(trained_tiny, tmp_path):
+    return copy_run(trained_tiny[0], tmp_path / "run")  # the suite's TINY run (tests/conftest.py)
 
 
 def read_until(stream, marker: str) -> str:

@@ -15,6 +15,8 @@ from jaxdiff.common import torch_pickle
 from jaxdiff.evaluation import inception
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.compat  # what differs between JAX versions: run on the oldest pinned stack too
+
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 ZIP_FILE = os.path.join(FIXTURES, "torch_pickle_state.pth")
 LEGACY_FILE = os.path.join(FIXTURES, "torch_pickle_state_legacy.pth")

@@ -80,6 +80,7 @@ def _final_params(workdir, config):
     return state, meta
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize("family", ["ddpm", "vp", "edm", "flow"])
 def test_resume_is_bit_identical(tmp_path, family):
     base = {"model.class_conditional": True, "training.checkpoint_every": 7, "diffusion.family": family}

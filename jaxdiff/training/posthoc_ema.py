@@ -31,7 +31,8 @@ MAX_STD = float(np.sqrt(1.0 / 12.0))
 def exponent_to_std(gamma) -> np.ndarray:
     """``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))`` of exponent ``gamma`` (EDM2 eq. 123)."""
     gamma = np.float64(gamma)
-    return np.sqrt((gamma + 1.0) / (gamma + 2.0) ** 2 / (gamma + 3.0))
+    # clipped: at gamma ~ 1e-16 the rounded value can exceed sigma_rel(0) by an ulp
+    return np.minimum(np.sqrt((gamma + 1.0) / (gamma + 2.0) ** 2 / (gamma + 3.0)), MAX_STD)
 
 
 def std_to_exponent(std) -> np.ndarray:
