@@ -19,13 +19,19 @@ _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/
 _current = collections.Counter()
 
 
+_open = collections.Counter()  # timed calls in progress, by kind: only the outermost one counts
+
+
 def _timed(kind, fn):
     def wrapper(*args, **kwargs):
+        _open[kind] += 1
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            _current[kind] += time.perf_counter() - start
+            _open[kind] -= 1
+            if not _open[kind]:  # communicate() calls wait(): count the time once
+                _current[kind] += time.perf_counter() - start
     return wrapper
 
 
