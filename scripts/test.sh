@@ -12,6 +12,10 @@ source scripts/venv.sh
 start=$SECONDS
 PYTEST=(-m pytest -q -n 2 --dist loadgroup --durations=15 --durations-min=1)
 
+make_test_venv() {  # make_test_venv DIR PYTHON PINS: scripts/venv.sh's make_venv plus the test requirements
+  make_venv "$@" && "$1/bin/python" -m pip install -q -r requirements-test.txt
+}
+
 run_tier() {  # run_tier VENV LABEL PYTEST-ARGS...: one tier, with its time
   local venv=$1 label=$2 t0=$SECONDS
   shift 2
@@ -25,12 +29,10 @@ install_fashion_mnist
 cache=${JAX_COMPILATION_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/jaxdiff/xla-tests}
 if [ -d "$cache" ] && [ "$(du -sm "$cache" | cut -f1)" -gt 2048 ]; then rm -rf "$cache"; fi
 if latest=$(find_python 3.12 3.13); then
-  make_venv .venv-latest "$latest" requirements-latest.txt
-  .venv-latest/bin/python -m pip install -q -r requirements-test.txt
+  make_test_venv .venv-latest "$latest" requirements-latest.txt
   echo "== installs of .venv-latest: $((SECONDS - start)) s"
   # .venv installs while the first tier runs (pip waits on the network and the disk more than the CPU)
-  (make_venv .venv python3 requirements.txt && .venv/bin/python -m pip install -q -r requirements-test.txt) \
-    > .venv-install.log 2>&1 &
+  make_test_venv .venv python3 requirements.txt > .venv-install.log 2>&1 &
   installing=$!
   run_tier .venv-latest "whole suite, requirements-latest.txt" tests "$@"
   if ! wait $installing; then
@@ -48,8 +50,7 @@ elif [ "${CI:-}" = true ]; then
   exit 1
 else
   echo "warning: no Python 3.12 or 3.13 found: the whole suite runs on $(python3 --version) only" >&2
-  make_venv .venv python3 requirements.txt
-  .venv/bin/python -m pip install -q -r requirements-test.txt
+  make_test_venv .venv python3 requirements.txt
   run_tier .venv "whole suite, requirements.txt" tests "$@"
 fi
 echo "== total (installs and both tiers): $((SECONDS - start)) s"

@@ -9,7 +9,6 @@ so the fixture is built once, and the long tests are scheduled first, so the two
 """
 
 import os
-import shutil
 import sys
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxdiff", "xla-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
@@ -91,17 +90,12 @@ TINY = ["--config=configs/digits.py", "--config.model.ch=8", "--config.model.num
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory):
     """``(workdir, CompletedProcess)`` of one ``main.py`` run with :data:`TINY`, trained once per pytest
-    process and shared. A test that writes into the work directory works on :func:`copy_run` of it."""
+    process and shared. A test that writes into the work directory works on a copy of it
+    (``shutil.copytree(workdir, tmp_path / "run")``, which returns the copy's path)."""
     workdir = tmp_path_factory.mktemp("trained_tiny") / "run"
     r = run_main(*TINY, f"--workdir={workdir}")
     assert r.returncode == 0, r.stderr[-3000:]
     return workdir, r
-
-
-def copy_run(workdir, dest):
-    """A copy of the work directory ``workdir`` at ``dest`` (a ``pathlib.Path``), for a test to change."""
-    shutil.copytree(workdir, dest)
-    return dest
 
 
 # Scheduled first (longest first), so that neither xdist worker is left with a long test at the end.
@@ -113,16 +107,17 @@ LONG_FIRST = ("test_parallel.py", "test_reliability.py", "test_wheel.py", "test_
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))  # stable
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable
     for item in items:
         if item.get_closest_marker("xdist_group"):
             continue
-        defs = item._fixtureinfo.name2fixturedefs
-        shared = [(name, defs[name][-1].scope) for name in item.fixturenames
-                  if name in defs and defs[name][-1].scope in ("module", "session") and defs[name][-1].baseid]
+        # the project's own (baseid) module- and session-scoped fixtures this test uses, directly or not
+        defs = [item._fixtureinfo.name2fixturedefs[name][-1] for name in item.fixturenames
+                if name in item._fixtureinfo.name2fixturedefs]
+        shared = [d for d in defs if d.scope in ("module", "session") and d.baseid]
         if shared:  # one worker builds the fixture: a session one for all its users, a module one for its module
-            name, scope = shared[0]
-            item.add_marker(pytest.mark.xdist_group(name if scope == "session" else os.path.basename(str(item.fspath))))
+            fixture = shared[0]
+            item.add_marker(pytest.mark.xdist_group(fixture.argname if fixture.scope == "session" else item.path.name))
 
 
 if os.environ.get("JAXDIFF_TEST_PROFILE"):  # where the time goes: tests/profile_plugin.py

@@ -1,16 +1,17 @@
 """main.py end to end: a smoke run that writes a checkpoint and PNGs, sample mode, bad input."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 from jaxdiff.drivers import config_checks as config_lib
-from tests.conftest import TINY, copy_run, run_main, tiny_config
+from tests.conftest import TINY, run_main, tiny_config
 
 def test_train_then_sample(trained_tiny, tmp_path):
     trained, r = trained_tiny  # main.py with TINY (tests/conftest.py), run once for the suite
-    workdir = str(copy_run(trained, tmp_path / "run"))
+    workdir = str(shutil.copytree(trained, tmp_path / "run"))
     files = set(os.listdir(workdir))
     assert {"checkpoints", "metrics.jsonl", "loss.png", "samples_0000006.png"} <= files
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]

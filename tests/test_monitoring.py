@@ -3,12 +3,13 @@ JSONL, a line saying from which checkpoint a run resumed, progress bars."""
 
 import glob
 import os
+import shutil
 import struct
 
 from tensorboardX.proto import event_pb2
 
 from jaxdiff.drivers import train_loop
-from tests.conftest import TINY, copy_run, run_main, tiny_config
+from tests.conftest import TINY, run_main, tiny_config
 
 
 def read_events(logdir):
@@ -41,7 +42,7 @@ def test_tensorboard_has_the_scalars_and_the_grids(tmp_path):
 def test_a_resumed_run_says_from_where(trained_tiny, tmp_path):
     trained, r = trained_tiny  # main.py with TINY (tests/conftest.py), run once for the suite
     assert "resuming" not in r.stdout
-    tmp_path = copy_run(trained, tmp_path / "run")
+    tmp_path = shutil.copytree(trained, tmp_path / "run")
     r = run_main(*TINY, "--config.training.num_train_steps=9", f"--workdir={tmp_path}")
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"resuming from checkpoint 6 of 9 steps in {tmp_path}/checkpoints" in r.stdout

@@ -4,6 +4,7 @@ divergence, a full disk, a second process on the same work directory, and bad fl
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from jaxdiff.drivers import train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
 from jaxdiff.training.checkpoint import AbandonedWrites
-from tests.conftest import ROOT, TINY, copy_run, run_main, tiny_config
+from tests.conftest import ROOT, TINY, run_main, tiny_config
 
 
 def _restore_latest(workdir, config):
@@ -274,7 +275,7 @@ def test_a_second_sigterm_ends_the_process_at_once():
 
 @pytest.fixture
 def trained_workdir(trained_tiny, tmp_path):
-    return copy_run(trained_tiny[0], tmp_path / "run")  # the suite's TINY run (tests/conftest.py)
+    return shutil.copytree(trained_tiny[0], tmp_path / "run")  # the suite's TINY run (tests/conftest.py)
 
 
 def read_until(stream, marker: str) -> str:
