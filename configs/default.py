@@ -212,7 +212,8 @@ def get_config() -> ml_collections.ConfigDict:
     edit.measurement_noise = 0.0  # restore: std of the noise added to the measurement, in [-1, 1] units
     edit.strength = 0.5  # sdedit: 0 returns the input, 1 an unconditional sample
     edit.jump_length = 10  # repaint: resampling jumps of this many sampler steps ...
-    edit.jump_n_sample = 10  # ... this many times (1 = no resampling; RePaint's j = 10, r = 10)
+    edit.jump_n_sample = 10  # ... this many times (1 = no resampling; RePaint's j = 10, r = 10); resampling
+    #   needs a one-step sampler: sampling.sampler=auto runs euler_ancestral where its own is multistep (vp)
     edit.dps_scale = 1.0  # dps: step size zeta of the measurement gradient
     edit.interpolation_points = 8  # interpolate: images along each path (ends included)
     edit.labels = "auto"  # class-conditional models: auto (the input's labels from the dataset, else

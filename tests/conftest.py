@@ -101,7 +101,7 @@ def trained_tiny(tmp_path_factory):
 # Scheduled first (longest first), so that neither xdist worker is left with a long test at the end.
 LONG_FIRST = ("test_parallel.py", "test_reliability.py", "test_wheel.py", "test_train.py", "test_latent.py",
               "test_cpu_tuning.py", "test_evaluate.py", "test_monitoring.py", "test_cli.py", "test_interop.py",
-              "test_edit_mode.py", "test_posthoc_ema.py")
+              "test_edit_mode.py", "test_posthoc_ema.py", "test_sampler_space.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers

@@ -132,7 +132,8 @@ def _bad_files(tmp_path):
     ({"edit.num_images": 100000}, "but the test split has"),
     ({"edit.labels": "12"}, "out of range: the model has 10 classes"),
     ({"sampling.sampler": "dpm_solver++"}, "needs a one-step sampler"),
-    ({"edit.task": "invert", "sampling.num_steps": 1}, "at least 2 sampler steps"),
+    ({"edit.task": "invert", "sampling.num_steps": 1, "sampling.spacing": "trailing"}, "at least 2 sampler steps"),
+    ({"edit.task": "invert", "sampling.num_steps": 1}, "evaluates only t=0"),
 ])
 def test_bad_edit_input_is_one_line_and_writes_nothing(workdir, tmp_path, overrides, message):
     _bad_files(tmp_path)

@@ -73,13 +73,14 @@ def test_gaussian_data_is_recovered_by_every_solver_in_every_family(x_T, family_
     assert abs(out.var() / S ** 2 - 1) < 0.05, out.var()
 
 
-@pytest.mark.parametrize("family_name,spacing,steps", [  # uniform in t spends few steps at low noise
-    ("vp", "uniform", 200), ("vp", "karras", 50), ("vp_cosine", "logsnr", 50), ("edm", "logsnr", 50),
-    ("ddpm", "trailing", 50)])
-def test_every_grid_of_the_continuous_families_recovers_the_gaussian(x_T, family_name, spacing, steps):
-    sampler = solvers.make_sampler(FAMILIES[family_name], "dpm_solver++", steps, spacing, clip_x0=False)
-    out = run(family_name, sampler, x_T)
-    assert abs(out.mean() - MU) < 0.015 and abs(out.var() / S ** 2 - 1) < 0.05, (out.mean(), out.var())
+def test_dpm_solver_pp_steps_of_zero_length_are_the_identity():
+    """set_alpha_to_one=False on a grid ending at t = 0: the last step goes from abar_0 to abar_0 (h = 0);
+    3M's phi_2 = expm1(-h) / h + 1 was NaN there."""
+    grid = FAMILIES["ddpm"].grid(10, "linspace", False)
+    for order, eta in [(2, 0.0), (3, 0.0), (2, 1.0)]:
+        c_x, w0, w1, w2, c_z = solvers.dpm_solver_pp_coefficients(grid.alpha, grid.sigma, order, eta)
+        assert all(np.all(np.isfinite(c)) for c in (c_x, w0, w1, w2, c_z))
+        assert (c_x[-1], w0[-1], w1[-1], w2[-1], c_z[-1]) == (1.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def test_the_gaussian_check_separates_first_from_second_order(x_T):

@@ -129,8 +129,9 @@ def repaint(sampler: Sampler, grid: Grid, denoise_fn, x, known, key: jax.Array, 
             jump_n_sample: int = 10):
     """RePaint inpainting of images ``x`` where ``known`` (``[H, W, 1 or C]`` or ``[B, H, W, 1 or C]``,
     1 = keep the input's pixel, 0 = fill it) with ``sampler`` over ``grid``; see the module docstring.
-    Resampling (``jump_n_sample > 1``) needs a sampler without state between steps (not the
-    DPM-Solver++ multistep ones). Returns the inpainted images; the known pixels equal the input's."""
+    The sampler's state (DPM-Solver++'s previous ``x0``) is carried from step to step; resampling
+    (``jump_n_sample > 1``) goes back up the levels and needs a sampler without such state. Returns
+    the inpainted images; the known pixels equal the input's."""
     _check_images(x)
     if jump_n_sample > 1 and not is_one_step(sampler):
         raise ValueError("RePaint's resampling jumps need a sampler without multistep state (ddpm, ddim, euler, "
@@ -147,22 +148,23 @@ def repaint(sampler: Sampler, grid: Grid, denoise_fn, x, known, key: jax.Array, 
     m = jnp.asarray(known, jnp.float32)
     step_key = jax.random.fold_in(key, 1)
 
-    def body(x_t, move):
+    def body(carry, move):
+        x_t, state = carry
         k = jax.random.fold_in(step_key, move)
         z = jax.random.normal(jax.random.fold_in(k, 0), x_t.shape, jnp.float32)
 
-        def denoise(x_t):
-            x_next, _, _ = sampler.step(denoise_fn, x_t, frm_i[move], jax.random.fold_in(k, 1), ())
+        def denoise(x_t, state):
+            x_next, _, state = sampler.step(denoise_fn, x_t, frm_i[move], jax.random.fold_in(k, 1), state)
             x_known = known_alpha[move] * x + known_sigma[move] * z
-            return m * x_known + (1.0 - m) * x_next
+            return m * x_known + (1.0 - m) * x_next, state
 
-        def renoise(x_t):
-            return ratio[move] * x_t + up_std[move] * z
+        def renoise(x_t, state):
+            return ratio[move] * x_t + up_std[move] * z, state
 
-        return jax.lax.cond(down[move], denoise, renoise, x_t), None
+        return jax.lax.cond(down[move], denoise, renoise, x_t, state), None
 
     x_T = prior_noise(key, x.shape, sampler.prior_scale)
-    return jax.lax.scan(body, x_T, jnp.arange(len(frm)))[0]
+    return jax.lax.scan(body, (x_T, sampler.init_state(x_T)), jnp.arange(len(frm)))[0][0]
 
 
 # --------------------------------------------------------------------------- inversion and interpolation

@@ -99,8 +99,13 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading
                                ``lambda = log(sqrt(abar / (1 - abar)))`` from ``lambda_{T-1}`` to ``lambda_0``;
                                needs ``alphas_cumprod``; a repeat moves one index down. DPM-Solver's
                                recommendation, and far better than the others for it at 10-20 steps.
-    Raises ``ValueError`` for ``S`` outside ``[1, T]``, an unknown spacing, or a spacing that repeats a
-    step (``quad`` with many steps over a short schedule).
+                               Always starts at T - 1; with zero terminal SNR (``lambda_{T-1} = -inf``)
+                               the points run from ``lambda_{T-2}`` and the first stays at T - 1.
+    ``leading``, ``uniform`` and ``quad`` start below ``T - 1`` by their definitions (at ``(S - 1) T // S``
+    and ``0.8 T``): with few steps, far from the prior the sampler starts from (``trailing``, ``linspace``
+    and ``logsnr`` start at ``T - 1``).
+    Raises ``ValueError`` for ``S`` outside ``[1, T]``, an unknown spacing, a spacing that repeats a
+    step (``quad`` with many steps over a short schedule), or a single step at ``t = 0``.
     """
     T, S = int(num_timesteps), int(num_steps)
     if spacing not in SPACINGS:
@@ -120,13 +125,18 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading
     else:  # logsnr
         if alphas_cumprod is None:
             raise ValueError("sampling.spacing='logsnr' needs the schedule's alphas_cumprod")
-        lam = 0.5 * np.log(alphas_cumprod / (1.0 - alphas_cumprod))  # decreasing in t
-        grid = np.linspace(lam[T - 1], lam[0], S)
+        with np.errstate(divide="ignore"):
+            lam = 0.5 * np.log(alphas_cumprod / (1.0 - alphas_cumprod))  # decreasing in t; -inf at SNR 0
+        start = lam[T - 1] if np.isfinite(lam[T - 1]) or T == 1 else lam[T - 2]
+        grid = np.linspace(start, lam[0], S)
         nearest = np.abs(lam[None, :] - grid[:, None]).argmin(axis=1)  # descending, may repeat
         seq = np.empty(S, np.int64)
-        for k in range(S):  # keep strictly decreasing and leave room for the remaining steps
-            seq[k] = max(min(nearest[k], seq[k - 1] - 1 if k else T - 1), S - 1 - k)
+        for k in range(S):  # start at T - 1, keep strictly decreasing, leave room for the remaining steps
+            seq[k] = max(min(nearest[k], seq[k - 1] - 1), S - 1 - k) if k else T - 1
     seq = np.sort(np.asarray(seq, np.int64))[::-1]
+    if S == 1 and T > 1 and seq[0] == 0:
+        raise ValueError(f"sampling.spacing={spacing!r} with num_steps=1 evaluates only t=0, the data end of the "
+                         "chain, from pure noise; use trailing or logsnr (they start at T - 1)")
     if len(np.unique(seq)) != len(seq) or seq[0] >= T or seq[-1] < 0:
         raise ValueError(f"sampling.spacing={spacing!r} with num_steps={S} over {T} timesteps repeats "
                          "timesteps; use fewer steps or another spacing")

@@ -25,7 +25,8 @@ flow alike, including a start at ``alpha = 0``):
                    + sigma' sqrt(1 - e^{-2 eta h}) z``; order 2: ``+ alpha' (1 - e^{-h_eta}) / (2 r) (D0 - D1)``,
                    ``r = h_prev / h`` (DPM-Solver++(2M); with ``eta > 0`` the 2M SDE); order 3:
                    k-diffusion's 3M with ``phi_2``, ``phi_3``. First order on the first step(s) and on a
-                   last step that ends at ``sigma' = 0``.
+                   last step that ends at ``sigma' = 0``; a step of ``h = 0`` (the ddpm family's last step
+                   with ``set_alpha_to_one=False`` on a grid that ends at ``abar_0``) is the identity.
 """
 
 from __future__ import annotations
@@ -206,6 +207,7 @@ def dpm_solver_pp_coefficients(alpha, sigma, order: int = 2, eta: float = 0.0):
         lam = np.log(a) - np.log(s)  # -inf at alpha = 0, +inf at sigma = 0
     h = lam[1:] - lam[:-1]
     fin = np.isfinite(h)
+    smooth = fin & (h > 0)  # steps a multistep correction can use (h = 0 is the identity step)
     n = len(h)
     eta_h = np.where(fin, eta * np.where(fin, h, 0.0), np.inf if eta else 0.0)
     h_eta = h + eta_h
@@ -216,8 +218,8 @@ def dpm_solver_pp_coefficients(alpha, sigma, order: int = 2, eta: float = 0.0):
         c_z = s_n * np.sqrt(np.maximum(-np.expm1(-2.0 * eta_h), 0.0))
     w0, w1, w2 = a_n * base, np.zeros(n), np.zeros(n)
     for i in range(n):
-        one = i >= 1 and fin[i] and fin[i - 1]
-        two = order >= 3 and one and i >= 2 and fin[i - 2]
+        one = i >= 1 and smooth[i] and smooth[i - 1]
+        two = order >= 3 and one and i >= 2 and smooth[i - 2]
         if two:
             r0, r1 = h[i - 1] / h[i], h[i - 2] / h[i]
             phi_2 = np.expm1(-h_eta[i]) / h_eta[i] + 1.0

@@ -35,6 +35,7 @@ from jaxdiff.training.keys import EDIT_STREAM, stream_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 PIXEL_SPACE_TASKS = ("inpaint", "restore")  # their masks and operators act on pixels, not latents
+REPAINT_SAMPLER = "euler_ancestral"  # RePaint's resampling with sampling.sampler=auto on a multistep family default
 
 
 # --------------------------------------------------------------------------- inputs
@@ -168,11 +169,14 @@ class EditPlan:
 
     def __init__(self, config, experiment):
         ec, sc, family = config.edit, config.sampling, experiment.family
+        self.config, self.experiment = config, experiment
         self.task, self.method = ec.task, method_of(ec)
         self.name, self.steps = resolve_sampler(sc, family)
-        self.grid, self.sampler = editing.grid_and_sampler(family, self.name, self.steps, sc.spacing,
-                                                           set_alpha_to_one=sc.set_alpha_to_one,
-                                                           **sampler_options(sc))
+        self.grid, self.sampler = self._grid_and_sampler()
+        resamples = self.method == "repaint" and ec.jump_n_sample > 1
+        if resamples and sc.sampler == "auto" and not editing.is_one_step(self.sampler):
+            self.name = REPAINT_SAMPLER  # the family's auto sampler is multistep (vp: DPM-Solver++)
+            self.grid, self.sampler = self._grid_and_sampler()
         shape = tuple(experiment.image_shape)
         self.known = self.operator = None
         if self.task == "inpaint":
@@ -183,9 +187,10 @@ class EditPlan:
             self.operator = operators.operator_from_name(ec.operator, ec.operator_scale, shape[-1])
         if self.operator is not None:
             self.operator.measurement_shape(shape)  # ValueError if it does not fit the images
-        if self.method == "repaint" and ec.jump_n_sample > 1 and not editing.is_one_step(self.sampler):
+        if resamples and not editing.is_one_step(self.sampler):
             raise ConfigError(f"edit.method=repaint resamples (edit.jump_n_sample={ec.jump_n_sample}) and needs a "
-                              f"one-step sampler; sampling.sampler={self.name!r} is multistep")
+                              f"one-step sampler; sampling.sampler={self.name!r} is multistep (or set "
+                              "edit.jump_n_sample=1)")
         if self.task == "interpolate" or self.task == "invert":
             editing.inversion_levels(family, self.grid)
         if self.method == "ddnm":
@@ -193,8 +198,12 @@ class EditPlan:
             options = {**sampler_options(sc), "clip_x0": False, **({"sde_eta": sde_eta} if sde_eta is not None else {})}
             self.ddnm_sampler = lambda y: solvers.sampler_on_grid(
                 restoration.ddnm_family(family, self.operator, y, sc.clip_x0), general, self.grid, **options)
-        self.config, self.experiment = config, experiment
         self._compiled = None
+
+    def _grid_and_sampler(self):
+        sc = self.config.sampling
+        return editing.grid_and_sampler(self.experiment.family, self.name, self.steps, sc.spacing,
+                                        set_alpha_to_one=sc.set_alpha_to_one, **sampler_options(sc))
 
     def net(self, params, labels):
         """The (guided) network: ``sampling.guidance_scale`` with labels, in ``sampling.guidance_interval``."""

@@ -6,7 +6,7 @@ profile ``p_t(tau) = (gamma + 1) tau^gamma / t^(gamma + 1)`` on ``[0, t]``: its 
 the training length, ``sigma_rel = sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))``, is the same at
 every ``t``, so "EMA length" is one number however long a run lasts (EDM2 tracks 0.05 and 0.10).
 Training tracks a profile with ``ema <- beta_n ema + (1 - beta_n) params``,
-``beta_n = (1 - 1/n)^(gamma + 1)`` at update ``n = 1, 2, ...`` (:func:`power_ema_decay`), which gives
+``beta_n = (1 - 1/n)^(gamma + 1)`` at update ``n = 1, 2, ...`` (:func:`power_ema_update`), which gives
 step ``tau`` exactly the weight ``int_{tau-1}^{tau} p_t``.
 
 Post hoc, snapshots ``theta_i`` of such profiles ``(t_i, sigma_i)`` saved during training are combined
@@ -48,11 +48,21 @@ def std_to_exponent(std) -> np.ndarray:
     return np.asarray(gamma, np.float64).reshape(std.shape)
 
 
-def power_ema_decay(step: jax.Array, gamma: float) -> jax.Array:
-    """``beta = (1 - 1/n)^(gamma + 1)`` for the update after ``step`` completed ones (``n = step + 1``;
-    ``beta = 0`` at the first: the EMA starts as the parameters)."""
+def power_ema_weight(step: jax.Array, gamma: float) -> jax.Array:
+    """The new parameters' weight ``1 - beta_n = 1 - (1 - 1/n)^(gamma + 1)`` in the update after ``step``
+    completed ones (``n = step + 1``; 1 at the first: the EMA starts as the parameters), computed as
+    ``-expm1((gamma + 1) log1p(-1/n))``: float32-accurate at any ``n``. (EDM2 computes ``beta`` in
+    float64; ``(1 - 1/n)^(gamma + 1)`` in float32 rounds ``1 - 1/n`` and drifts from the profile,
+    1.2% in L1 at 1e6 steps.)"""
     n = step.astype(jnp.float32) + 1.0
-    return (1.0 - 1.0 / n) ** (gamma + 1.0)
+    return -jnp.expm1((gamma + 1.0) * jnp.log1p(-1.0 / n))
+
+
+def power_ema_update(ema, params, step: jax.Array, gamma: float):
+    """``ema <- beta_n ema + (1 - beta_n) params`` as ``ema + w (params - ema)``, ``w`` =
+    :func:`power_ema_weight` (``beta_n`` itself is never rounded to float32), leaf by leaf."""
+    w = power_ema_weight(step, gamma)
+    return jax.tree.map(lambda e, p: e + w * (p - e), ema, params)
 
 
 def profile_inner_product(t_a, std_a, t_b, std_b) -> np.ndarray:

@@ -21,7 +21,7 @@ from jaxdiff.core.families import Family
 from jaxdiff.core.schedules import DiffusionTables
 from jaxdiff.training.keys import step_keys
 from jaxdiff.training.optim import ema_decay, ema_update
-from jaxdiff.training.posthoc_ema import power_ema_decay, std_to_exponent
+from jaxdiff.training.posthoc_ema import power_ema_update, std_to_exponent
 from jaxdiff.training.state import TrainState
 
 ApplyFn = Callable  # apply(params, x_t, t, labels | None, dropout_key) -> network output
@@ -131,7 +131,7 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, ema_decay(state.step, ema_decay_rate, ema_warmup))
-        profiles = tuple(ema_update(p, params, power_ema_decay(state.step, g))
+        profiles = tuple(power_ema_update(p, params, state.step, g)
                          for p, g in zip(state.ema_profiles, exponents, strict=True))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         if learning_rate_fn is not None:
