@@ -102,8 +102,8 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading
                                Always starts at T - 1; with zero terminal SNR (``lambda_{T-1} = -inf``)
                                the points run from ``lambda_{T-2}`` and the first stays at T - 1.
     ``leading``, ``uniform`` and ``quad`` start below ``T - 1`` by their definitions (at ``(S - 1) T // S``
-    and ``0.8 T``): with few steps, far from the prior the sampler starts from (``trailing``, ``linspace``
-    and ``logsnr`` start at ``T - 1``).
+    and ``0.8 T``): with few steps the sampler then starts from pure noise at a level that still holds
+    signal (``trailing``, ``linspace`` and ``logsnr`` start at ``T - 1``).
     Raises ``ValueError`` for ``S`` outside ``[1, T]``, an unknown spacing, a spacing that repeats a
     step (``quad`` with many steps over a short schedule), or a single step at ``t = 0``.
     """

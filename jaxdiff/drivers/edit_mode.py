@@ -35,7 +35,7 @@ from jaxdiff.training.keys import EDIT_STREAM, stream_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 PIXEL_SPACE_TASKS = ("inpaint", "restore")  # their masks and operators act on pixels, not latents
-REPAINT_SAMPLER = "euler_ancestral"  # RePaint's resampling with sampling.sampler=auto on a multistep family default
+REPAINT_SAMPLER = "euler_ancestral"  # RePaint resampling with sampling.sampler=auto where that is multistep (vp)
 
 
 # --------------------------------------------------------------------------- inputs
