@@ -92,20 +92,23 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
     sys.unraisablehook = ignore_abandoned_writes
     config, workdir = FLAGS.config, FLAGS.workdir
+    # the fields set by --config.FIELD flags: a checkpoint's recorded network and process replace the
+    # config file's, but a flag that contradicts them is an error (jaxdiff.drivers.model_source.configure)
+    given = tuple(config_flags.get_override_values(FLAGS["config"]))
     try:
         parallel.initialize_distributed(FLAGS.jax_distributed, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
         if FLAGS.mode == "train":
-            train_loop.train(config, workdir)
+            train_loop.train(config, workdir, overrides=given)
             print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {workdir}")
         elif FLAGS.mode == "sample":
-            info = sample_mode.run_sample_mode(config, workdir)
+            info = sample_mode.run_sample_mode(config, workdir, overrides=given)
             print(f"wrote {info['num_samples']} samples to {workdir}")
         elif FLAGS.mode == "eval":
-            m = eval_mode.run_eval(config, workdir)
+            m = eval_mode.run_eval(config, workdir, overrides=given)
             print(f"wrote {workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
         elif FLAGS.mode == "edit":
-            info = edit_mode.run_edit_mode(config, workdir)
+            info = edit_mode.run_edit_mode(config, workdir, overrides=given)
             print(f"wrote {workdir}/{info['files']['grid']} and {info['num_images']} inputs' results")
         elif FLAGS.mode == "train_autoencoder":
             train_loop.train_autoencoder(config, workdir)

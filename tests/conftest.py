@@ -31,6 +31,8 @@ from jaxdiff.common import cpu_tuning  # noqa: E402
 
 cpu_tuning.apply()
 
+from jaxdiff.drivers import train_loop  # noqa: E402  (after the CPU tuning)
+
 
 def tiny_config(**overrides):
     """The digits config shrunk to a model that compiles and trains in seconds."""
@@ -96,6 +98,43 @@ def trained_tiny(tmp_path_factory):
     r = run_main(*TINY, f"--workdir={workdir}")
     assert r.returncode == 0, r.stderr[-3000:]
     return workdir, r
+
+
+# --mode=eval and --mode=edit in seconds: the sampling config's sampler for grids and eval, FID and KID of 12
+# samples in an 8-feature classifier's space (its classifier_dir: the classifier_dir fixture), bits/dim of 4
+# test images, one sample per class for the conditional accuracy, SDEdit of 2 images.
+FAST_MODES = {
+    "sampling.grid_sampler": "same", "eval.sampler": "same", "eval.feature_extractor": "classifier",
+    "eval.classifier_ch": 4, "eval.classifier_features": 8, "eval.classifier_steps": 5, "eval.num_samples": 12,
+    "eval.batch_size": 4, "eval.kid_subsets": 2, "eval.kid_subset_size": 6, "eval.bpd_num_images": 4,
+    "eval.bpd_batch_size": 4, "eval.samples_per_class": 1, "eval.guidance_scales": (1.0,),
+    "edit.task": "sdedit", "edit.num_images": 2, "edit.strength": 0.5,
+}
+
+
+@pytest.fixture(scope="session")
+def classifier_dir(tmp_path_factory):
+    """The cache folder of :data:`FAST_MODES`' eval classifier (trained by the first eval, then read)."""
+    return tmp_path_factory.mktemp("classifier")
+
+
+# A tiny KL autoencoder of digits (f = 2: 8x8x1 -> 4x4x4), for latent diffusion.
+AE = {"autoencoder.block_out_channels": (16, 32), "autoencoder.norm_num_groups": 8,
+      "autoencoder.learning_rate": 2e-3, "training.warmup_steps": 0}
+
+
+def ae_config(**overrides):
+    return tiny_config(**{**AE, **overrides})
+
+
+@pytest.fixture(scope="session")
+def digits_autoencoder(tmp_path_factory):
+    """The work directory of :data:`AE` trained for 40 steps with ``--mode=train_autoencoder`` (shared:
+    a test that writes into it works on a copy)."""
+    workdir = tmp_path_factory.mktemp("ae") / "run"
+    train_loop.train_autoencoder(ae_config(**{"autoencoder.num_train_steps": 40, "training.checkpoint_every": 40,
+                                              "training.log_every": 10}), str(workdir), progress=False)
+    return workdir
 
 
 # Scheduled first (longest first), so that neither xdist worker is left with a long test at the end.

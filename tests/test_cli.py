@@ -18,10 +18,12 @@ def test_train_then_sample(trained_tiny, tmp_path):
     assert "train: 100%" in r.stderr  # the progress bar
     r = run_main(*TINY, f"--workdir={workdir}", "--mode=sample")
     assert r.returncode == 0, r.stderr[-3000:]
-    out = np.load(os.path.join(workdir, "sample_ddpm20_0000006.npz"))
+    tag = next(n for n in os.listdir(workdir) if n.endswith(".npz"))[len("sample_"):-len(".npz")]
+    assert tag.startswith("ddpm20_0000006_seed0_n20_")  # sampler, steps, checkpoint, seed, count, digest
+    out = np.load(os.path.join(workdir, f"sample_{tag}.npz"))
     assert out["images"].shape == (20, 8, 8, 1) and out["images"].dtype == np.uint8
     assert list(out["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    for name in ("trajectory_ddpm20_0000006.png", "sample_ddpm20_0000006_classes.png"):
+    for name in (f"trajectory_{tag}.png", f"sample_{tag}_classes.png"):
         assert os.path.exists(os.path.join(workdir, name))
     # Damaged array data in the latest checkpoint: a clear error line and exit 2. (TensorStore's
     # callback threads may still print tracebacks for the reads Orbax abandoned.)

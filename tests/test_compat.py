@@ -29,7 +29,7 @@ def test_v01_checkpoint_restores_and_samples_the_same_images(tmp_path):
     shutil.copytree(FIXTURE, workdir)
     info = sample_mode.run_sample_mode(v01_config(), str(workdir))
     assert info["checkpoint_step"] == 4
-    got = np.load(workdir / "sample_ddpm20_0000004.npz")
+    got = np.load(workdir / info["files"]["npz"])
     want = np.load(os.path.join(FIXTURE, "samples_ddpm20_0000004.npz"))
     np.testing.assert_array_equal(got["labels"], want["labels"])
     diff = np.abs(got["images"].astype(int) - want["images"].astype(int))

@@ -416,8 +416,9 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
     assert m["bpd_num_images"] == 40 and 0 < m["bpd"] < 1e4 and m["bpd_conditioning"] == "null label"
     assert set(m["conditional_accuracy"]) == {"0", "1"}
     assert m["classifier_test_accuracy"] == digits_classifier[0].test_accuracy and "holds out" in m["splits"]
-    for suffix in (".json", ".md", ".png"):
-        assert os.path.exists(os.path.join(workdir, "eval", f"conditional_accuracy_0000020{suffix}"))
+    tag = eval_mode.eval_tag(config, 20)
+    for name in (f"metrics_{tag}.json", *(f"conditional_accuracy_{tag}{suffix}" for suffix in (".json", ".md", ".png"))):
+        assert os.path.exists(os.path.join(workdir, "eval", name))
     refs = [f for f in os.listdir(os.path.join(workdir, "eval")) if f.startswith("reference_digits_8x8x1_train")]
     assert len(refs) == 1  # computed once by the training hook, reused by --mode=eval
     assert "not comparable with papers" in eval_mode.summary_line(m)
@@ -447,7 +448,7 @@ def test_a_continuous_family_trains_samples_and_evaluates_like_ddpm(tmp_path, ev
     assert os.path.exists(os.path.join(workdir, "samples_0000020.png"))
     out = sample_mode.run_sample_mode(config, workdir)
     assert out["sampler"] == "heun" and out["family"] == "edm" and out["network_evaluations"] == 7
-    assert os.path.exists(os.path.join(workdir, "sample_heun4_0000020.npz"))
+    assert os.path.exists(os.path.join(workdir, out["files"]["npz"])) and "heun4_0000020_" in out["files"]["npz"]
     lines = []
     m = eval_mode.run_eval(config, workdir, log=lines.append)
     assert m["family"] == "edm" and m["sampler"] == "dpm_solver++" and m["network_evaluations"] == 3

@@ -352,16 +352,26 @@ def test_fine_tuning_starts_from_the_diffusers_weights_then_exports(tmp_path):
 
 
 def test_checkpoints_keep_the_padding_they_were_trained_with(tmp_path):
-    """The v0.1 fixture predates the field: auto is symmetric; asking for same is refused."""
+    """The v0.1 fixture predates the field: auto is symmetric; a --config flag asking for same is refused."""
     workdir = tmp_path / "run"
     shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "main_v0.1"), workdir)
     config = tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20})
     opened = restore.open_latest(config, str(workdir), "sample")
     assert opened.experiment.model.downsample_padding == "symmetric"
     opened.latest.manager.close()
-    with pytest.raises(config_checks.ConfigError, match="trained with 'symmetric'"):
+    # a config file's other padding is replaced by the recorded one; a --config flag's is an error
+    lines = []
+    opened = restore.open_latest(tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20,
+                                                "model.downsample_padding": "same"}), str(workdir), "sample",
+                                 log=lines.append)
+    assert opened.experiment.model.downsample_padding == "symmetric"
+    assert "model.downsample_padding='symmetric' (the config had 'same')" in lines[0]
+    opened.latest.manager.close()
+    with pytest.raises(config_checks.ConfigError, match="model.downsample_padding='same' but the checkpoint has "
+                                                        "model.downsample_padding='symmetric'"):
         restore.open_latest(tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20,
-                                           "model.downsample_padding": "same"}), str(workdir), "sample")
+                                           "model.downsample_padding": "same"}), str(workdir), "sample",
+                            overrides=("model.downsample_padding",))
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -155,6 +155,7 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path):
     (["--config.sampling.labels=3,11"], "class label 11 is out of range: the model has 10 classes"),
     (["--config=configs/digits.py:score"], "unknown family 'score' after the config file's colon"),
     (["--config.diffusion.family=edm", "--config.sampling.sampler=ddim"], "runs the discrete DDPM chain"),
+    (["--config.training.batch_size=2048"], "training.batch_size=2048 is larger than the dataset (1797 examples)"),
 ])
 def test_bad_flags_are_one_line_before_any_work(tmp_path, flags, message):
     r = run_main(*TINY, *flags, f"--workdir={tmp_path / 'w'}", timeout=120)

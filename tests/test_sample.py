@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdiff.common import plotting
+from jaxdiff.common import paths, plotting
 from jaxdiff.drivers import config_checks as config_lib, sample_mode
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
@@ -35,8 +35,10 @@ def workdir(tmp_path_factory):
 
 
 def test_sample_mode_writes_grids_trajectory_and_npz(workdir):
-    info = sample_mode.run_sample_mode(_config(**{"sampling.labels": "3,7", "sampling.save_pngs": True}), workdir)
-    tag = "ddim8_w3_0000004"
+    config = _config(**{"sampling.labels": "3,7", "sampling.save_pngs": True})
+    info = sample_mode.run_sample_mode(config, workdir)
+    digest = paths.request_digest({"sampling": config.sampling.to_dict(), "seed": 0, "init_from": ""})
+    tag = f"ddim8_w3_0000004_seed0_n12_{digest}"
     assert info["files"] == {"grid": f"sample_{tag}.png", "npz": f"sample_{tag}.npz",
                              "classes": f"sample_{tag}_classes.png", "trajectory": f"trajectory_{tag}.png",
                              "trajectory_gif": f"trajectory_{tag}.gif", "pngs": f"sample_{tag}"}

@@ -13,7 +13,9 @@ an object means rewriting it (:func:`append_text`).
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 
 import jax
@@ -34,6 +36,14 @@ def as_path(path: PathLike) -> epath.Path:
     if is_url(text):
         return epath.Path(text)
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def request_digest(request: dict, length: int = 6) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``request`` (every setting that changes an
+    output's content, as sorted JSON). In the output's name it keeps two requests that differ in any
+    setting from sharing a file, while the same request always names the same one."""
+    text = json.dumps(request, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def is_writer() -> bool:

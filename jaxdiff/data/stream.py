@@ -32,6 +32,15 @@ def local_batch_size(batch_size: int, process_count: int) -> int:
     return batch_size // process_count
 
 
+def check_batch_size(batch_size: int, num_examples: int, process_count: int = 1) -> None:
+    """Raise :class:`DataError` unless global batches of ``batch_size`` rows split evenly over
+    ``process_count`` processes and fit in a dataset of ``num_examples`` examples (the checks
+    :func:`batch_stream` makes on its first batch, to make before anything is written)."""
+    local_batch_size(batch_size, process_count)
+    if batch_size > num_examples:
+        raise DataError(f"training.batch_size={batch_size} is larger than the dataset ({num_examples} examples)")
+
+
 def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The visiting order of epoch ``epoch``: ``permutation(num_examples)`` drawn from PCG64 seeded
     with ``[seed, epoch]`` (NumPy's SeedSequence), identical on every host and platform."""

@@ -27,7 +27,7 @@ from jaxdiff.core.generation import network_time_interval, prior_noise
 from jaxdiff.core.samplers import guided_denoise_fn, run_sampler
 from jaxdiff.data import preprocess
 from jaxdiff.drivers import restore
-from jaxdiff.drivers.config_checks import ConfigError
+from jaxdiff.drivers.config_checks import ConfigError, check_workdir
 from jaxdiff.drivers.eval_mode import load_splits
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import check_sampling_config, parse_labels, resolve_sampler, sampler_options
@@ -258,10 +258,18 @@ class EditPlan:
         return self._compiled
 
 
-def _tag(plan: EditPlan, step: int) -> str:
+def edit_tag(plan: EditPlan, step: int, source: str = "") -> str:
+    """Folder-name tag ``<task>[_<operator><scale>][_<method>]_<sampler><steps>_<checkpoint step>_<digest>``,
+    e.g. ``restore_super_resolution4_ddnm_ddim50_0002000_3fa1c2``: the digest
+    (:func:`~jaxdiff.common.paths.request_digest`) covers the ``edit`` and ``sampling`` blocks (mask,
+    input, strength, ...), the seed and the ``model.init_from`` ``source``, so differing edits never
+    overwrite each other."""
+    ec = plan.config.edit
     method = "" if plan.method == "-" else f"_{plan.method}"
-    what = {"restore": f"_{plan.config.edit.operator}", "inpaint": ""}.get(plan.task, "")
-    return f"{plan.task}{what}{method}_{plan.name}{plan.steps}_{step:07d}"
+    what = f"_{ec.operator}{ec.operator_scale:g}" if plan.task == "restore" else ""
+    digest = paths.request_digest({"edit": ec.to_dict(), "sampling": plan.config.sampling.to_dict(),
+                                   "seed": plan.config.seed, "init_from": source})
+    return f"{plan.task}{what}{method}_{plan.name}{plan.steps}_{step:07d}_{digest}"
 
 
 class EditOutput(NamedTuple):
@@ -378,11 +386,11 @@ def interpolate_images(run: EditRun, images) -> EditOutput:
                       {"interpolation_points": points}, {})
 
 
-def run_edit_mode(config, workdir) -> dict:
+def run_edit_mode(config, workdir, overrides=()) -> dict:
     """Restore the latest checkpoint in ``workdir`` (else ``model.init_from``), run ``config.edit``'s
     task on its inputs and write the files of the module docstring. Returns the metadata (what
     ``edit.json`` holds). SIGTERM or Ctrl-C stops it between chunks, before anything is written."""
-    opened = restore.open_latest(config, workdir, "edit")  # validates the config, edit block included
+    opened = restore.open_latest(config, workdir, "edit", overrides=overrides)  # validates the config and edit block
     experiment, step, ec, sc = opened.experiment, opened.step, config.edit, config.sampling
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     if experiment.latent is not None and ec.task in PIXEL_SPACE_TASKS:
@@ -397,6 +405,7 @@ def run_edit_mode(config, workdir) -> dict:
     images, input_labels = (None, None) if noise_input else read_input(ec, config.data, shape)
     num = int(ec.num_images)
     labels = edit_labels(ec, sc, input_labels, num, experiment.model.num_classes)
+    out_root = check_workdir(opened.workdir)
     params = restore.load_params(opened, sc.use_ema, sc.ema_std)
     devices = experiment.mesh.devices.size
     chunk = -(-min(int(sc.batch_size), num * int(ec.samples_per_image)) // devices) * devices
@@ -406,7 +415,7 @@ def run_edit_mode(config, workdir) -> dict:
                       guard.stop_check("editing"))
         out = task_fn(run, images)
 
-    tag = _tag(plan, step)
+    tag = edit_tag(plan, step, opened.source.path if opened.source else "")
     info = {"task": ec.task, "method": plan.method, "sampler": plan.name, "num_steps": plan.steps,
             "checkpoint_step": int(step), "family": experiment.family.name, "num_images": num,
             "labels": labels.tolist() if labels is not None else None,
@@ -416,7 +425,7 @@ def run_edit_mode(config, workdir) -> dict:
                       "npz": f"edit_{tag}/edit.npz"}}
     if not paths.is_writer():  # every process edits (a collective); one writes
         return info
-    out_dir = opened.workdir / f"edit_{tag}"
+    out_dir = out_root / f"edit_{tag}"
     out_dir.mkdir(parents=True, exist_ok=True)
     plotting.save_columns(out.columns, out_dir / "before_after.png", out.titles)
     plotting.save_image_folder(out.results, out_dir / "results")

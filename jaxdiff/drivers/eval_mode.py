@@ -155,11 +155,21 @@ def write_json(path, obj: dict) -> None:
     paths.write_text(path, json.dumps(obj, indent=1, default=_json_default))
 
 
+def eval_tag(config, step: int) -> str:
+    """``<checkpoint step>_<digest>``: the digest (:func:`~jaxdiff.common.paths.request_digest`) covers
+    the ``eval`` and ``sampling`` blocks and the seed, so evaluations of differing requests of one
+    checkpoint never overwrite each other's files."""
+    digest = paths.request_digest({"eval": config.eval.to_dict(), "sampling": config.sampling.to_dict(),
+                                   "seed": config.seed, "init_from": config.model.init_from})
+    return f"{step:07d}_{digest}"
+
+
 def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                     make_generate: Callable | None = None, stop_check=None) -> dict:
     """All metrics of ``params`` (the EMA parameters of checkpoint ``step``); writes
-    ``<workdir>/eval/metrics_<step>.json`` (and ``metrics.json``), the reference statistics, and for
-    conditional models ``conditional_accuracy_<step>.{json,md,png}``. Returns the metrics.
+    ``<workdir>/eval/metrics_<tag>.json`` (and a copy as ``metrics.json``, the latest evaluation), the
+    reference statistics, and for conditional models ``conditional_accuracy_<tag>.{json,md,png}``, where
+    ``<tag>`` is ``<step>_<digest>`` (:func:`eval_tag`). Returns the metrics.
 
     Samples come from ``eval.sampler`` (:func:`~jaxdiff.drivers.sampling.eval_sampling`: DPM-Solver++
     over 20 steps unless ``same``, which is ``config.sampling``); ``make_generate(w) ->
@@ -243,7 +253,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
             rows = conditional_accuracy(make_generate, params, lambda x: apply_clf(x)[0], num_classes,
                                         ev.samples_per_class, ev.guidance_scales, ev.batch_size,
                                         jax.random.fold_in(key, 2), bar, stop_check)
-        stem = f"conditional_accuracy_{step:07d}"
+        stem = f"conditional_accuracy_{eval_tag(config, step)}"
         if write:
             write_json(eval_dir / f"{stem}.json", {"rows": rows, "classifier_test_accuracy": clf.test_accuracy})
             paths.write_text(eval_dir / f"{stem}.md", accuracy_table(rows, clf.test_accuracy))
@@ -253,7 +263,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                                                       for r in rows))
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
     if write:
-        write_json(eval_dir / f"metrics_{step:07d}.json", metrics)
+        write_json(eval_dir / f"metrics_{eval_tag(config, step)}.json", metrics)
         write_json(eval_dir / "metrics.json", metrics)
     return metrics
 
@@ -265,14 +275,14 @@ def summary_line(m: dict) -> str:
         note += " (Inception weights not verified as pytorch-fid's)"
     out = (f"FID {m['fid']:.3f} KID {m['kid']:.5f} ({m['feature_extractor']} features, {m['num_samples']} EMA "
            f"samples vs {m['num_reference']} {m['reference_split']} images{note})")
-    if "bpd" in m:
+    if m.get("bpd") is not None:  # None: skipped (a continuous family or a latent model)
         out += f", {m['bpd']:.3f} bits/dim ({m['bpd_num_images']} test images)"
     if "conditional_accuracy" in m:
         out += ", conditional accuracy " + " ".join(f"w={w}:{a:.3f}" for w, a in m["conditional_accuracy"].items())
     return out
 
 
-def run_eval(config, workdir, log=print, make_generate: Callable | None = None) -> dict:
+def run_eval(config, workdir, log=print, make_generate: Callable | None = None, overrides=()) -> dict:
     """``--mode=eval``: all metrics of the latest checkpoint in ``workdir`` (its EMA parameters; without
     one, those of ``model.init_from``),
     written to ``<workdir>/eval/metrics.json`` (see :func:`evaluate_params`).
@@ -282,7 +292,8 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None) 
     shapes), then the presence of a checkpoint. SIGTERM or Ctrl-C stops it between two chunks
     (:class:`~jaxdiff.common.preemption.Interrupted`) before any metric is written."""
     config_checks.validate_eval(config, check_weights=True)
-    opened = restore.open_latest(config, workdir, "eval", log)
+    opened = restore.open_latest(config, workdir, "eval", log, overrides)
+    config_checks.check_workdir(opened.workdir)
     ema_std = config.sampling.ema_std
     params = restore.load_params(opened, True, ema_std)
     log(f"eval: {opened.describe()} (" + (f"post-hoc EMA, relative std {ema_std:g})" if ema_std else "EMA parameters)"))

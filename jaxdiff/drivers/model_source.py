@@ -24,11 +24,19 @@ from jaxdiff.interop import diffusers_scheduler, diffusers_unet
 from jaxdiff.models.unet import ARCHITECTURE_FIELDS, architecture
 from jaxdiff.training import checkpoint
 
-# The config.model fields that describe the network (what a source sets; dropout, remat and init_from are
-# how it is trained, and stay the config's).
+# The config.model fields that describe the U-Net (what a source sets; dropout, remat and init_from are
+# how it is trained, and stay the config's), the DiT's, and the config.diffusion fields of the process.
 ARCHITECTURE = (*ARCHITECTURE_FIELDS, "class_conditional")
+DIT_ARCHITECTURE = ("size", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio", "learn_sigma")
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
            "target", "edm", "flow")
+# What defines the function a checkpoint computes: every later run of its work directory (resume,
+# sample, eval, edit, export) takes these from the checkpoint's recorded config (blocks: every field).
+DEFINING = ("model.backbone", *(f"model.{n}" for n in ARCHITECTURE), *(f"model.dit.{n}" for n in DIT_ARCHITECTURE),
+            *(f"diffusion.{n}" for n in PROCESS), "data.image_size", "latent.autoencoder")
+# Fields that checkpoints of older jaxdiff versions predate, with the value those versions trained with.
+PREDATED = {"model.downsample_padding": "symmetric", "model.backbone": "unet"}
+_ABSENT = object()
 
 
 class LatestCheckpoint(NamedTuple):
@@ -150,47 +158,96 @@ def open_source(config) -> ModelSource | None:
     return _workdir_source(config, path)
 
 
-def _as_config_value(value):
+def _plain(value):
+    """A config or JSON value in one comparable form: lists as tuples, ConfigDicts as dicts."""
     if isinstance(value, ml_collections.ConfigDict):
-        return value.to_dict()
-    return tuple(value) if isinstance(value, list) else value
+        value = value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def configure(config, source: ModelSource | None, recorded: dict | None, log=print) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with the network of ``source`` (its architecture, its process when it has
-    one, changed fields listed in one ``log`` line; on resuming such a run, the network ``recorded``) and
-    the downsampling padding resolved: that of
-    ``recorded`` (the config of the work directory's checkpoint) when there is one, else ``same`` for
-    ``auto``. Raises :class:`ConfigError` for a padding that contradicts the checkpoint's, or a source
-    whose image size is not ``data.image_size``."""
+def _leaves(path: str, value):
+    """``(dotted path, value)`` for every leaf of a JSON value (a block is its fields)."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from _leaves(f"{path}.{name}", item)
+    else:
+        yield path, _plain(value)
+
+
+def defining_values(recorded: dict) -> dict:
+    """``{dotted field: value}`` for every :data:`DEFINING` field a recorded config (``meta["config"]``,
+    JSON) has, blocks flattened to their fields; a field older checkpoints predate takes the value
+    they were trained with (:data:`PREDATED`)."""
+    out = {}
+    for path in DEFINING:
+        node = recorded
+        for part in path.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        node = PREDATED.get(path, _ABSENT) if node is _ABSENT else node
+        if node is not _ABSENT:
+            out.update(_leaves(path, node))
+    return out
+
+
+def source_values(source: ModelSource) -> dict:
+    """``{dotted field: value}`` of the network and process a ``model.init_from`` source was built with."""
+    return dict(_leaves("model", source.model)) | dict(_leaves("diffusion", source.diffusion or {}))
+
+
+def take_values(config, values: dict, what: str, overrides=(), log=print) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``values`` (``{dotted field: value}``, those of ``what``: a checkpoint or
+    a ``model.init_from`` source) in place of its own; fields the config lacks are skipped.
+
+    A replaced value is said in one ``log`` line; one that the user set on the command line
+    (``overrides``: the dotted fields of ``--config.FIELD=...`` flags) is a :class:`ConfigError` naming
+    the field, ``what``'s value and the given one, since the run would not be what was asked."""
     out = copy.deepcopy(config)
-    if source is None and recorded is not None and config.model.init_from:
-        # a run started from init_from resumes with the network its checkpoint recorded
-        out = with_checkpoint_config(out, {b: recorded.get(b, {}) for b in ("model", "diffusion")})
-        out.model.downsample_padding = config.model.downsample_padding
-    if source is not None:
+    changed = []
+    for path, value in values.items():
+        *parents, leaf = path.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            continue
+        given = _plain(node[leaf])
+        if given == value:
+            continue
+        if any(path == o or path.startswith(f"{o}.") for o in overrides):
+            raise ConfigError(f"--config.{path}={given!r} but {what} has {path}={value!r}: drop the flag (that "
+                              "value is used) or use another --workdir")
+        node[leaf] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
+        if not (path == "model.downsample_padding" and given == "auto"):  # auto: whatever was recorded
+            changed.append(f"{path}={value!r} (the config had {given!r})")
+    if changed:
+        log(f"{what} sets {', '.join(changed)}")
+    return out
+
+
+def configure(config, source: ModelSource | None, recorded: dict | None, log=print,
+              overrides=()) -> ml_collections.ConfigDict:
+    """A copy of ``config`` computing the function the run is about: with ``recorded`` (the config of
+    the work directory's checkpoint) its :data:`DEFINING` fields, else with ``source`` (the network of
+    ``model.init_from``, at the start of a run) its architecture and process when it has one; a new
+    model's ``downsample_padding=auto`` is ``same``. Each replaced field is said in one ``log`` line;
+    one set by a ``--config`` flag (``overrides``) is a :class:`ConfigError` (:func:`take_values`), as is
+    a source built for another image size than ``data.image_size``."""
+    out = config
+    if recorded is not None:
+        out = take_values(out, defining_values(recorded), "the checkpoint", overrides, log)
+    elif source is not None:
         if source.image_size != config.data.image_size:
             raise ConfigError(f"data.image_size={config.data.image_size} but model.init_from={source.path!r} "
                               f"was built for {source.image_size}x{source.image_size} images")
-        changed = []
-        for block, fields in (("model", source.model), ("diffusion", source.diffusion or {})):
-            for name, value in fields.items():
-                value = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
-                if _as_config_value(out[block][name]) != _as_config_value(value):
-                    changed.append(f"{block}.{name}={_as_config_value(value)!r}")
-                out[block][name] = value
         what = "diffusers folder" if source.kind == "diffusers" else "work directory"
+        out = take_values(out, source_values(source), f"model.init_from's {what}", overrides, log)
         log(f"model.init_from: the network of the {what} {source.path}"
-            + (f" ({', '.join(changed)})" if changed else " (the config's own)")
             + ("" if source.diffusion is not None else "; it has no scheduler_config.json: the config's "
                "diffusion settings are assumed"))
-    if recorded is not None:
-        trained = recorded.get("model", {}).get("downsample_padding", "symmetric")
-        if out.model.downsample_padding not in ("auto", trained):
-            raise ConfigError(f"model.downsample_padding={out.model.downsample_padding!r} but the checkpoint was "
-                              f"trained with {trained!r} (leave it 'auto')")
-        out.model.downsample_padding = trained
-    elif out.model.downsample_padding == "auto":
+    out = copy.deepcopy(out)
+    if out.model.downsample_padding == "auto":
         out.model.downsample_padding = "same"
     return out
 
@@ -218,6 +275,19 @@ def check_source_fits(source: ModelSource | None, channels: int, num_classes: in
     if source.num_classes and source.num_classes != num_classes:
         raise ConfigError(f"model.init_from={source.path!r} is conditional on {source.num_classes} classes, the "
                           f"data has {num_classes}")
+
+
+def check_data_fits(meta: dict, config, channels: int, num_classes: int) -> None:
+    """Raise :class:`ConfigError` unless data of ``channels`` channels (a latent model's: latent
+    channels) and, for a class-conditional ``config``, ``num_classes`` classes is what the checkpoint
+    of ``meta`` was trained on (resuming it on other data would not fit its network)."""
+    if channels != meta["channels"]:
+        raise ConfigError(f"the checkpoint's network takes {meta['channels']}-channel images, the data "
+                          f"({config.data.dataset}) has {channels}: set data.channels={meta['channels']} or use "
+                          "another --workdir")
+    if config.model.class_conditional and num_classes != meta["num_classes"]:
+        raise ConfigError(f"the checkpoint's network is conditional on {meta['num_classes']} classes, the data "
+                          f"({config.data.dataset}) has {num_classes}: use another --workdir")
 
 
 def place(params, experiment: Experiment):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from jaxdiff.common import paths
 from jaxdiff.drivers import config_checks, latent, model_source
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint, posthoc_ema
@@ -29,11 +30,17 @@ class OpenModel(NamedTuple):
         return f"model.init_from={self.source.path} ({self.source.kind})"
 
 
-def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
+def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenModel:
     """Validate ``config`` and open the network of ``--mode=mode`` in ``workdir``.
 
-    Raises :class:`~jaxdiff.drivers.config_checks.ConfigError` for a bad config, an unusable
-    ``model.init_from`` or an unwritable work directory, and
+    The checkpoint's recorded network and process replace the config's (a replaced field said in one
+    ``log`` line; one of ``overrides``, the fields set by ``--config.FIELD`` flags, is an error: see
+    :func:`~jaxdiff.drivers.model_source.configure`), and the config is validated again with them, so
+    the sampling choices are checked against the process the checkpoint was trained on. Nothing is
+    written: the mode checks its own inputs, then :func:`~jaxdiff.drivers.config_checks.check_workdir`.
+
+    Raises :class:`~jaxdiff.drivers.config_checks.ConfigError` for a bad config or an unusable
+    ``model.init_from``, and
     :class:`~jaxdiff.training.checkpoint.CheckpointError` when there is neither a checkpoint nor an
     ``init_from`` (saying how to make one) or the checkpoint's metadata cannot be read."""
     config_checks.validate(config)
@@ -46,20 +53,25 @@ def open_latest(config, workdir, mode: str, log=print) -> OpenModel:
         raise checkpoint.CheckpointError(
             f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}: train first with --mode=train and the same "
             f"--config and --workdir, or name a model with --config.model.init_from, then run --mode={mode}")
-    workdir = config_checks.check_workdir(workdir)
-    if latest is not None:
-        config = model_source.configure(config, None, latest.meta["config"], log)
-        # the state's structure: one EMA profile per tracked std, whatever the config says
-        config.training.ema_stds = model_source.recorded_ema_stds(latest.meta["config"])
-        space = None
-        if latest.meta.get("latent"):  # a latent diffusion model: decode with the autoencoder it trained on
-            config.latent.autoencoder = latest.meta["latent"]["autoencoder"]
-            config.latent.scale_factor = latest.meta["latent"]["scale_factor"]
-            space = latent.open_latent_space(config, config.latent.scale_factor, log)
-        experiment = Experiment(config, latest.meta["channels"], latest.meta["num_classes"], latent=space)
-        return OpenModel(workdir, latest.step, experiment, latest, None)
-    config = model_source.configure(config, source, None, log)
-    return OpenModel(workdir, 0, Experiment(config, source.channels, source.num_classes), None, source)
+    workdir = paths.as_path(workdir)
+    try:
+        config = model_source.configure(config, source, latest.meta["config"] if latest else None, log, overrides)
+        config_checks.validate(config)
+    except config_checks.ConfigError:
+        if latest is not None:
+            latest.manager.close()
+        raise
+    if latest is None:
+        return OpenModel(workdir, 0, Experiment(config, source.channels, source.num_classes), None, source)
+    # the state's structure: one EMA profile per tracked std, whatever the config says
+    config.training.ema_stds = model_source.recorded_ema_stds(latest.meta["config"])
+    space = None
+    if latest.meta.get("latent"):  # a latent diffusion model: decode with the autoencoder it trained on
+        config.latent.autoencoder = latest.meta["latent"]["autoencoder"]
+        config.latent.scale_factor = latest.meta["latent"]["scale_factor"]
+        space = latent.open_latent_space(config, config.latent.scale_factor, log)
+    experiment = Experiment(config, latest.meta["channels"], latest.meta["num_classes"], latent=space)
+    return OpenModel(workdir, latest.step, experiment, latest, None)
 
 
 def load_params(opened: OpenModel, use_ema: bool = True, ema_std: float = 0.0):

@@ -11,6 +11,7 @@ from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core.samplers import SampleOutput
 from jaxdiff.drivers import restore
+from jaxdiff.drivers.config_checks import check_workdir
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import (check_sampling_config, generate_from_config, grid_sampling, parse_labels,
@@ -45,12 +46,16 @@ def generate(experiment: Experiment, params, key, num_samples: int, sampling_con
     return out._replace(samples=map_chunks(lambda c, x: experiment.decode(x), out.samples, sc.batch_size))
 
 
-def sample_tag(sampling_config, family, step: int, conditional: bool) -> str:
-    """File-name tag ``<sampler><steps>[_w<guidance>]_<checkpoint step>``, e.g. ``ddim20_w3_0002000``."""
+def sample_tag(sampling_config, family, step: int, conditional: bool, seed: int, source: str = "") -> str:
+    """File-name tag ``<sampler><steps>[_w<guidance>]_<checkpoint step>_seed<seed>_n<count>_<digest>``,
+    e.g. ``ddim20_w3_0002000_seed0_n64_3fa1c2``: the digest (:func:`~jaxdiff.common.paths.request_digest`)
+    covers the whole ``sampling`` block, the seed and the ``model.init_from`` ``source``, so samples
+    of differing requests never overwrite each other."""
     sc = sampling_config
     guidance = f"_w{sc.guidance_scale:g}" if conditional and sc.guidance_scale != 1.0 else ""
     name, steps = resolve_sampler(sc, family)
-    return f"{name}{steps}{guidance}_{step:07d}"
+    digest = paths.request_digest({"sampling": sc.to_dict(), "seed": seed, "init_from": source})
+    return f"{name}{steps}{guidance}_{step:07d}_seed{seed}_n{sc.num_samples}_{digest}"
 
 
 def write_training_samples(experiment: Experiment, state, workdir, step: int, should_stop=None):
@@ -71,7 +76,7 @@ def write_training_samples(experiment: Experiment, state, workdir, step: int, sh
     return plotting.save_image_grid(out.samples, path, nrow=experiment.model.num_classes if conditional_grid else None)
 
 
-def run_sample_mode(config, workdir) -> dict:
+def run_sample_mode(config, workdir, overrides=()) -> dict:
     """Restore the latest checkpoint in ``workdir`` (else the network of ``model.init_from``) and write,
     tagged by :func:`sample_tag`:
     ``sample_<tag>.png`` (grid of up to 256), ``sample_<tag>_classes.png`` (one row per class, for a
@@ -80,15 +85,18 @@ def run_sample_mode(config, workdir) -> dict:
     ``sampling.save_pngs`` a folder ``sample_<tag>/`` of one PNG per sample, and ``sample_<tag>.npz``
     (``images`` uint8 ``[N, H, W, C]``, ``labels`` int32, -1 when unconditional, ``meta`` a JSON
     string). Returns the metadata.
+    The network and process are the checkpoint's (:func:`~jaxdiff.drivers.restore.open_latest`;
+    ``overrides`` are the fields set by ``--config`` flags), the sampling choices the config's.
     Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``. SIGTERM
     or Ctrl-C stops it between two chunks with :class:`~jaxdiff.common.preemption.Interrupted`,
     before anything is written."""
-    opened = restore.open_latest(config, workdir, "sample")
+    opened = restore.open_latest(config, workdir, "sample", overrides=overrides)
     experiment, step = opened.experiment, opened.step
     sc = config.sampling
     # Labels and guidance against the checkpoint's class count, before restoring or compiling.
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
+    out_dir = check_workdir(opened.workdir)
     params = restore.load_params(opened, sc.use_ema, sc.ema_std)
     with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
                                                            guard.stop_check("sampling")) as bar:
@@ -96,7 +104,8 @@ def run_sample_mode(config, workdir) -> dict:
                        trajectory=True, progress=bar, should_stop=bar.check)
 
     images = out.samples
-    tag = sample_tag(sc, experiment.family, step, out.labels is not None)
+    tag = sample_tag(sc, experiment.family, step, out.labels is not None, int(config.seed),
+                     opened.source.path if opened.source else "")
     info = {"checkpoint_step": int(step), "seed": int(config.seed), "use_ema": bool(sc.use_ema),
             "ema_std": float(sc.ema_std),
             "labels": str(sc.labels), "key": "fold_in(fold_in(fold_in(key(seed), 1), checkpoint_step), chunk)",
@@ -112,7 +121,6 @@ def run_sample_mode(config, workdir) -> dict:
     info["files"] = files
     if not paths.is_writer():  # every process samples (a collective); one writes
         return info
-    out_dir = opened.workdir
     plotting.save_image_grid(images[:256], out_dir / files["grid"])
     if out.labels is not None:
         plotting.save_class_grid(images, out.labels, out_dir / files["classes"])

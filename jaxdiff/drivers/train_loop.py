@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from jaxdiff.common import parallel, paths, plotting, preemption
 from jaxdiff.common.run_lock import RunLock
 from jaxdiff.common.tensorboard import TensorBoard
-from jaxdiff.data import batch_stream, load_source
+from jaxdiff.data import batch_stream, check_batch_size, load_source
 from jaxdiff.drivers import config_checks, eval_mode, latent, model_source, sample_mode
 from jaxdiff.drivers.autoencoder_experiment import KIND, AutoencoderExperiment, write_reconstructions
 from jaxdiff.drivers.sampling import parse_labels
@@ -137,7 +137,7 @@ def open_snapshots(workdir, start: int):
     return snapshots
 
 
-def train(config, workdir, progress: bool = True) -> TrainState:
+def train(config, workdir, progress: bool = True, overrides=()) -> TrainState:
     """Train (or resume training) the diffusion model of ``config`` in ``workdir`` (a folder or a
     ``gs://`` URL; in the latent space of ``latent.autoencoder`` when set); returns the final state.
 
@@ -145,30 +145,38 @@ def train(config, workdir, progress: bool = True) -> TrainState:
     the same scalars and the sample grids as TensorBoard events in ``tensorboard/``,
     ``samples_<step>.png``, ``loss.png``, and with ``training.eval_every`` a cheap FID in
     ``eval/train_fid.jsonl`` (:func:`jaxdiff.drivers.eval_mode.make_train_fid_hook`). Re-running with
-    the same workdir resumes at the latest checkpoint. With several processes every process runs
+    the same workdir resumes at the latest checkpoint, with the network and process that checkpoint
+    recorded (:func:`jaxdiff.drivers.model_source.configure`: a field the config file gives another
+    value is replaced, saying so; one of ``overrides``, the fields set by ``--config.FIELD`` flags, is a
+    :class:`ConfigError`). Every check (config, data, checkpoint, batch size) comes before anything is
+    written. With several processes every process runs
     this function; process 0 alone writes metrics and pictures, Orbax coordinates the checkpoint
     writes. SIGTERM or SIGINT saves a checkpoint at the next step boundary (all processes agree on
     the step) and raises :class:`Preempted`.
     """
     config_checks.validate(config)
-    source = load_source(config.data, "train")
     latest = model_source.latest_checkpoint(workdir)
     model_source.check_kind(latest, "diffusion", workdir)
+    if latest is not None:
+        latest.manager.close()
     init = model_source.open_source(config) if latest is None else None
     say = print if progress and paths.is_writer() else lambda *_: None
     recorded = latest.meta["config"] if latest else None
-    config = model_source.configure(config, init, recorded, say)
+    config = model_source.configure(config, init, recorded, say, overrides)
+    config_checks.validate(config)  # the sampling choices against the recorded process
     model_source.check_ema_stds(config, recorded)
-    if latest is not None:
-        latest.manager.close()
+    source = load_source(config.data, "train")
     model_source.check_source_fits(init, source.image_shape[-1], source.num_classes)
+    check_batch_size(config.training.batch_size, len(source), jax.process_count())
     space, data = None, source
     if config.latent.autoencoder:  # encode the training set once; its latents are what the model learns
         config, space, data = latent.encode_training_set(config, source, recorded, say)
+    if latest is not None:
+        model_source.check_data_fits(latest.meta, config, data.image_shape[-1], source.num_classes)
     experiment = Experiment(config, data.image_shape[-1], source.num_classes, latent=space)  # compiles nothing
     sc = config.sampling  # the grids' labels against the data's classes, before any work
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
-    workdir = config_checks.check_workdir(workdir)
+    workdir = config_checks.check_workdir(workdir)  # the first write
     writer = paths.is_writer()
     def grid(state, n, should_stop):
         return sample_mode.write_training_samples(experiment, state, workdir, n, should_stop=should_stop)

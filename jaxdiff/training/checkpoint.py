@@ -49,13 +49,17 @@ def snapshot_dir(workdir: paths.PathLike):
 def manager(workdir: paths.PathLike, keep: int | None = 3, read_only: bool = False,
             directory=None) -> ocp.CheckpointManager:
     """A CheckpointManager over ``<workdir>/checkpoints`` (or ``directory``) keeping the ``keep`` newest steps
-    (``None``: all) and, unless ``read_only``, removing the temporary folders of interrupted saves."""
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only,
+    (``None``: all) and, unless ``read_only``, removing the temporary folders of interrupted saves. A
+    read-only one is opened without Orbax's warnings that it is read-only."""
+    options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep,
+                                           save_interval_steps=0 if read_only else 1,
+                                           create=not read_only, read_only=read_only,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=not read_only)
-    return ocp.CheckpointManager(directory or checkpoint_dir(workdir),
-                                 options=options, item_handlers={"state": ocp.StandardCheckpointHandler(),
-                                                                 "config": ocp.JsonCheckpointHandler()})
+    with quiet_orbax(logging.ERROR) if read_only else contextlib.nullcontext():
+        return ocp.CheckpointManager(directory or checkpoint_dir(workdir),
+                                     options=options, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                                     "config": ocp.JsonCheckpointHandler()})
 
 
 def snapshot_manager(workdir: paths.PathLike, read_only: bool = False) -> ocp.CheckpointManager:
@@ -65,14 +69,14 @@ def snapshot_manager(workdir: paths.PathLike, read_only: bool = False) -> ocp.Ch
 
 
 @contextlib.contextmanager
-def quiet_orbax_errors():
-    """Keep Orbax's own ERROR lines (a traceback per array that failed to write) off the terminal
-    while a save runs, so that a failure is the one :class:`CheckpointError` line;
-    ``JAXDIFF_DEBUG=1`` shows them."""
+def quiet_orbax(below: int = logging.CRITICAL):
+    """Keep Orbax's own log lines under level ``below`` off the terminal (by default its ERROR lines, a
+    traceback per array that failed to write, while a save runs, so that a failure is the one
+    :class:`CheckpointError` line); ``JAXDIFF_DEBUG=1`` shows them."""
     logger = logging.getLogger("absl")
     level = logger.level
     if os.environ.get("JAXDIFF_DEBUG") != "1":
-        logger.setLevel(logging.CRITICAL)
+        logger.setLevel(below)
     try:
         yield
     finally:
@@ -113,7 +117,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state, config_json: dict) -> No
     """
     previous = mngr.latest_step()
     try:
-        with quiet_orbax_errors():
+        with quiet_orbax():
             mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     config=ocp.args.JsonSave(config_json)), force=True)
             mngr.wait_until_finished()

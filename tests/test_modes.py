@@ -1,0 +1,162 @@
+"""Every mode for every family and both backbones, and a latent model, end to end on tiny runs (in
+process, as main.py calls them): train, resume, sample, eval, edit, and export with ``model.init_from``
+of the export (a DiT's or a latent model's export is refused in one line). Then what a user may type
+after training: the checkpoint's recorded network and process win over a config file's, a ``--config``
+flag that contradicts them is a one-line error that leaves the work directory as it was, and no two
+differing requests write the same file."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxdiff.drivers import config_checks, edit_mode, eval_mode, export_mode, model_source, sample_mode, train_loop
+from tests.conftest import FAST_MODES, tiny_config
+
+FAMILIES = ("ddpm", "vp", "edm", "flow")
+
+RUN = {  # tiny networks, 2 + 1 training steps, one 3-step sampler for everything, eval on 12 samples with an
+    # 8-feature classifier
+    "model.ch_mult": (1,), "model.attn_resolutions": (), "model.groups": 4, "model.dit.depth": 1, "model.dit.hidden_size": 16,
+    "model.dit.num_heads": 2, "diffusion.num_timesteps": 20, "training.num_train_steps": 2,
+    "training.checkpoint_every": 2, "training.log_every": 1, "sampling.num_steps": 3, "sampling.num_samples": 4,
+    "sampling.batch_size": 4, "sampling.trajectory_every": 1, "sampling.grid_sampler": "same",
+    "eval.sampler": "same", "eval.feature_extractor": "classifier", "eval.classifier_ch": 4,
+    "eval.classifier_features": 8, "eval.classifier_steps": 5, "eval.num_samples": 12, "eval.batch_size": 4, "eval.kid_subsets": 2, "eval.kid_subset_size": 6,
+    "eval.bpd_num_images": 4, "eval.bpd_batch_size": 4, "eval.samples_per_class": 1, "eval.guidance_scales": (1.0,),
+    "edit.task": "sdedit", "edit.num_images": 2, "edit.strength": 0.5,
+}
+
+
+def quiet(*_):
+    pass
+
+
+def run_config(classifier_dir, **overrides):
+    return tiny_config(**{**RUN, "eval.classifier_dir": str(classifier_dir), **overrides})
+
+
+def recorded_config(workdir) -> dict:
+    latest = model_source.latest_checkpoint(workdir)
+    latest.manager.close()
+    return latest.meta["config"]
+
+
+def check_every_mode(config, workdir, exportable: bool, tmp_path):
+    """Train, resume, sample, eval, edit and export (then sample the export by ``model.init_from`` with
+    the default config) ``config`` in ``workdir``. (A latent model's: tests/test_latent.py.)"""
+    train_loop.train(config, workdir, progress=False)
+    longer = config.copy_and_resolve_references()
+    longer.training.num_train_steps = 3
+    assert int(train_loop.train(longer, workdir, progress=False).step) == 3
+    steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert steps == [1, 2, 3]
+    info = sample_mode.run_sample_mode(config, workdir)
+    images = np.load(os.path.join(workdir, info["files"]["npz"]))["images"]
+    assert images.shape == (4, 8, 8, 1) and info["family"] == config.diffusion.family
+    metrics = eval_mode.run_eval(config, workdir, log=quiet)
+    assert np.isfinite(metrics["fid"]) and (metrics["bpd"] is not None) == (
+        config.diffusion.family == "ddpm" and not config.latent.autoencoder)
+    assert f"FID {metrics['fid']:.3f}" in eval_mode.summary_line(metrics)  # main.py's line
+    assert os.path.exists(os.path.join(workdir, "eval", "metrics.json"))
+    edited = edit_mode.run_edit_mode(config, workdir)
+    assert os.path.exists(os.path.join(workdir, edited["files"]["npz"]))
+    if not exportable:
+        with pytest.raises(ValueError, match="--mode=export writes pixel-space U-Nets"):
+            export_mode.run_export(config, workdir, log=quiet)
+        return
+    exported = export_mode.run_export(config, workdir, log=quiet)
+    # a default config (ddpm) samples the export as what it is
+    default = tiny_config(**{"model.init_from": exported, "sampling.num_steps": 3, "sampling.num_samples": 4,
+                             "sampling.trajectory_every": 0})
+    again = sample_mode.run_sample_mode(default, str(tmp_path / "from_export"))
+    assert again["family"] == config.diffusion.family
+    assert np.load(tmp_path / "from_export" / again["files"]["npz"])["images"].shape == (4, 8, 8, 1)
+
+
+@pytest.mark.parametrize("backbone", ["unet", "dit"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_mode_runs_for_every_family_and_backbone(family, backbone, classifier_dir, tmp_path):
+    config = run_config(classifier_dir, **{"diffusion.family": family, "model.backbone": backbone})
+    check_every_mode(config, str(tmp_path / "run"), backbone == "unet", tmp_path)
+
+
+# ----------------------------------------------------------------------------- the run is the truth
+
+
+@pytest.fixture(scope="module")
+def edm_run(classifier_dir, tmp_path_factory):
+    """A 2-step EDM digits run (``configs/digits.py:edm`` shrunk)."""
+    workdir = tmp_path_factory.mktemp("edm") / "run"
+    train_loop.train(run_config(classifier_dir, **{"diffusion.family": "edm"}), str(workdir), progress=False)
+    return workdir
+
+
+def snapshot(workdir) -> dict:
+    """Every path under ``workdir`` with its size and modification time."""
+    out = {}
+    for root, dirs, files in os.walk(workdir):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, workdir)] = (os.path.getsize(path), os.path.getmtime(path))
+    return out
+
+
+def test_the_checkpoint_family_wins_over_the_config_file(edm_run, classifier_dir, tmp_path, capsys):
+    """Sampling with the config file's ddpm and resuming with its flow both run the recorded EDM model,
+    saying so; a --config flag that says otherwise is an error before anything is written."""
+    workdir = str(shutil.copytree(edm_run, tmp_path / "run"))
+    ddpm = run_config(classifier_dir)  # the ":edm" forgotten
+    info = sample_mode.run_sample_mode(ddpm, workdir)
+    assert info["family"] == "edm" and info["sampler"] == "heun"
+    assert "the checkpoint sets diffusion.family='edm' (the config had 'ddpm')\n" in capsys.readouterr().out
+    meta = json.loads(str(np.load(os.path.join(workdir, info["files"]["npz"]))["meta"]))
+    assert meta["family"] == "edm"
+
+    before = snapshot(workdir)
+    cases = [
+        (run_config(classifier_dir, **{"diffusion.family": "flow"}), ("diffusion.family",),
+         "--config.diffusion.family='flow' but the checkpoint has diffusion.family='edm'"),
+        (run_config(classifier_dir, **{"diffusion.family": "edm", "model.ch": 16}), ("model.ch",),
+         "--config.model.ch=16 but the checkpoint has model.ch=8"),
+        (run_config(classifier_dir, **{"diffusion.family": "edm", "data.channels": 3}), (),
+         "the checkpoint's network takes 1-channel images, the data (digits) has 3"),
+    ]
+    for config, overrides, message in cases:
+        with pytest.raises(config_checks.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            train_loop.train(config, workdir, progress=False, overrides=overrides)
+    with pytest.raises(config_checks.ConfigError, match="diffusion.family='flow' but the checkpoint"):
+        sample_mode.run_sample_mode(cases[0][0], workdir, overrides=("diffusion.family",))
+    assert snapshot(workdir) == before  # refused: nothing written, nothing touched
+
+    flow = run_config(classifier_dir, **{"diffusion.family": "flow", "training.num_train_steps": 3})
+    train_loop.train(flow, workdir)
+    assert recorded_config(workdir)["diffusion"]["family"] == "edm"  # one objective throughout
+    assert "the checkpoint sets diffusion.family='edm' (the config had 'flow')" in capsys.readouterr().out
+
+
+def test_no_request_overwrites_another(edm_run, classifier_dir, tmp_path):
+    workdir = str(shutil.copytree(edm_run, tmp_path / "run"))
+    config = run_config(classifier_dir, **{"diffusion.family": "edm", "sampling.trajectory_every": 0})
+    first = sample_mode.run_sample_mode(config, workdir)
+    second = sample_mode.run_sample_mode(run_config(classifier_dir, **{
+        "diffusion.family": "edm", "sampling.trajectory_every": 0, "seed": 1, "sampling.num_samples": 2}), workdir)
+    third = sample_mode.run_sample_mode(run_config(classifier_dir, **{
+        "diffusion.family": "edm", "sampling.trajectory_every": 0, "sampling.clip_x0": False}), workdir)
+    names = {first["files"]["npz"], second["files"]["npz"], third["files"]["npz"]}
+    assert len(names) == 3 and all(os.path.exists(os.path.join(workdir, n)) for n in names)
+    assert "_seed1_n2_" in second["files"]["npz"]
+    assert len(np.load(os.path.join(workdir, first["files"]["npz"]))["images"]) == 4
+
+    restore = {"diffusion.family": "edm", "edit.task": "restore", "edit.operator": "super_resolution",
+               "edit.method": "ddnm", "edit.num_images": 1}
+    x2 = edit_mode.run_edit_mode(run_config(classifier_dir, **restore, **{"edit.operator_scale": 2.0}), workdir)
+    x4 = edit_mode.run_edit_mode(run_config(classifier_dir, **restore, **{"edit.operator_scale": 4.0}), workdir)
+    inpaint = {"diffusion.family": "edm", "edit.task": "inpaint", "edit.method": "ddnm", "edit.num_images": 1}
+    left = edit_mode.run_edit_mode(run_config(classifier_dir, **inpaint, **{"edit.mask": "left"}), workdir)
+    right = edit_mode.run_edit_mode(run_config(classifier_dir, **inpaint, **{"edit.mask": "right"}), workdir)
+    folders = {os.path.dirname(out["files"]["npz"]) for out in (x2, x4, left, right)}
+    assert len(folders) == 4 and all(os.path.exists(os.path.join(workdir, f, "edit.npz")) for f in folders)
+    assert "super_resolution2_" in x2["files"]["npz"] and "super_resolution4_" in x4["files"]["npz"]
