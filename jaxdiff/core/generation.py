@@ -24,16 +24,18 @@ SEGMENT_STEPS = 25  # sampler steps per program when the caller may stop in betw
 
 
 def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
-    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)``."""
+    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)`` (the null
+    label ``num_classes`` is not a class: ``labels=None`` samples with it)."""
     labels = np.asarray(labels)
     if not num_classes:
-        raise ValueError("class labels given for a model trained without classes (model.class_conditional=False)")
+        raise ValueError("labels given, but num_classes=0: a network without classes has no class embedding to "
+                         "take them (pass the network's num_classes if it was built with classes)")
     if labels.shape != (num_samples,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be {num_samples} integers, got shape {labels.shape} of {labels.dtype}")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if len(bad):
         raise ValueError(f"class label {int(bad[0])} is out of range: the model has {num_classes} classes "
-                         f"(0..{num_classes - 1})")
+                         f"(0..{num_classes - 1}; labels=None samples with the null label {num_classes})")
     return labels.astype(np.int32)
 
 
