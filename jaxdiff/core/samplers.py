@@ -310,6 +310,34 @@ def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: ja
 
 # --------------------------------------------------------------------------- conditioning
 
+def check_denoiser_output(out: jax.Array, x: jax.Array) -> jax.Array:
+    """``out``, the network's output for input ``x``, if it has the shape of ``x``; else ``ValueError``.
+
+    Shapes are static, so under ``jit`` this runs once, when the program is traced, and costs nothing
+    when it runs.
+    """
+    if jnp.shape(out) == jnp.shape(x):
+        return out
+    if jnp.shape(out)[:-1] == jnp.shape(x)[:-1]:
+        c_out, c_in = jnp.shape(out)[-1], jnp.shape(x)[-1]
+        raise ValueError(f"the network outputs {c_out} channel{'s' * (c_out != 1)} for images of {c_in} "
+                         f"channel{'s' * (c_in != 1)}: build it with out_ch={c_in}")
+    raise ValueError(f"the network maps inputs of shape {tuple(jnp.shape(x))} to outputs of shape "
+                     f"{tuple(jnp.shape(out))}: a denoiser's output has the shape of its input")
+
+
+def check_network_classes(apply_fn, num_classes: int) -> None:
+    """``ValueError`` if ``apply_fn`` says how many classes its network has (the attribute ``num_classes``
+    of :func:`jaxdiff.models.denoiser_apply`'s apply functions) and that is not ``num_classes``; an apply
+    function without the attribute is not checked."""
+    own = getattr(apply_fn, "num_classes", None)
+    if own is None or int(own) == int(num_classes):
+        return
+    built = f"a class embedding of {own + 1} rows, the last the null label" if own else "no class embedding"
+    raise ValueError(f"num_classes={num_classes}, but the network was built with num_classes={own} ({built}): "
+                     f"pass num_classes={own}")
+
+
 def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
                       null_label: int | None, interval: tuple[float, float] | None = None) -> DenoiseFn:
     """Classifier-free guidance: ``out = out_uncond + w (out_cond - out_uncond)``.
@@ -319,20 +347,25 @@ def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
     conditional sampling, ``w = 0`` unconditional. Both branches run in one batched call of size ``2B``.
     With ``interval = (lo, hi)`` in network time units, guidance applies only where
     ``lo < t <= hi`` (Kynkäänniemi et al. 2024) and the other steps run the conditional branch alone.
+    A network output of another shape than its input is refused when the sampler is traced
+    (:func:`check_denoiser_output`).
     """
+    def net(x, t, y):
+        return check_denoiser_output(apply_fn(x, t, y), x)
+
     if null_label is None:
         if labels is not None:
             raise ValueError("labels given, but null_label=None: a network without classes has no class "
                              "embedding to take them")
-        return lambda x, t: apply_fn(x, t, None)
+        return lambda x, t: net(x, t, None)
     if labels is None:
-        return lambda x, t: apply_fn(x, t, jnp.full((x.shape[0],), null_label, jnp.int32))
+        return lambda x, t: net(x, t, jnp.full((x.shape[0],), null_label, jnp.int32))
     if guidance_scale == 1.0:
-        return lambda x, t: apply_fn(x, t, labels)
+        return lambda x, t: net(x, t, labels)
 
     def guided(x, t):
         y = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
-        out = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
+        out = net(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
         cond, uncond = jnp.split(out, 2)
         return uncond + guidance_scale * (cond - uncond)
 
@@ -342,7 +375,7 @@ def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
 
     def fn(x, t):
         active = (t[0] > lo) & (t[0] <= hi)
-        return jax.lax.cond(active, guided, lambda xx, tt: apply_fn(xx, tt, labels), x, t)
+        return jax.lax.cond(active, guided, lambda xx, tt: net(xx, tt, labels), x, t)
 
     return fn
 
