@@ -1,6 +1,6 @@
 """The README's library example (examples/train_on_arrays.py's marked part) runs as printed: the block
-defines everything it uses. Here with 15 training steps instead of 300 (the loss starts to fall); the whole script, from an
-installed wheel, runs in tests/test_wheel.py."""
+defines everything it uses. Here with 15 training steps instead of 300 (the loss starts to fall);
+the whole script, from an installed wheel, runs in tests/test_wheel.py."""
 
 import os
 
