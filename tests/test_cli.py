@@ -40,7 +40,7 @@ def test_train_then_sample(trained_tiny, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("--config.data.dataset=imagenet_typo", "imagenet_typo"),
-    ("--config.data.image_size=9", "data.image_size=9 cannot be downsampled"),
+    ("--config.data.image_size=9", "data.image_size=9, model.ch_mult=(1, 2): image size 9 cannot be downsampled"),
     ("--config.training.batch_size=0", "training.batch_size must be a positive integer"),
     ("--config.training.no_such_key=1", "no_such_key"),
 ])

@@ -42,7 +42,7 @@ BAD = {
     "model.dit.depth": (0,),
     "model.dit.hidden_size": (30, {"model.backbone": "dit", "model.dit.num_heads": 2}, "multiple of 4"),
     "model.dit.num_heads": (3, {"model.backbone": "dit"}, "does not divide"),
-    "model.dit.patch_size": (3, {"model.backbone": "dit"}, "not a multiple of model.dit.patch_size=3"),
+    "model.dit.patch_size": (3, {"model.backbone": "dit"}, "model.dit.patch_size=3: image size"),
     "model.dit.mlp_ratio": (0.0,),
     "model.dit.learn_sigma": (1,),
     "model.dit.attention": ("flash",),

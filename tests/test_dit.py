@@ -394,19 +394,19 @@ def test_bfloat16_compute_and_remat(small_params):
 
 @pytest.mark.parametrize("hw,patch,shown", [((9, 8), 2, "9x8"), ((12, 10), 4, "12x10"), ((4, 4), 8, "4x4")])
 def test_bad_image_size_is_a_one_line_error(hw, patch, shown):
-    message = f"data.image_size={shown} is not a multiple of model.dit.patch_size={patch}"
+    message = f"image size {shown} is not a multiple of patch_size={patch}"
     with pytest.raises(ValueError, match=message) as info:
         DiT(patch_size=patch, **TINY).init({"params": jax.random.key(0)}, jnp.zeros((1, *hw, 1)),
                                            jnp.zeros((1,), jnp.int32))
     assert "\n" not in str(info.value)
-    with pytest.raises(ValueError, match="data.image_size=30 is not a multiple of model.dit.patch_size=4"):
+    with pytest.raises(ValueError, match="image size 30 is not a multiple of patch_size=4"):
         check_image_size(30, 4)
     check_image_size(32, 4)
     check_image_size((16, 24), 8)
 
 
 def test_bad_head_count_is_an_error():
-    with pytest.raises(ValueError, match="model.dit.num_heads=5 does not divide model.dit.hidden_size=16"):
+    with pytest.raises(ValueError, match="num_heads=5 does not divide hidden_size=16"):
         DiT(patch_size=2, hidden_size=16, depth=1, num_heads=5).init(
             {"params": jax.random.key(0)}, jnp.zeros((1, 4, 4, 1)), jnp.zeros((1,), jnp.int32))
 

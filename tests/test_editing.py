@@ -155,7 +155,7 @@ def test_bad_operators_and_masks_are_one_line_errors():
         (lambda: operators.super_resolution(1), "integer >= 2"),
         (lambda: operators.colorization(3).measurement_shape((8, 8, 1)), "colour images"),
         (lambda: operators.gaussian_kernel(0.0), "positive"),
-        (lambda: operators.operator_from_name("sharpen"), "unknown edit.operator"),
+        (lambda: operators.operator_from_name("sharpen"), "unknown operator"),
         (lambda: editing.sdedit_start(10, 1.5), "between 0"),
         (lambda: editing.repaint_levels(10, 0, 2), ">= 1"),
         (lambda: editing.interpolation_path(np.ones((1, 2)), np.ones((1, 2)), 1), "at least 2"),

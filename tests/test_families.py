@@ -472,7 +472,7 @@ def config_with(**values):
     ({"diffusion.family": "edm", "diffusion.loss_weighting": "min_snr"}, "has its own weighting"),
     ({"diffusion.family": "vp", "diffusion.schedule": "sigmoid_abar"}, "no continuous-time form"),
     ({"diffusion.family": "flow", "sampling.spacing": "karras"}, "does not fit diffusion.family='flow'"),
-    ({"diffusion.zero_terminal_snr": True}, "needs diffusion.target=v"),
+    ({"diffusion.zero_terminal_snr": True}, "need target=v or x0"),
     ({"diffusion.zero_terminal_snr": True, "diffusion.target": "v", "sampling.sampler": "heun",
       "sampling.spacing": "trailing", "sampling.num_steps": 20}, "needs alpha > 0"),
     ({"diffusion.family": "edm", "diffusion.zero_terminal_snr": True}, "does not apply"),

@@ -384,7 +384,8 @@ def test_bad_sampling_input_fails_before_tracing(tables, overrides, num_classes,
 
 
 def test_config_validation_rejects_bad_sampling_fields():
-    for field, value, message in [("sampler", "midpoint", "sampling.sampler"), ("num_steps", 1001, "num_steps"),
+    for field, value, message in [("sampler", "midpoint", "sampler .midpoint. evaluates between table rows"),
+                                  ("num_steps", 1001, "num_steps"),
                                   ("guidance_scale", 2.0, "class-conditional"), ("labels", "3", "class")]:
         config = default.get_config()
         config.sampling[field] = value

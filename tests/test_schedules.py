@@ -86,7 +86,7 @@ def test_posterior_equals_independent_gaussian_conditioning(name, T):
 
 
 def test_bad_schedule_inputs():
-    with pytest.raises(ValueError, match="unknown diffusion.schedule 'quadratic'"):
+    with pytest.raises(ValueError, match="unknown schedule 'quadratic'"):
         schedules.make_betas("quadratic", 10)
     with pytest.raises(ValueError, match="num_timesteps must be positive"):
         schedules.make_betas("linear", 0)

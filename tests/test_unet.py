@@ -47,5 +47,5 @@ def test_timestep_embedding_matches_numpy():
 
 @pytest.mark.parametrize("size", [0, 30, 33])
 def test_image_size_that_cannot_be_downsampled(size):
-    with pytest.raises(ValueError, match=f"data.image_size={size} cannot be downsampled 3 times"):
+    with pytest.raises(ValueError, match=f"image size {size} cannot be downsampled 3 times"):
         check_image_size(size, (1, 2, 2, 2))

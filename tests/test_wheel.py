@@ -1,8 +1,9 @@
 """jaxdiff installs as a package: a wheel built from this tree, installed with its core dependencies
 (no TFDS) into a fresh venv, imports from site-packages and runs the README's library example
-(examples/train_on_arrays.py) as a plain script outside the repository: a user's own float array in
-[-1, 1], a compiled train step whose loss falls, DDIM-20 samples, a PNG grid. (One run serves both:
-the example is the same file whether jaxdiff comes from the checkout or from the wheel.)"""
+(examples/train_on_arrays.py, set to 100 steps instead of its 300) as a plain script outside the
+repository: a user's own float array in [-1, 1], a compiled train step whose loss falls, DDIM-20
+samples, a PNG grid. (One run serves both: the example is the same file whether jaxdiff comes from
+the checkout or from the wheel.)"""
 
 import os
 import re
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import ROOT
+from tests.test_example import STEPS_LINE
 
 
 @pytest.mark.compat
@@ -31,8 +33,11 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_the_example(tmp_path):
                 "print(importlib.util.find_spec('tensorflow_datasets') is None)", cwd=tmp_path, env=env).stdout.split()
     assert where[0].startswith(str(venv)) and "site-packages" in where[0]
     assert where[1] == "True"  # the core install works without the tfds extra
-    out = run(python, os.path.join(ROOT, "examples", "train_on_arrays.py"), "--steps", "100", "--out",
-              str(tmp_path / "samples.png"), cwd=tmp_path, env=env, timeout=600).stdout
+    with open(os.path.join(ROOT, "examples", "train_on_arrays.py")) as f:
+        example = f.read()
+    assert example.count(STEPS_LINE) == 1
+    (tmp_path / "train_on_arrays.py").write_text(example.replace(STEPS_LINE, 'steps, png = 100, "samples.png"'))
+    out = run(python, str(tmp_path / "train_on_arrays.py"), cwd=tmp_path, env=env, timeout=600).stdout
     assert "DDIM-20 samples" in out
     first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", out).groups())
     assert last < 0.6 * first, out

@@ -98,7 +98,7 @@ def x0_eps_from_output(tables: DiffusionTables, xt: jax.Array, t: jax.Array, out
     elif target == "v":
         x0, eps = x0_eps_from_v(tables, xt, t, output)
     else:
-        raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(TARGETS)}")
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if clip_x0:
         x0 = jnp.clip(x0, -1.0, 1.0)
         eps = eps_from_x0(tables, xt, t, x0)
@@ -119,7 +119,7 @@ def snr_loss_weight(snr_value: jax.Array, target: str, weighting: str, min_snr_g
     if weighting == "none":
         return jnp.ones(snr_value.shape, jnp.float32)
     if weighting != "min_snr":
-        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     clipped = jnp.minimum(snr_value, min_snr_gamma)
     return {"eps": clipped / snr_value, "x0": clipped, "v": clipped / (snr_value + 1.0)}[target]
 
@@ -150,7 +150,7 @@ def training_target(tables: DiffusionTables, x0: jax.Array, t: jax.Array, noise:
         return x0
     if target == "v":
         return v_from_x0_eps(tables, x0, t, noise)
-    raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(TARGETS)}")
+    raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
 
 
 def draw_t_noise(key: jax.Array, x0: jax.Array, num_timesteps: int) -> tuple[jax.Array, jax.Array]:

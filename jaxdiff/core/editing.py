@@ -68,7 +68,7 @@ def sdedit_start(num_steps: int, strength: float) -> int:
     """The level SDEdit starts from: ``N - floor(strength N)`` (diffusers' ``img2img``: the last
     ``floor(strength N)`` steps run). ``ValueError`` unless ``0 <= strength <= 1``."""
     if isinstance(strength, bool) or not 0.0 <= float(strength) <= 1.0:
-        raise ValueError(f"edit.strength must be between 0 (the input) and 1 (a new sample), got {strength!r}")
+        raise ValueError(f"strength must be between 0 (the input) and 1 (a new sample), got {strength!r}")
     return int(num_steps) - int(float(strength) * int(num_steps))
 
 
@@ -105,7 +105,7 @@ def repaint_levels(num_steps: int, jump_length: int = 10, jump_n_sample: int = 1
     ``jump_length``-th step; ``jump_n_sample = 1`` is plain replacement)."""
     n, j, r = int(num_steps), int(jump_length), int(jump_n_sample)
     if j < 1 or r < 1:
-        raise ValueError(f"edit.jump_length ({jump_length}) and edit.jump_n_sample ({jump_n_sample}) must be >= 1")
+        raise ValueError(f"jump_length ({jump_length}) and jump_n_sample ({jump_n_sample}) must be >= 1")
     jumps = {t: r - 1 for t in range(0, n - j, j)}
     t, times = n, []
     while t >= 1:
@@ -135,7 +135,7 @@ def repaint(sampler: Sampler, grid: Grid, denoise_fn, x, known, key: jax.Array, 
     _check_images(x)
     if jump_n_sample > 1 and not is_one_step(sampler):
         raise ValueError("RePaint's resampling jumps need a sampler without multistep state (ddpm, ddim, euler, "
-                         "euler_ancestral, heun, midpoint); set edit.jump_n_sample=1 to use a dpm_solver++ one")
+                         "euler_ancestral, heun, midpoint); set jump_n_sample=1 to use a dpm_solver++ one")
     levels = repaint_levels(grid.num_steps, jump_length, jump_n_sample)
     frm, to = levels[:-1], levels[1:]
     a, s = grid.alpha, grid.sigma
@@ -174,7 +174,7 @@ def inversion_levels(family: Family, grid: Grid) -> np.ndarray:
     network is not defined at ``sigma = 0``), or ``N, ..., 0`` for flow (defined at ``t = 0``)."""
     first = grid.num_steps if family.ode_space == "t" else grid.num_steps - 1
     if first < 1:
-        raise ValueError("DDIM inversion needs at least 2 sampler steps (sampling.num_steps >= 2)")
+        raise ValueError("DDIM inversion needs at least 2 sampler steps (num_steps >= 2)")
     return np.arange(first, -1, -1)
 
 

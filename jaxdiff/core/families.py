@@ -92,13 +92,13 @@ def _per_example_mean(err):
 
 def _check_weighting(weighting):
     if weighting not in diffusion.WEIGHTINGS:
-        raise ValueError(f"unknown diffusion.loss_weighting {weighting!r}; choose one of "
+        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of "
                          f"{', '.join(diffusion.WEIGHTINGS)}")
 
 
 def _check_prediction(prediction, allowed, family):
     if prediction not in allowed:
-        raise ValueError(f"diffusion.target={prediction!r} does not fit diffusion.family={family!r}; "
+        raise ValueError(f"target={prediction!r} does not fit the {family!r} family; "
                          f"choose one of {', '.join(allowed)}")
 
 
@@ -112,8 +112,8 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
     _check_prediction(target, diffusion.TARGETS, "ddpm")
     _check_weighting(weighting)
     if target == "eps" and tables.alphas_cumprod[-1] == 0:
-        raise ValueError("diffusion.zero_terminal_snr needs diffusion.target=v or x0: an eps model cannot "
-                         "predict x0 at SNR 0 (Lin et al. 2024)")
+        raise ValueError("tables of zero terminal SNR (alphas_cumprod[-1] = 0) need target=v or x0: an eps "
+                         "model cannot predict x0 at SNR 0 (Lin et al. 2024)")
     T = tables.num_timesteps
     abar = tables.alphas_cumprod
 
@@ -150,13 +150,13 @@ def _grid_from_logsnr(process, logsnr):
 
 def _check_spacing(spacing, family):
     if spacing not in CONTINUOUS_SPACINGS[family]:
-        raise ValueError(f"sampling.spacing={spacing!r} does not fit diffusion.family={family!r}; choose one "
+        raise ValueError(f"spacing={spacing!r} does not fit the {family!r} family; choose one "
                          f"of auto, {', '.join(CONTINUOUS_SPACINGS[family])}")
 
 
 def _check_steps(num_steps):
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"sampling.num_steps={num_steps!r} must be a positive number of steps for a "
+        raise ValueError(f"num_steps={num_steps!r} must be a positive number of steps for a "
                          "continuous-time family")
 
 
@@ -169,7 +169,7 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
     Grids from ``t = 1`` to ``t = 1e-3`` (then the data): ``uniform`` in ``t``, ``logsnr`` uniform in
     log-SNR, ``karras`` (rho = 7) in ``sigma / alpha``."""
     if schedule not in VP_PROCESSES:
-        raise ValueError(f"diffusion.schedule={schedule!r} has no continuous-time form; for diffusion.family=vp "
+        raise ValueError(f"schedule={schedule!r} has no continuous-time form; for the vp family "
                          f"choose one of {', '.join(VP_PROCESSES)}")
     _check_prediction(target, diffusion.TARGETS, "vp")
     _check_weighting(weighting)
@@ -272,9 +272,9 @@ def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0,
     ``t <- shift t / (1 + (shift - 1) t)``; the network ``u(x_t, 1000 t)`` regresses the velocity
     ``eps - x0``. Grids: ``uniform`` in ``t`` from 1 to 0, shifted the same way."""
     if t_sampling not in T_SAMPLINGS:
-        raise ValueError(f"diffusion.flow.t_sampling={t_sampling!r} is not one of {', '.join(T_SAMPLINGS)}")
+        raise ValueError(f"t_sampling={t_sampling!r} is not one of {', '.join(T_SAMPLINGS)}")
     if not shift > 0:
-        raise ValueError(f"diffusion.flow.shift must be positive, got {shift}")
+        raise ValueError(f"shift must be positive, got {shift}")
 
     def draw(key, x0):
         t_key, noise_key = jax.random.split(key)

@@ -17,23 +17,26 @@ import numpy as np
 
 from jaxdiff.common import parallel
 from jaxdiff.common.chunks import map_chunks
-from jaxdiff.core.samplers import Sampler, SampleOutput, guided_denoise_fn, sampler_scan, trajectory_positions
+from jaxdiff.core.samplers import (Sampler, SampleOutput, check_network_classes, guided_denoise_fn, sampler_scan,
+                                   trajectory_positions)
 
 ApplyFn = Callable  # apply_fn(params, x [B, H, W, C], t int32 [B], labels int32 [B] | None) -> output
 SEGMENT_STEPS = 25  # sampler steps per program when the caller may stop in between (should_stop)
 
 
 def check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
-    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)``."""
+    """``labels`` as int32 ``[num_samples]``; ``ValueError`` if any is outside ``[0, num_classes)`` (the null
+    label ``num_classes`` is not a class: ``labels=None`` samples with it)."""
     labels = np.asarray(labels)
     if not num_classes:
-        raise ValueError("class labels given for a model trained without classes (model.class_conditional=False)")
+        raise ValueError("labels given, but num_classes=0: a network without classes has no class embedding to "
+                         "take them (pass the network's num_classes if it was built with classes)")
     if labels.shape != (num_samples,) or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be {num_samples} integers, got shape {labels.shape} of {labels.dtype}")
     bad = labels[(labels < 0) | (labels >= num_classes)]
     if len(bad):
         raise ValueError(f"class label {int(bad[0])} is out of range: the model has {num_classes} classes "
-                         f"(0..{num_classes - 1})")
+                         f"(0..{num_classes - 1}; labels=None samples with the null label {num_classes})")
     return labels.astype(np.int32)
 
 
@@ -139,7 +142,8 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
       key: the base key (see the module docstring for how chunks and steps derive theirs).
       labels: int ``[N]`` class of each sample (``None``: unconditional, the null label of a
         class-conditional model).
-      num_classes: the model's number of classes (its null label is ``num_classes``).
+      num_classes: the model's number of classes (its null label is ``num_classes``); refused if the
+        apply function says its network has another count (:func:`jaxdiff.models.denoiser_apply`'s do).
       guidance_scale: classifier-free guidance ``w`` with labels (1 = plain conditional; both
         branches run in one batched call otherwise).
       batch_size: images per compiled chunk; the last chunk is padded (padding dropped).
@@ -160,6 +164,9 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
       should_stop: called every :data:`SEGMENT_STEPS` sampler steps; it raises to stop (a signal
         handler's check). The sampler then runs in pieces that compute the same numbers.
 
+    A network whose output has another shape than its input (``out_ch`` not the images' channels) is
+    refused when the sampler is traced, before it runs.
+
     Returns:
       :class:`~jaxdiff.core.samplers.SampleOutput` with NumPy float32 samples (in [-1, 1] when the
       sampler clips ``x0``), the labels, the trajectory if asked for, and ``metadata`` (sample count,
@@ -168,6 +175,7 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
     num = int(shape[0])
     if num < 1:
         raise ValueError(f"number of samples must be positive, got {num}")
+    check_network_classes(apply_fn, num_classes)
     if labels is not None:
         labels = check_labels(labels, num, num_classes)
     scale = float(guidance_scale)

@@ -124,7 +124,7 @@ def make_bpd_fn(apply_fn: ApplyFn, tables: DiffusionTables, target: str = "eps",
     """
     diffusion.reverse_log_variance(tables, variance)  # a bad name fails here, before tracing
     if target not in diffusion.TARGETS:
-        raise ValueError(f"unknown diffusion.target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(diffusion.TARGETS)}")
     num_t = tables.num_timesteps
 
     def bpd(params, x0, key):

@@ -195,4 +195,4 @@ def operator_from_name(name: str, scale: float = 0.0, channels: int = 3) -> Line
         return colorization(channels)
     if name == "denoise":
         return identity()
-    raise ValueError(f"unknown edit.operator {name!r}; choose one of {', '.join(OPERATORS[:-1])}")
+    raise ValueError(f"unknown operator {name!r}; choose one of {', '.join(OPERATORS[:-1])}")

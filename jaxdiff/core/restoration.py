@@ -37,12 +37,12 @@ def x0_eps_form(name: str, eta: float = 0.0, variance: str = "fixed_small") -> t
     are returned as they are. Returns ``(name, sde_eta)``."""
     if name == "ddpm":
         if variance != "fixed_small":
-            raise ValueError("sampling.variance=fixed_large has no (x0, eps) form that ddnm can correct; use "
+            raise ValueError("variance=fixed_large has no (x0, eps) form that ddnm can correct; use "
                              "fixed_small")
         return "euler_ancestral", 1.0
     if name == "ddim":
         if eta > 1:
-            raise ValueError(f"ddnm runs DDIM as Euler ancestral, which covers eta <= 1, got sampling.eta={eta}")
+            raise ValueError(f"ddnm runs DDIM as Euler ancestral, which covers eta <= 1, got eta={eta}")
         return ("euler_ancestral", float(eta)) if eta > 0 else ("euler", 0.0)
     return name, None
 
@@ -85,7 +85,7 @@ def dps_sampler(sampler: Sampler, operator: LinearOperator, y, scale: float = 1.
     ``x' <- x' - scale grad_x sum_b ||y_b - A x0_hat_b(x)||`` (``x0_hat`` the step's first denoiser
     output). ``y`` ``[B, ...]``; the step costs one more backward pass through the network."""
     if not scale >= 0:
-        raise ValueError(f"edit.dps_scale must be non-negative, got {scale!r}")
+        raise ValueError(f"the DPS scale must be non-negative, got {scale!r}")
 
     def step(net, x, i, key, state):
         def forward(x_in):

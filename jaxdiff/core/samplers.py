@@ -109,9 +109,9 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading
     """
     T, S = int(num_timesteps), int(num_steps)
     if spacing not in SPACINGS:
-        raise ValueError(f"unknown sampling.spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     if not 1 <= S <= T:
-        raise ValueError(f"sampling.num_steps={S} must be between 1 and diffusion.num_timesteps={T}")
+        raise ValueError(f"num_steps={S} must be between 1 and num_timesteps={T}")
     if spacing == "leading":
         seq = np.arange(S) * (T // S)
     elif spacing == "trailing":
@@ -124,7 +124,7 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading
         seq = (np.linspace(0, np.sqrt(0.8 * T), S) ** 2).astype(np.int64)
     else:  # logsnr
         if alphas_cumprod is None:
-            raise ValueError("sampling.spacing='logsnr' needs the schedule's alphas_cumprod")
+            raise ValueError("spacing='logsnr' needs the schedule's alphas_cumprod")
         with np.errstate(divide="ignore"):
             lam = 0.5 * np.log(alphas_cumprod / (1.0 - alphas_cumprod))  # decreasing in t; -inf at SNR 0
         start = lam[T - 1] if np.isfinite(lam[T - 1]) or T == 1 else lam[T - 2]
@@ -135,10 +135,10 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str = "leading
             seq[k] = max(min(nearest[k], seq[k - 1] - 1), S - 1 - k) if k else T - 1
     seq = np.sort(np.asarray(seq, np.int64))[::-1]
     if S == 1 and T > 1 and seq[0] == 0:
-        raise ValueError(f"sampling.spacing={spacing!r} with num_steps=1 evaluates only t=0, the data end of the "
+        raise ValueError(f"spacing={spacing!r} with num_steps=1 evaluates only t=0, the data end of the "
                          "chain, from pure noise; use trailing or logsnr (they start at T - 1)")
     if len(np.unique(seq)) != len(seq) or seq[0] >= T or seq[-1] < 0:
-        raise ValueError(f"sampling.spacing={spacing!r} with num_steps={S} over {T} timesteps repeats "
+        raise ValueError(f"spacing={spacing!r} with num_steps={S} over {T} timesteps repeats "
                          "timesteps; use fewer steps or another spacing")
     return seq.astype(np.int32)
 
@@ -178,7 +178,7 @@ def ddpm_sampler(tables: DiffusionTables, timesteps, target: str = "eps",
     ``sigma^2 = beta' (1 - a') / (1 - a)`` (fixed_small) or ``beta'`` (fixed_large); no noise on the last step.
     """
     if variance not in diffusion.VARIANCES:
-        raise ValueError(f"unknown sampling.variance {variance!r}; choose one of {', '.join(diffusion.VARIANCES)}")
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(diffusion.VARIANCES)}")
     timesteps = _check_timesteps(timesteps, tables.num_timesteps)
     a, a_next = _abar_pairs(tables, timesteps, 1.0)
     beta = 1.0 - a / a_next
@@ -210,7 +210,7 @@ def ddim_sampler(tables: DiffusionTables, timesteps, target: str = "eps", eta: f
     direction coefficient is clamped at 0.
     """
     if not eta >= 0:
-        raise ValueError(f"sampling.eta must be non-negative, got {eta}")
+        raise ValueError(f"eta must be non-negative, got {eta}")
     timesteps = _check_timesteps(timesteps, tables.num_timesteps)
     a, a_next = _abar_pairs(tables, timesteps, final_alpha_cumprod(tables, set_alpha_to_one))
     sigma = eta * np.sqrt((1.0 - a_next) / (1.0 - a)) * np.sqrt(np.maximum(1.0 - a / a_next, 0.0))
@@ -310,6 +310,34 @@ def run_sampler(sampler: Sampler, denoise_fn: DenoiseFn, x_T: jax.Array, key: ja
 
 # --------------------------------------------------------------------------- conditioning
 
+def check_denoiser_output(out: jax.Array, x: jax.Array) -> jax.Array:
+    """``out``, the network's output for input ``x``, if it has the shape of ``x``; else ``ValueError``.
+
+    Shapes are static, so under ``jit`` this runs once, when the program is traced, and costs nothing
+    when it runs.
+    """
+    if jnp.shape(out) == jnp.shape(x):
+        return out
+    if jnp.shape(out)[:-1] == jnp.shape(x)[:-1]:
+        c_out, c_in = jnp.shape(out)[-1], jnp.shape(x)[-1]
+        raise ValueError(f"the network outputs {c_out} channel{'s' * (c_out != 1)} for images of {c_in} "
+                         f"channel{'s' * (c_in != 1)}: build it with out_ch={c_in}")
+    raise ValueError(f"the network maps inputs of shape {tuple(jnp.shape(x))} to outputs of shape "
+                     f"{tuple(jnp.shape(out))}: a denoiser's output has the shape of its input")
+
+
+def check_network_classes(apply_fn, num_classes: int) -> None:
+    """``ValueError`` if ``apply_fn`` says how many classes its network has (the attribute ``num_classes``
+    of :func:`jaxdiff.models.denoiser_apply`'s apply functions) and that is not ``num_classes``; an apply
+    function without the attribute is not checked."""
+    own = getattr(apply_fn, "num_classes", None)
+    if own is None or int(own) == int(num_classes):
+        return
+    built = f"a class embedding of {own + 1} rows, the last the null label" if own else "no class embedding"
+    raise ValueError(f"num_classes={num_classes}, but the network was built with num_classes={own} ({built}): "
+                     f"pass num_classes={own}")
+
+
 def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
                       null_label: int | None, interval: tuple[float, float] | None = None) -> DenoiseFn:
     """Classifier-free guidance: ``out = out_uncond + w (out_cond - out_uncond)``.
@@ -319,19 +347,25 @@ def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
     conditional sampling, ``w = 0`` unconditional. Both branches run in one batched call of size ``2B``.
     With ``interval = (lo, hi)`` in network time units, guidance applies only where
     ``lo < t <= hi`` (Kynkäänniemi et al. 2024) and the other steps run the conditional branch alone.
+    A network output of another shape than its input is refused when the sampler is traced
+    (:func:`check_denoiser_output`).
     """
+    def net(x, t, y):
+        return check_denoiser_output(apply_fn(x, t, y), x)
+
     if null_label is None:
         if labels is not None:
-            raise ValueError("class labels given for a model trained without classes")
-        return lambda x, t: apply_fn(x, t, None)
+            raise ValueError("labels given, but null_label=None: a network without classes has no class "
+                             "embedding to take them")
+        return lambda x, t: net(x, t, None)
     if labels is None:
-        return lambda x, t: apply_fn(x, t, jnp.full((x.shape[0],), null_label, jnp.int32))
+        return lambda x, t: net(x, t, jnp.full((x.shape[0],), null_label, jnp.int32))
     if guidance_scale == 1.0:
-        return lambda x, t: apply_fn(x, t, labels)
+        return lambda x, t: net(x, t, labels)
 
     def guided(x, t):
         y = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
-        out = apply_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
+        out = net(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
         cond, uncond = jnp.split(out, 2)
         return uncond + guidance_scale * (cond - uncond)
 
@@ -341,7 +375,7 @@ def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
 
     def fn(x, t):
         active = (t[0] > lo) & (t[0] <= hi)
-        return jax.lax.cond(active, guided, lambda xx, tt: apply_fn(xx, tt, labels), x, t)
+        return jax.lax.cond(active, guided, lambda xx, tt: net(xx, tt, labels), x, t)
 
     return fn
 

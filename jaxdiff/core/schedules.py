@@ -85,7 +85,7 @@ def make_betas(name: str, num_timesteps: int, beta_start: float = 1e-4, beta_end
       ``betas`` ``[T]``; pass them to :func:`make_tables`.
     """
     if num_timesteps < 1:
-        raise ValueError(f"diffusion.num_timesteps must be positive, got {num_timesteps}")
+        raise ValueError(f"num_timesteps must be positive, got {num_timesteps}")
     if name == "linear":
         return linear_betas(num_timesteps, beta_start, beta_end, scale_to_t)
     if name == "cosine":
@@ -94,7 +94,7 @@ def make_betas(name: str, num_timesteps: int, beta_start: float = 1e-4, beta_end
         return sigmoid_abar_betas(num_timesteps)
     if name == "sigmoid_geodiff":
         return sigmoid_geodiff_betas(num_timesteps, beta_start, beta_end)
-    raise ValueError(f"unknown diffusion.schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:

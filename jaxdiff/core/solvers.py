@@ -88,8 +88,8 @@ def ode_coordinates(family: Family, alpha, sigma, time):
 
 def _require_continuous(family: Family, name: str) -> None:
     if family.level is None:
-        raise ValueError(f"sampling.sampler={name!r} evaluates between table rows; it needs a continuous-time "
-                         "diffusion.family (vp, edm, flow)")
+        raise ValueError(f"sampler {name!r} evaluates between table rows; it needs a continuous-time "
+                         "family (vp, edm, flow)")
 
 
 def _off_grid_levels(family: Family, name: str, s_values):
@@ -106,7 +106,7 @@ def _drift(family: Family):
 
 def _require_finite(name, s, c_positive):
     if not (np.all(np.isfinite(s)) and np.all(c_positive)):
-        raise ValueError(f"sampling.sampler={name!r} needs alpha > 0 at every level of its ODE (a zero-terminal-SNR "
+        raise ValueError(f"sampler {name!r} needs alpha > 0 at every level of its ODE (a zero-terminal-SNR "
                          "schedule starts at alpha = 0): use euler, euler_ancestral or a dpm_solver++ variant")
 
 
@@ -115,7 +115,7 @@ def _require_finite(name, s, c_positive):
 def euler_ancestral_sampler(family: Family, grid: Grid, eta: float = 1.0, clip_x0: bool = False) -> Sampler:
     """Euler ancestral (``eta > 0``) or Euler (``eta = 0``): see the module docstring."""
     if not eta >= 0:
-        raise ValueError(f"sampling.eta must be non-negative, got {eta}")
+        raise ValueError(f"eta must be non-negative, got {eta}")
     a, s = grid.alpha, grid.sigma
     with np.errstate(divide="ignore", invalid="ignore"):
         rho = np.where((a[:-1] > 0) & (s[1:] > 0), (s[1:] * a[:-1]) / (s[:-1] * a[1:]), 0.0)
@@ -145,8 +145,8 @@ def heun_sampler(family: Family, grid: Grid, clip_x0: bool = False, churn: float
     stochastic = bool(churn > 0 and np.any(gamma > 0))
     if stochastic:
         if family.ode_space != "sigma":
-            raise ValueError(f"sampling.sampler={name!r} adds noise in sigma; it does not fit diffusion.family="
-                             f"{family.name!r} (use heun, midpoint or euler_ancestral)")
+            raise ValueError(f"sampler {name!r} adds noise in sigma; it does not fit the {family.name!r} "
+                             "family (use heun, midpoint or euler_ancestral)")
         s_hat = s[:-1] * (1.0 + gamma)
         hat_time, hat_alpha, hat_sigma, c_hat = _off_grid_levels(family, name, s_hat)
         churn_x, churn_z = c_hat / c[:-1], c_hat * np.sqrt(s_hat ** 2 - s[:-1] ** 2) * s_noise
@@ -244,7 +244,7 @@ def dpm_solver_pp_sampler(family: Family, grid: Grid, order: int = 2, eta: float
     if order not in (2, 3):
         raise ValueError(f"DPM-Solver++ order must be 2 or 3, got {order}")
     if not eta >= 0:
-        raise ValueError(f"sampling.eta must be non-negative, got {eta}")
+        raise ValueError(f"eta must be non-negative, got {eta}")
     c_x, w0, w1, w2, c_z = map(_f32, dpm_solver_pp_coefficients(grid.alpha, grid.sigma, order, eta))
     noisy = bool(eta > 0)
     time, alpha, sigma = _levels(grid)
@@ -275,16 +275,16 @@ def resolve_spacing(family: Family, sampler_name: str, spacing: str) -> str:
 def check_sampler_fits(family: Family, name: str) -> None:
     """``ValueError`` (one line) for a sampler that does not fit the family."""
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampling.sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
     if name in DISCRETE_CHAIN and family.name != "ddpm":
-        raise ValueError(f"sampling.sampler={name!r} runs the discrete DDPM chain; for diffusion.family="
-                         f"{family.name!r} use euler (DDIM's continuous-time equivalent), euler_ancestral, heun, "
+        raise ValueError(f"sampler {name!r} runs the discrete DDPM chain; for the {family.name!r} family "
+                         "use euler (DDIM's continuous-time equivalent), euler_ancestral, heun, "
                          "midpoint or a dpm_solver++ variant")
     if name in OFF_GRID:  # whatever the churn: a name that does not fit is refused
         _require_continuous(family, name)
     if name == "edm_stochastic" and family.ode_space != "sigma":
-        raise ValueError(f"sampling.sampler='edm_stochastic' adds noise in sigma; it does not fit "
-                         f"diffusion.family={family.name!r} (use heun, midpoint or euler_ancestral)")
+        raise ValueError(f"sampler 'edm_stochastic' adds noise in sigma; it does not fit the {family.name!r} "
+                         "family (use heun, midpoint or euler_ancestral)")
 
 
 def make_sampler(family: Family, name: str, num_steps: int = 0, spacing: str = "auto", *, eta: float = 0.0,

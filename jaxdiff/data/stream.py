@@ -28,7 +28,7 @@ from jaxdiff.data.sources import DataError
 def local_batch_size(batch_size: int, process_count: int) -> int:
     """Rows of each global batch one process reads; :class:`DataError` unless they divide evenly."""
     if batch_size % process_count:
-        raise DataError(f"training.batch_size={batch_size} does not divide over {process_count} processes")
+        raise DataError(f"batch_size={batch_size} does not divide over {process_count} processes")
     return batch_size // process_count
 
 
@@ -52,7 +52,7 @@ def batch_indices(seed: int, step: int, batch_size: int, num_examples: int) -> n
     where ``E = num_examples // batch_size`` batches make an epoch."""
     per_epoch = num_examples // batch_size
     if per_epoch == 0:
-        raise DataError(f"training.batch_size={batch_size} is larger than the dataset ({num_examples} examples)")
+        raise DataError(f"batch_size={batch_size} is larger than the dataset ({num_examples} examples)")
     epoch, i = divmod(step, per_epoch)
     return epoch_permutation(seed, epoch, num_examples)[i * batch_size:(i + 1) * batch_size]
 

@@ -71,6 +71,15 @@ def _name(value, field):
         raise ConfigError(f"{field} must be a non-empty name, got {value!r}")
 
 
+def _library_check(fields: str, check, *args) -> None:
+    """``check(*args)``, a library check in the library's terms; its ``ValueError`` as a
+    :class:`ConfigError` that starts with the config ``fields`` it was given."""
+    try:
+        check(*args)
+    except ValueError as e:
+        raise ConfigError(f"{fields}: {e}") from None
+
+
 def _check_backbone(config) -> None:
     """``model.backbone`` and its fields; the image size each backbone needs (for latent diffusion the
     latent size is known only from the autoencoder's checkpoint: the network checks it when built)."""
@@ -83,19 +92,20 @@ def _check_backbone(config) -> None:
     _number(dit.mlp_ratio, "model.dit.mlp_ratio", 0.0, low_open=True)
     _bool(dit.learn_sigma, "model.dit.learn_sigma")
     _choice(dit.attention, ("", "xla", "cudnn"), "model.dit.attention")
-    try:
-        if m.backbone == "dit":
-            _, hidden, heads = DIT_SIZES[dit.size] if dit.size else (dit.depth, dit.hidden_size, dit.num_heads)
-            dit_module.check_architecture(hidden, heads)
-            if not config.latent.autoencoder:
-                dit_module.check_image_size(d.image_size, dit.patch_size)
-            if m.init_from:
-                raise ConfigError("model.init_from loads U-Nets (diffusers UNet2DModel or jaxdiff workdirs); "
-                                  "model.backbone='dit' has no such source")
-        elif not config.latent.autoencoder:
-            check_image_size(d.image_size, m.ch_mult)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    if m.backbone == "dit":
+        _, hidden, heads = DIT_SIZES[dit.size] if dit.size else (dit.depth, dit.hidden_size, dit.num_heads)
+        fields = (f"model.dit.size={dit.size!r}" if dit.size else
+                  f"model.dit.hidden_size={hidden}, model.dit.num_heads={heads}")
+        _library_check(fields, dit_module.check_architecture, hidden, heads)
+        if not config.latent.autoencoder:
+            _library_check(f"data.image_size={d.image_size}, model.dit.patch_size={dit.patch_size}",
+                           dit_module.check_image_size, d.image_size, dit.patch_size)
+        if m.init_from:
+            raise ConfigError("model.init_from loads U-Nets (diffusers UNet2DModel or jaxdiff workdirs); "
+                              "model.backbone='dit' has no such source")
+    elif not config.latent.autoencoder:
+        _library_check(f"data.image_size={d.image_size}, model.ch_mult={tuple(m.ch_mult)}", check_image_size,
+                       d.image_size, m.ch_mult)
 
 
 def _check_autoencoder(config) -> None:

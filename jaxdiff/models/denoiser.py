@@ -4,7 +4,9 @@ A denoiser is a Flax module called as ``module(x [B, H, W, C], t int [B], y int 
 train=False)`` with an integer attribute ``num_classes`` (0: unconditional; otherwise the label
 ``num_classes`` is the null label of classifier-free guidance). The training step, the samplers
 and the likelihood take the network as an *apply function* of its parameters, so they work with
-any module (or any function) of that shape.
+any module (or any function) of that shape. The apply function of :func:`denoiser_apply` carries the
+module's class count as its attribute ``num_classes``: the train step and ``generate`` refuse a
+``num_classes`` argument that differs from it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ def denoiser_apply(module) -> ApplyFn:
 
     Returns:
       ``apply(params, x, t, y=None, dropout_key=None) -> output``: train mode (dropout on) exactly
-      when a ``dropout_key`` is given, inference otherwise. The train step, the samplers and the
-      likelihood all take it.
+      when a ``dropout_key`` is given, inference otherwise, with the attribute ``apply.num_classes``
+      (the module's). The train step, the samplers and the likelihood all take it.
     """
 
     def apply(params, x, t, y=None, dropout_key=None):
@@ -34,6 +36,7 @@ def denoiser_apply(module) -> ApplyFn:
             return module.apply({"params": params}, x, t, y)
         return module.apply({"params": params}, x, t, y, train=True, rngs={"dropout": dropout_key})
 
+    apply.num_classes = int(module.num_classes)
     return apply
 
 

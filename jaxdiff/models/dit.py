@@ -96,20 +96,20 @@ def check_image_size(image_size, patch_size: int) -> None:
     ``(H, W)``) are positive multiples of ``patch_size``."""
     sizes = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if patch_size <= 0:
-        raise ValueError(f"model.dit.patch_size={patch_size} must be positive")
+        raise ValueError(f"patch_size={patch_size} must be positive")
     if any(s <= 0 or s % patch_size for s in sizes):
         shown = image_size if isinstance(image_size, int) else "x".join(map(str, sizes))
-        raise ValueError(f"data.image_size={shown} is not a multiple of model.dit.patch_size={patch_size}: "
-                         f"the DiT cuts images into {patch_size}x{patch_size} patches")
+        raise ValueError(f"image size {shown} is not a multiple of patch_size={patch_size}: the DiT cuts NHWC "
+                         f"images into {patch_size}x{patch_size} patches")
 
 
 def check_architecture(hidden_size: int, num_heads: int) -> None:
     """Raise a one-line ``ValueError`` unless ``num_heads`` divides ``hidden_size`` and ``hidden_size``
     is a multiple of 4 (the 2-D sin-cos table splits it into four equal parts)."""
     if num_heads <= 0 or hidden_size % num_heads:
-        raise ValueError(f"model.dit.num_heads={num_heads} does not divide model.dit.hidden_size={hidden_size}")
+        raise ValueError(f"num_heads={num_heads} does not divide hidden_size={hidden_size}")
     if hidden_size <= 0 or hidden_size % 4:
-        raise ValueError(f"model.dit.hidden_size={hidden_size} must be a positive multiple of 4 "
+        raise ValueError(f"hidden_size={hidden_size} must be a positive multiple of 4 "
                          "(the 2-D sin-cos positional embedding)")
 
 

@@ -100,9 +100,9 @@ class AttnBlock(nn.Module):
     def __call__(self, x):
         b, hgt, wid, c = x.shape
         if self.head_dim and c % self.head_dim:
-            raise ValueError(f"model.head_dim={self.head_dim} does not divide {c} channels")
+            raise ValueError(f"head_dim={self.head_dim} does not divide the {c} channels of an attention block")
         elif c % self.num_heads:
-            raise ValueError(f"model.num_heads={self.num_heads} does not divide {c} channels")
+            raise ValueError(f"num_heads={self.num_heads} does not divide the {c} channels of an attention block")
         num_heads = c // self.head_dim if self.head_dim else self.num_heads
         h = layers.GroupNorm(num_groups(c, self.groups), self.norm_eps, dtype=self.dtype, name="norm")(x)
         h = h.reshape(b, hgt * wid, c)
@@ -114,12 +114,13 @@ class AttnBlock(nn.Module):
 
 
 def check_image_size(image_size: int, ch_mult: Sequence[int]) -> None:
-    """Raise ``ValueError`` unless ``image_size`` halves cleanly ``len(ch_mult) - 1`` times."""
+    """Raise ``ValueError`` unless ``image_size`` (an image height or width) halves cleanly
+    ``len(ch_mult) - 1`` times."""
     factor = 2 ** (len(ch_mult) - 1)
     if image_size <= 0 or image_size % factor:
         raise ValueError(
-            f"data.image_size={image_size} cannot be downsampled {len(ch_mult) - 1} times by the U-Net "
-            f"(model.ch_mult={tuple(ch_mult)}): it must be a positive multiple of {factor}")
+            f"image size {image_size} cannot be downsampled {len(ch_mult) - 1} times by the U-Net "
+            f"(ch_mult={tuple(ch_mult)}): it must be a positive multiple of {factor} (images are NHWC)")
 
 
 DOWNSAMPLE_PADDINGS = ("same", "symmetric")
@@ -133,7 +134,7 @@ def downsample_pads(padding: str) -> str | tuple:
         return "SAME"
     if padding == "symmetric":
         return ((1, 1), (1, 1))
-    raise ValueError(f"model.downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got {padding!r}")
+    raise ValueError(f"downsample_padding must be one of {', '.join(DOWNSAMPLE_PADDINGS)}, got {padding!r}")
 
 
 class UNet(nn.Module):
@@ -165,7 +166,8 @@ class UNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, t, y=None, train: bool = False):
-        check_image_size(x.shape[1], self.ch_mult)
+        for size in x.shape[1:3]:  # height and width
+            check_image_size(size, self.ch_mult)
         res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         block = lambda ch, name: res_block(ch, self.dropout, self.groups, self.norm_eps, self.dtype,  # noqa: E731
                                            name=name)

@@ -22,6 +22,11 @@ class TrainState:
     ema_profiles: tuple = ()  # one copy of params per tracked relative std
 
 
+def copy_tree(tree):
+    """``tree`` with every leaf copied into a new buffer."""
+    return jax.tree.map(jnp.copy, tree)
+
+
 def init_train_state(params, optimizer: optax.GradientTransformation, num_ema_profiles: int = 0) -> TrainState:
     """The train state at step 0.
 
@@ -32,7 +37,9 @@ def init_train_state(params, optimizer: optax.GradientTransformation, num_ema_pr
 
     Returns:
       :class:`TrainState` with ``step = 0``, the EMA (and each profile) equal to ``params`` and a fresh
-      optimiser state.
+      optimiser state. The EMA and each profile are copies in buffers of their own, so a step jitted
+      with ``donate_argnums=0`` can donate the whole state (one buffer cannot be donated twice).
     """
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=optimizer.init(params), ema_profiles=(params,) * num_ema_profiles)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy_tree(params),
+                      opt_state=optimizer.init(params),
+                      ema_profiles=tuple(copy_tree(params) for _ in range(num_ema_profiles)))

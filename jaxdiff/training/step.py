@@ -18,6 +18,7 @@ import optax
 
 from jaxdiff.core import families
 from jaxdiff.core.families import Family
+from jaxdiff.core.samplers import check_denoiser_output, check_network_classes
 from jaxdiff.core.schedules import DiffusionTables
 from jaxdiff.training.keys import step_keys
 from jaxdiff.training.optim import ema_decay, ema_update
@@ -28,10 +29,38 @@ ApplyFn = Callable  # apply(params, x_t, t, labels | None, dropout_key) -> netwo
 Preprocess = Callable  # preprocess(images, key) -> x0 float32 [B, H, W, C] in [-1, 1]
 
 
+BATCH_KEYS = ("image", "label", "noise")  # what the step reads from a batch (make_train_step's Returns)
+
+
 def as_float(images, key):
-    """The default preprocessing: the batch is already ``x0`` (float in [-1, 1]); cast to float32."""
+    """The default preprocessing: the batch is already ``x0`` (float in [-1, 1]); cast to float32.
+    Integer images (uint8 0..255) are refused: they are not ``x0``."""
     del key
-    return jnp.asarray(images).astype(jnp.float32)
+    images = jnp.asarray(images)
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        raise ValueError(f"images of dtype {images.dtype}: the train step takes x0 as floats in [-1, 1]; scale "
+                         "them (uint8: images / 127.5 - 1) or pass preprocess=jaxdiff.data.preprocess")
+    return images.astype(jnp.float32)
+
+
+def check_batch(batch: dict, num_classes: int) -> None:
+    """``ValueError`` (one line) for a batch the step cannot read as documented: a key other than
+    :data:`BATCH_KEYS`, no ``"image"``, or no ``"label"`` when ``num_classes > 0``."""
+    keys = ", ".join(repr(k) for k in batch)
+    unknown = [k for k in batch if k not in BATCH_KEYS]
+    if unknown or "image" not in batch:
+        raise ValueError(f"a batch with keys {keys}: the train step reads 'image' [B, H, W, C], 'label' int [B] "
+                         "(with num_classes > 0) and, optionally, 'noise' (paired noise like 'image')")
+    if num_classes and "label" not in batch:
+        raise ValueError(f"num_classes={num_classes}, but the batch (keys {keys}) has no 'label' int [B]")
+
+
+def check_x0(x0) -> None:
+    """``ValueError`` unless the preprocessed batch ``x0`` is floating point (its dtype is static: this
+    runs when the step is traced)."""
+    if not jnp.issubdtype(x0.dtype, jnp.floating):
+        raise ValueError(f"preprocess returned images of dtype {x0.dtype}: x0 must be floats in [-1, 1] "
+                         "(jaxdiff.data.preprocess scales uint8 images)")
 
 
 def micro_batches(tree, k: int, mesh=None):
@@ -74,10 +103,13 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
         (EDM2's post-hoc EMA snapshots them, :mod:`jaxdiff.training.posthoc_ema`; its default is ``(0.05, 0.10)``;
         the state needs as many, ``init_train_state(..., num_ema_profiles=len(ema_stds))``).
       num_classes: > 0 for a class-conditional model; the batch then carries ``"label"`` and each
-        label is replaced by the null label ``num_classes`` with probability ``label_dropout``.
+        label is replaced by the null label ``num_classes`` with probability ``label_dropout``. It must
+        be the network's own count when ``apply_fn`` carries one (``denoiser_apply(UNet(num_classes=10))``
+        needs ``num_classes=10``: with 0 the step would train the null label only).
       preprocess: ``preprocess(batch["image"], key) -> x0`` inside the compiled step (default
-        :func:`as_float`: the batch already holds floats in [-1, 1]; the command line passes
-        uint8 -> [-1, 1] with random flips, :func:`jaxdiff.data.preprocess`).
+        :func:`as_float`: the batch already holds floats in [-1, 1], and integer images are refused;
+        the command line passes uint8 -> [-1, 1] with random flips, :func:`jaxdiff.data.preprocess`).
+        Its output must be floating point.
       seed: the run's seed; step ``n`` draws from ``step_keys(seed, n)``.
       grad_accum_steps: ``k > 1`` takes the loss and gradient as the means over ``k`` equal
         micro-batches scanned inside the step (one in memory at a time) of the same draws, i.e. the
@@ -87,20 +119,35 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
       mesh: the device mesh, to keep micro-batches sharded over ``data``.
 
     Returns:
-      ``step(state: TrainState, batch: {"image": [B, H, W, C], "label": int [B]}) -> (state,
-      {"loss", "grad_norm"[, "learning_rate"]})``. A batch may also carry ``"noise"`` (float32 like
-      ``x0``): then the loss noises each ``x0`` with its own paired noise instead of a fresh draw
-      (reflow: train on ``(x_T, ODE(x_T))`` pairs, :func:`jaxdiff.core.generation.generate` with
-      ``keep_noise``); the noise levels are still drawn.
+      ``step(state: TrainState, batch) -> (state, {"loss", "grad_norm"[, "learning_rate"]})``. The batch
+      is a dict with the keys :data:`BATCH_KEYS`:
+
+      * ``"image"``: ``[B, H, W, C]``, what ``preprocess`` takes (floats in [-1, 1] by default);
+      * ``"label"``: int ``[B]`` in ``0..num_classes - 1``, required when ``num_classes > 0`` (ignored
+        otherwise);
+      * ``"noise"`` (optional, float32 like ``x0``): the loss noises each ``x0`` with its own paired
+        noise instead of a fresh draw (reflow: train on ``(x_T, ODE(x_T))`` pairs,
+        :func:`jaxdiff.core.generation.generate` with ``keep_noise``); the noise levels are still drawn.
+
+      Other keys, integer images without a ``preprocess`` that scales them, and a network whose
+      output has another shape than its input (``out_ch`` not the images' channels) are refused with a
+      ``ValueError`` when the step is traced (shapes and dtypes are static: nothing is checked at run
+      time).
+
+    Raises:
+      ValueError: ``num_classes`` is not the class count ``apply_fn`` carries.
     """
+    check_network_classes(apply_fn, num_classes)
     if isinstance(family, DiffusionTables):
         family = families.ddpm(family, target, loss_weighting, min_snr_gamma)
     k = int(grad_accum_steps)
     exponents = [float(g) for g in std_to_exponent(np.asarray(ema_stds, np.float64).reshape(-1))]
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        check_batch(batch, num_classes)
         keys = step_keys(seed, state.step)
         x0 = preprocess(batch["image"], keys["flip"])
+        check_x0(x0)
         labels = None
         if num_classes:
             drop = jax.random.bernoulli(keys["label"], label_dropout, batch["label"].shape)
@@ -111,7 +158,10 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
 
         def loss_fn(params, inputs, dropout_key):
             x0, t, noise, labels = inputs
-            net = lambda x_in, t_in: apply_fn(params, x_in, t_in, labels, dropout_key)  # noqa: E731
+
+            def net(x_in, t_in):
+                return check_denoiser_output(apply_fn(params, x_in, t_in, labels, dropout_key), x_in)
+
             return family.loss(net, x0, t, noise)[0]
 
         grad_fn = jax.value_and_grad(loss_fn)
