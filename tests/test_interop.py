@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxdiff.core import samplers, schedules
+from jaxdiff.core import families, samplers, schedules
 from jaxdiff.drivers import config_checks, export_mode, model_source, restore, sample_mode, train_loop
+from jaxdiff.drivers.diffusion_config import resolve_target
 from jaxdiff.interop import __main__ as interop_cli
-from jaxdiff.interop import diffusers_scheduler, diffusers_unet, safetensors_file
+from jaxdiff.interop import diffusers_scheduler, diffusers_unet, process_file, safetensors_file
 from jaxdiff.interop.safetensors_file import WeightsError
 from jaxdiff.models import layers
 from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
@@ -284,8 +285,8 @@ def test_bad_folders_are_one_line_errors(problem, tmp_path):
 def test_bad_scheduler_configs_are_one_line_errors(field, value, message):
     with pytest.raises(WeightsError, match=message.replace("[", r"\[")):
         diffusers_scheduler.diffusion_settings({"_class_name": "DDPMScheduler", field: value})
-    with pytest.raises(WeightsError, match="family='edm' has no diffusers DDPMScheduler"):
-        diffusers_scheduler.scheduler_config({"family": "edm"}, {}, "0.42.1")
+    with pytest.raises(WeightsError, match="family='vp' has no diffusers scheduler"):
+        diffusers_scheduler.scheduler_config({"family": "vp"}, {}, "0.42.1")
 
 
 def test_inspect_command_prints_the_settings(capsys):
@@ -340,8 +341,10 @@ def test_fine_tuning_starts_from_the_diffusers_weights_then_exports(tmp_path):
     exported = diffusers_unet.read_folder(out)
     assert exported.unet == source.unet.clone(dropout=config.model.dropout)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state.ema_params, exported.params)
-    # the exported scheduler is the process trained (the fixture's linear DDPM schedule)
+    # the exported scheduler and jaxdiff.json are the process trained (the fixture's linear DDPM schedule)
     assert json.loads(open(os.path.join(out, "scheduler", "scheduler_config.json")).read())["beta_schedule"] == "linear"
+    assert (exported.process["family"], exported.process["schedule"], exported.process["target"]) == (
+        "ddpm", "linear", "eps")
     # resuming (here: already complete) rebuilds the same network from the checkpoint
     train_loop.train(config, workdir, progress=False)
     # and another run can start from this work directory
@@ -383,6 +386,122 @@ def test_init_from_mismatches_are_config_errors(overrides, message, tmp_path):
     with pytest.raises(config_checks.ConfigError, match=message):
         train_loop.train(general_config(**overrides), str(tmp_path / "run"), progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# Each continuous family with fields off their defaults: a round trip that dropped one would sample otherwise.
+CONTINUOUS = {"edm": {"diffusion.family": "edm", "diffusion.edm.sigma_data": 0.4, "diffusion.edm.sigma_max": 40.0,
+                      "diffusion.edm.rho": 5.0, "diffusion.edm.p_mean": -1.0},
+              "flow": {"diffusion.family": "flow", "diffusion.flow.shift": 2.0, "diffusion.flow.t_sampling": "uniform"},
+              "vp": {"diffusion.family": "vp", "diffusion.schedule": "cosine", "diffusion.target": "v"}}
+FEW_SAMPLES = {"sampling.sampler": "auto", "sampling.num_steps": 2, "sampling.num_samples": 2}
+
+
+def _tiny_network(tmp_path) -> str:
+    """A diffusers folder of a tiny random 8x8 one-channel U-Net, without a scheduler (its process is the
+    config's); the weights are NumPy draws, so nothing is compiled."""
+    unet = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), groups=4, out_ch=1)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda s: 0.2 * rng.standard_normal(s.shape).astype(np.float32),
+                          diffusers_unet.param_shapes(unet, 8, 1))
+    diffusers_unet.write_folder(tmp_path / "network", unet, params, 8)
+    return str(tmp_path / "network")
+
+
+def _process_and_samples(config, workdir):
+    """The ``config.diffusion`` process a sample run of ``config`` uses (``target`` resolved), and its
+    samples (float, key 0)."""
+    opened = restore.open_latest(config, workdir, "sample", log=lambda *_: None)
+    out = sample_mode.generate(opened.experiment, restore.load_params(opened), jax.random.key(0), 2)
+    diffusion = opened.experiment.config.diffusion
+    process = {name: diffusion[name] for name in model_source.PROCESS}
+    return {**process, "target": resolve_target(diffusion)}, np.asarray(out.samples)
+
+
+@pytest.mark.parametrize("family", sorted(CONTINUOUS))
+def test_an_exported_continuous_model_samples_the_same(family, tmp_path):
+    """--mode=export writes jaxdiff.json (and the family's diffusers scheduler, vp having none);
+    model.init_from=<the export> on a config with the default (ddpm) diffusion settings reads the family
+    and its every field back, and samples what the original does from the same key."""
+    assert set(process_file.FIELDS) == set(model_source.PROCESS)
+    config = tiny_config(**{"model.init_from": _tiny_network(tmp_path), **FEW_SAMPLES, **CONTINUOUS[family]})
+    out = export_mode.run_export(config, str(tmp_path / "run"), log=lambda *_: None)
+    scheduler = diffusers_unet.read_folder(out).scheduler
+    assert (scheduler or {}).get("_class_name") == diffusers_scheduler.SCHEDULERS.get(family)
+    assert not os.path.exists(os.path.join(out, "model_index.json"))  # no diffusers pipeline runs these
+    assert f"--config.diffusion.family={family}" in interop_cli.describe(out)
+    want_process, want = _process_and_samples(config, str(tmp_path / "original"))
+    got_process, got = _process_and_samples(tiny_config(**{"model.init_from": out, **FEW_SAMPLES}),
+                                            str(tmp_path / "exported"))
+    assert got_process["family"] == family and got_process == want_process
+    assert np.abs(want).max() > 0 and np.isfinite(want).all()
+    np.testing.assert_array_equal(got, want)
+
+
+def _default_process() -> dict:
+    """The jaxdiff.json content of the default diffusion settings."""
+    return process_file.record({**tiny_config().diffusion.to_dict(), "target": "eps"})
+
+
+DELETE = object()
+
+
+def _edited(content: dict, changes: dict) -> str:
+    """The JSON text of ``content`` with the fields at the dotted paths of ``changes`` set (``DELETE``
+    removes one)."""
+    out = json.loads(json.dumps(content))
+    for dotted, value in changes.items():
+        *path, leaf = dotted.split(".")
+        node = out
+        for name in path:
+            node = node[name]
+        if value is DELETE:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    return json.dumps(out)
+
+
+BAD_PROCESS_FILES = {  # (changes to a valid jaxdiff.json, or its whole text; what the error says)
+    "not json": ("{not json", "cannot read"),
+    "NaN": ({"diffusion.beta_start": float("nan")}, "NaN is not JSON"),
+    "not an object": ("[1]", "is not a JSON object"),
+    "newer format": ({"format": 2}, "format=2 is not one this jaxdiff reads (1)"),
+    "unknown family": ({"diffusion.family": "ddim"}, "diffusion.family='ddim' is not one of"),
+    "string number": ({"diffusion.num_timesteps": "1000"}, "diffusion.num_timesteps='1000' must be an integer"),
+    "bool number": ({"diffusion.edm.rho": True}, "diffusion.edm.rho=True must be a finite number"),
+    "missing field": ({"diffusion.flow.shift": DELETE}, "lacks diffusion.flow.shift"),
+    "unknown field": ({"diffusion.loss_weighting": "none"}, "has an unknown field diffusion.loss_weighting"),
+    "block not an object": ({"diffusion.edm": 1}, "diffusion.edm must be a JSON object"),
+    "target of another family": ({"diffusion.family": "edm", "diffusion.target": "eps"},
+                                 "diffusion.target='eps' does not fit family 'edm'"),
+    "negative sigma": ({"diffusion.edm.sigma_min": -1.0}, "diffusion.edm.sigma_min=-1.0 must be positive"),
+    "no continuous form": ({"diffusion.family": "vp", "diffusion.schedule": "sigmoid_abar"},
+                           "has no continuous-time form"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_PROCESS_FILES))
+def test_bad_process_files_are_one_line_errors(problem, tmp_path):
+    """A malformed jaxdiff.json is a one-line error naming the file and the field, through read_folder
+    and through model.init_from (a ConfigError), before any weights are read."""
+    folder = _copy("ddpm", tmp_path)
+    changes, message = BAD_PROCESS_FILES[problem]
+    text = changes if isinstance(changes, str) else _edited(_default_process(), changes)
+    (folder / process_file.FILE_NAME).write_text(text)
+    with pytest.raises(WeightsError) as e:
+        diffusers_unet.read_folder(folder)
+    assert "\n" not in str(e.value) and process_file.FILE_NAME in str(e.value) and message in str(e.value), str(e.value)
+    with pytest.raises(config_checks.ConfigError, match="^model.init_from: .*jaxdiff.json") as e:
+        model_source.open_source(tiny_config(**{"model.init_from": str(folder)}))
+    assert "\n" not in str(e.value)
+
+
+def test_an_unreadable_process_is_refused_before_writing(tmp_path):
+    model = diffusers_unet.read_folder(fixture("ddpm"))
+    diffusion = {**tiny_config().diffusion.to_dict(), "family": "edm", "target": "eps"}
+    with pytest.raises(WeightsError, match="diffusion.target='eps' does not fit family 'edm'"):
+        diffusers_unet.write_folder(tmp_path / "out", model.unet, model.params, model.image_size, None, diffusion)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------- live, against diffusers
@@ -428,3 +547,55 @@ def test_live_parity_both_directions(tmp_path):
     images = pipe(batch_size=2, num_inference_steps=50, generator=torch.Generator().manual_seed(0),
                   output_type="np").images
     assert images.shape == (2, 8, 8, 3) and np.all(np.isfinite(images))
+
+
+def _export_family(folder, family: str, spacing: str = "auto") -> tuple:
+    """Export the general fixture's network as ``family`` (CONTINUOUS's fields) to ``folder``; returns
+    the folder read back and the jaxdiff family of its jaxdiff.json."""
+    model = diffusers_unet.read_folder(fixture("general"))
+    config = general_config(**CONTINUOUS[family])
+    diffusion = {**config.diffusion.to_dict(), "target": family}
+    scheduler = diffusers_scheduler.scheduler_config(diffusion, {"spacing": spacing}, "0.42.1")
+    diffusers_unet.write_folder(folder, model.unet, model.params, model.image_size, scheduler, diffusion)
+    exported = diffusers_unet.read_folder(folder)
+    return exported, process_file.build_family(exported.process)
+
+
+def test_live_exported_schedulers_match_in_diffusers(tmp_path):
+    """The exported EDMEulerScheduler and FlowMatchEulerDiscreteScheduler load in diffusers with
+    jaxdiff's grids (sigmas, and timesteps = the network's time input) for the same number of steps, and
+    one EDM denoising (diffusers' precondition_inputs / precondition_outputs around the exported
+    UNet2DModel) is jaxdiff's. diffusers' default flow grid is another spacing (docs/interop.md): with
+    jaxdiff's sigmas passed explicitly it is the same."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("tests.torch_imports").import_torchvision()
+    diffusers = pytest.importorskip("diffusers")
+    steps = 6
+    for spacing, ours in (("logsnr", "logsnr"), ("auto", "karras")):  # diffusers' exponential, karras
+        exported, family = _export_family(tmp_path / f"edm_{spacing}", "edm", spacing)
+        theirs = diffusers.EDMEulerScheduler.from_pretrained(tmp_path / f"edm_{spacing}", subfolder="scheduler")
+        theirs.set_timesteps(steps)
+        grid = family.grid(steps, ours)
+        np.testing.assert_allclose(theirs.sigmas.numpy(), grid.sigma, rtol=1e-6)
+        np.testing.assert_allclose(theirs.timesteps.numpy(), family.sigma_to_input(grid.sigma[:-1]), rtol=1e-5)
+    # the karras export: one denoising at the third sigma, diffusers' preconditioning around its UNet2DModel
+    unet = diffusers.UNet2DModel.from_pretrained(tmp_path / "edm_auto", subfolder="unet").eval()
+    sigma = float(theirs.sigmas[2])
+    x, y = torch.randn(2, 1, 16, 16) * sigma, torch.tensor([1, 7])
+    with torch.no_grad():
+        out = unet(theirs.precondition_inputs(x, sigma), theirs.precondition_noise(sigma), class_labels=y).sample
+        want = theirs.precondition_outputs(x, out, sigma).numpy()
+    apply = denoiser_apply(exported.unet)
+    x0, _ = family.predict(lambda v, t: apply(exported.params, v, t, jnp.asarray(y.numpy())), nhwc(x.numpy()),
+                           sigma, 1.0, sigma)
+    assert max_relative_error(np.asarray(x0).transpose(0, 3, 1, 2), want) < PARITY_RTOL
+
+    exported, family = _export_family(tmp_path / "flow", "flow")
+    theirs = diffusers.FlowMatchEulerDiscreteScheduler.from_pretrained(tmp_path / "flow", subfolder="scheduler")
+    grid = family.grid(steps, "uniform")
+    theirs.set_timesteps(sigmas=np.linspace(1.0, 0.0, steps + 1)[:-1])
+    np.testing.assert_allclose(theirs.sigmas.numpy(), grid.sigma, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(theirs.timesteps.numpy(), families.NETWORK_TIME_SCALE * grid.time[:-1], rtol=1e-6)
+    theirs.set_timesteps(steps)  # diffusers' own spacing: from 1 to the shifted 1 / 1000, shifted again
+    assert theirs.sigmas[0] == 1.0 and theirs.sigmas[-1] == 0.0
+    assert not np.allclose(theirs.sigmas.numpy(), grid.sigma)

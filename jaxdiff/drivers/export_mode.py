@@ -1,14 +1,32 @@
 """``--mode=export``: a work directory's network as a Hugging Face diffusers pipeline folder.
 
-``<workdir>/diffusers/`` (a folder or URL) gets ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors`` (the
-EMA weights unless ``sampling.use_ema=False``) and, for the ddpm family, ``scheduler/scheduler_config.json``
-and ``model_index.json``, so that in PyTorch::
+``<workdir>/diffusers/`` (a folder or URL) gets, for every family:
+
+- ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``: the ``UNet2DModel`` (the EMA
+  weights unless ``sampling.use_ema=False``);
+- ``jaxdiff.json``: the family and every ``config.diffusion`` field that defines the trained function
+  (:mod:`jaxdiff.interop.process_file`), so that ``--config.model.init_from=<workdir>/diffusers`` on any
+  config samples the same model (it wins over ``scheduler_config.json`` when jaxdiff reads the folder);
+
+and ``scheduler/scheduler_config.json`` where diffusers has a scheduler for the family
+(:mod:`jaxdiff.interop.diffusers_scheduler` maps each field and says where the conventions differ):
+
+- ddpm: a ``DDPMScheduler`` (schedule, target, ``sampling.variance``, ``sampling.clip_x0``) and
+  ``model_index.json``, so ``DDPMPipeline.from_pretrained("<workdir>/diffusers")`` samples it;
+- edm: an ``EDMEulerScheduler`` (``diffusion.edm``'s sigmas, ``sigma_data`` and ``rho``; its
+  preconditioning is jaxdiff's term for term);
+- flow: a ``FlowMatchEulerDiscreteScheduler`` (``diffusion.flow.shift``, ``num_train_timesteps = 1000``:
+  the network time ``1000 t``);
+- vp: none (diffusers has no maintained continuous VP scheduler): ``jaxdiff.json`` only.
+
+No diffusers pipeline runs a ``UNet2DModel`` with the edm or flow scheduler, so those folders have no
+``model_index.json``; in PyTorch::
 
     UNet2DModel.from_pretrained("<workdir>/diffusers", subfolder="unet")
-    DDPMPipeline.from_pretrained("<workdir>/diffusers")
+    EDMEulerScheduler.from_pretrained("<workdir>/diffusers", subfolder="scheduler")
 
-load it. Whatever diffusers cannot express (a continuous family's scheduler, GroupNorm groups that do
-not divide a level's channels, ...) is a one-line error before anything is written.
+load them. Whatever diffusers cannot express (GroupNorm groups that do not divide a level's channels,
+a DiT, a latent model, ...) is a one-line error before anything is written.
 """
 
 from __future__ import annotations
@@ -18,12 +36,12 @@ import jax
 from jaxdiff.common import parallel, paths
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.diffusion_config import resolve_target
-from jaxdiff.interop import diffusers_scheduler, diffusers_unet
+from jaxdiff.interop import diffusers_scheduler, diffusers_unet, process_file
 
 
 def run_export(config, workdir, log=print) -> str:
-    """Write the network of ``workdir``'s latest checkpoint (or of ``model.init_from``) to
-    ``<workdir>/diffusers`` and return that path."""
+    """Write the network of ``workdir``'s latest checkpoint (or of ``model.init_from``) and its process
+    to ``<workdir>/diffusers`` and return that path."""
     opened = restore.open_latest(config, workdir, "export", log)
     experiment = opened.experiment
     cfg = experiment.config
@@ -32,14 +50,17 @@ def run_export(config, workdir, log=print) -> str:
     if cfg.model.backbone != "unet" or experiment.latent is not None:
         raise ValueError("--mode=export writes pixel-space U-Nets (diffusers UNet2DModel); this model is "
                          + ("a DiT" if cfg.model.backbone != "unet" else "a latent diffusion model"))
-    diffusers_unet.config_from_unet(unet, size)  # what diffusers cannot express fails here, before any work
+    # what cannot be written fails here, before any work
+    diffusers_unet.config_from_unet(unet, size)
+    diffusion = {**cfg.diffusion.to_dict(), "target": resolve_target(cfg.diffusion)}
+    process_file.record(diffusion)
     scheduler = None
-    if cfg.diffusion.family == "ddpm":
-        diffusion = {**cfg.diffusion.to_dict(), "target": resolve_target(cfg.diffusion)}
+    if cfg.diffusion.family in diffusers_scheduler.SCHEDULERS:
         scheduler = diffusers_scheduler.scheduler_config(diffusion, cfg.sampling, diffusers_unet.DIFFUSERS_VERSION)
     params = jax.tree.map(parallel.to_host, restore.load_params(opened, cfg.sampling.use_ema, cfg.sampling.ema_std))
     if paths.is_writer():
-        diffusers_unet.write_folder(str(out), unet, params, size, scheduler)
+        diffusers_unet.write_folder(str(out), unet, params, size, scheduler, diffusion)
     log(f"export: {opened.describe()} -> {out}"
-        + ("" if scheduler else f" (no scheduler: diffusers has none for the {cfg.diffusion.family} family)"))
+        + (f" ({scheduler['_class_name']} + jaxdiff.json)" if scheduler else
+           f" (jaxdiff.json only: diffusers has no scheduler for the {cfg.diffusion.family} family)"))
     return str(out)

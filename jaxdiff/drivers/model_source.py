@@ -88,10 +88,17 @@ def check_kind(latest: LatestCheckpoint | None, kind: str, workdir) -> None:
 
 
 def _diffusers_source(path: str) -> ModelSource:
+    """The network of a diffusers folder and its process: that of ``jaxdiff.json`` when the folder has one
+    (a jaxdiff export: every family, exactly), else that of its DDPM-type ``scheduler_config.json``, else
+    None (the config's is assumed)."""
     try:
         model = diffusers_unet.read_folder(path)
-        diffusion = (diffusers_scheduler.diffusion_settings(model.scheduler)[0]
-                     if model.scheduler is not None else None)
+        if model.process is not None:
+            diffusion = model.process
+        elif model.scheduler is not None:
+            diffusion = diffusers_scheduler.diffusion_settings(model.scheduler)[0]
+        else:
+            diffusion = None
     except diffusers_unet.WeightsError as e:
         raise ConfigError(f"model.init_from: {e}") from None
     return ModelSource("diffusers", path, architecture(model.unet), diffusion, model.image_size, model.channels,

@@ -31,13 +31,25 @@ def describe(path: str) -> list[str]:
              + (f", {classes} classes + the null label" if classes else ""),
              f"--config.data.image_size={model.image_size}"]
     lines += [_flag(f"model.{name}", value) for name, value in architecture(model.unet).items()]
-    if model.scheduler is None:
+    if model.process is not None:
+        lines += [_flag(f"diffusion.{k}", v) for k, v in _flat(model.process)]
+        lines.append("(the diffusion settings of jaxdiff.json, which wins over scheduler_config.json)")
+    elif model.scheduler is None:
         lines.append("(no scheduler_config.json: the diffusion settings are the config's)")
     else:
         diffusion, sampling = diffusers_scheduler.diffusion_settings(model.scheduler)
         lines += [_flag(f"diffusion.{k}", v) for k, v in diffusion.items()]
         lines += [_flag(f"sampling.{k}", v) + "  # how diffusers' pipeline samples it" for k, v in sampling.items()]
     return lines
+
+
+def _flat(fields: dict, prefix: str = ""):
+    """``(dotted name, value)`` of every leaf of ``fields`` (nested blocks such as ``edm``)."""
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name, value
 
 
 def main(argv=None) -> int:

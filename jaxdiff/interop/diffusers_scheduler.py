@@ -1,10 +1,14 @@
-"""A diffusers ``scheduler_config.json`` <-> jaxdiff's diffusion settings (the ``ddpm`` family).
+"""A diffusers ``scheduler_config.json`` <-> jaxdiff's diffusion settings.
 
-The scheduler of a diffusers model folder says which discrete process its network was trained on:
-``num_train_timesteps``, the betas (``beta_schedule``, ``beta_start``, ``beta_end``), the
-``prediction_type`` and ``rescale_betas_zero_snr``; ``variance_type`` and ``clip_sample`` are how
-diffusers' DDPM pipeline samples it. Solver-specific fields (a DPM-Solver's order, ...) are not part of
-the trained model and are ignored: jaxdiff chooses its own sampler.
+The scheduler of a diffusers model folder says which process its network was trained on and how
+diffusers samples it. jaxdiff reads the discrete (DDPM-type) ones and writes one for each family that
+a diffusers scheduler expresses; ``jaxdiff.json`` (:mod:`jaxdiff.interop.process_file`) records every
+family exactly, beside it.
+
+**ddpm** (read and written, ``DDPMScheduler``): ``num_train_timesteps``, the betas (``beta_schedule``,
+``beta_start``, ``beta_end``), the ``prediction_type`` and ``rescale_betas_zero_snr``; ``variance_type``
+and ``clip_sample`` are how diffusers' DDPM pipeline samples it. Solver-specific fields (a DPM-Solver's
+order, ...) are not part of the trained model and are ignored: jaxdiff chooses its own sampler.
 
 =============================  ===================================================
 diffusers                      jaxdiff
@@ -18,14 +22,52 @@ sample``
 ``fixed_large(_log)``
 ``clip_sample``                ``sampling.clip_x0``
 =============================  ===================================================
+
+**edm** (written, ``EDMEulerScheduler``): ``sigma_min``, ``sigma_max``, ``sigma_data``, ``rho`` are
+``diffusion.edm``'s; ``sigma_schedule`` is ``karras`` (``sampling.spacing`` auto or karras) or
+``exponential`` (``logsnr``: the same geometric sigmas); ``final_sigmas_type = zero`` (jaxdiff's grids
+end at sigma 0); ``prediction_type = epsilon``, which in diffusers' EDM scheduler is not an eps target
+but EDM's preconditioned ``F``: ``precondition_inputs`` (``c_in = 1 / sqrt(sigma^2 + sigma_data^2)``),
+``precondition_noise`` (the network's time input, and ``scheduler.timesteps``, ``c_noise = ln(sigma) /
+4``) and ``precondition_outputs`` (``D = c_skip x + c_out F``, ``c_out = +sigma sigma_data / sqrt(sigma^2
++ sigma_data^2)``) are jaxdiff's :func:`~jaxdiff.core.processes.edm_preconditioning` term for term, so
+the exported ``UNet2DModel`` fed ``c_in x`` and ``scheduler.timesteps`` is jaxdiff's ``F``.
+``num_train_timesteps`` is diffusers' default 1000: EDM has no discrete steps, and diffusers uses it
+only to size a table its samplers replace in ``set_timesteps``. Differences that remain: diffusers'
+``init_noise_sigma`` is ``sqrt(sigma_max^2 + 1)`` where jaxdiff starts from ``sigma_max N(0, I)`` (EDM's
+own choice; 80.006 against 80 at the paper's values), ``EDMEulerScheduler`` steps Euler where jaxdiff's
+edm sampler is Heun by default, and no diffusers pipeline runs a ``UNet2DModel`` with it (the folder has
+no ``model_index.json``; the loop is in docs/interop.md). The training distribution (``p_mean``,
+``p_std``) is in ``jaxdiff.json`` only.
+
+**flow** (written, ``FlowMatchEulerDiscreteScheduler``): ``shift`` is ``diffusion.flow.shift`` (the same
+``shift t / (1 + (shift - 1) t)``) with ``use_dynamic_shifting = false``; ``num_train_timesteps = 1000``
+because diffusers feeds the network ``timesteps = sigma x num_train_timesteps`` and jaxdiff's flow network
+takes ``1000 t`` (``sigma`` is jaxdiff's ``t``: ``x = (1 - t) x0 + t eps``; the model output is the same
+velocity ``eps - x0``, and the Euler step ``x + (sigma_next - sigma) v`` the same). The grids differ:
+``set_timesteps(N)`` spaces ``N`` sigmas from 1 to the shifted ``1 / 1000`` and then shifts them again,
+where jaxdiff shifts ``linspace(1, 0, N + 1)``; ``set_timesteps(sigmas=linspace(1, 0, N + 1)[:-1])`` gives
+jaxdiff's grid exactly. The training distribution (``t_sampling``, ``loc``, ``scale``) is in
+``jaxdiff.json`` only.
+
+**vp** (not written): diffusers' only continuous VP scheduler, ``ScoreSdeVpScheduler``, is deprecated,
+has no pipeline, no cosine process, and takes ``t`` where jaxdiff's network takes ``1000 t``; the
+process is in ``jaxdiff.json`` only.
 """
 
 from __future__ import annotations
 
+from jaxdiff.core.families import NETWORK_TIME_SCALE
 from jaxdiff.interop.safetensors_file import WeightsError
 
 _SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine", "sigmoid": "sigmoid_geodiff"}
 _TARGETS = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+# sampling.spacing -> EDMEulerScheduler's sigma_schedule (logsnr: geometric sigmas, diffusers' "exponential")
+EDM_SIGMA_SCHEDULES = {"auto": "karras", "karras": "karras", "logsnr": "exponential"}
+# The families a diffusers scheduler expresses, and the scheduler of each.
+SCHEDULERS = {"ddpm": "DDPMScheduler", "edm": "EDMEulerScheduler", "flow": "FlowMatchEulerDiscreteScheduler"}
+# The diffusers pipeline that samples a UNet2DModel with a scheduler (model_index.json); none for the others.
+PIPELINES = {"DDPMScheduler": "DDPMPipeline"}
 _VARIANCES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small", "fixed_large": "fixed_large",
               "fixed_large_log": "fixed_large"}
 
@@ -72,13 +114,26 @@ def diffusion_settings(scheduler: dict, where: str = "scheduler_config.json") ->
 
 
 def scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
-    """The ``DDPMScheduler`` config of jaxdiff's ``config.diffusion`` and ``config.sampling`` blocks
-    (any mapping with their field names; ``target`` resolved, not ``auto``); raises
-    :class:`WeightsError` for a process diffusers' DDPM scheduler cannot express (a continuous family,
-    the ``sigmoid_abar`` schedule)."""
-    if diffusion["family"] != "ddpm":
-        raise WeightsError(f"diffusion.family={diffusion['family']!r} has no diffusers DDPMScheduler: only the "
-                           "ddpm family exports a scheduler")
+    """The diffusers scheduler config of jaxdiff's ``config.diffusion`` and ``config.sampling`` blocks
+    (any mapping with their field names; ``target`` resolved, not ``auto``): a ``DDPMScheduler`` for the
+    ddpm family, an ``EDMEulerScheduler`` for edm, a ``FlowMatchEulerDiscreteScheduler`` for flow (see
+    the module docstring for what each field means and where the conventions differ). Raises
+    :class:`WeightsError` for a process diffusers cannot express (the vp family, the ``sigmoid_abar``
+    schedule)."""
+    family = diffusion["family"]
+    if family not in SCHEDULERS:
+        raise WeightsError(f"diffusion.family={family!r} has no diffusers scheduler (diffusers has one for "
+                           f"{', '.join(SCHEDULERS)}): its process is in jaxdiff.json only")
+    if family == "edm":
+        return edm_scheduler_config(diffusion, sampling, diffusers_version)
+    if family == "flow":
+        return flow_scheduler_config(diffusion, diffusers_version)
+    return ddpm_scheduler_config(diffusion, sampling, diffusers_version)
+
+
+def ddpm_scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
+    """The ``DDPMScheduler`` config of a ddpm-family ``config.diffusion`` (``target`` resolved) and
+    ``config.sampling`` (its ``variance`` and ``clip_x0``)."""
     schedules = {v: k for k, v in _SCHEDULES.items()}
     if diffusion["schedule"] not in schedules:
         raise WeightsError(f"diffusion.schedule={diffusion['schedule']!r} has no diffusers beta_schedule "
@@ -95,3 +150,28 @@ def scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
             "variance_type": sampling["variance"], "clip_sample": bool(sampling["clip_x0"]),
             "clip_sample_range": 1.0, "thresholding": False, "timestep_spacing": "leading", "steps_offset": 0,
             "rescale_betas_zero_snr": bool(diffusion["zero_terminal_snr"])}
+
+
+def edm_scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
+    """The ``EDMEulerScheduler`` config of an edm-family ``config.diffusion`` (its ``edm`` block) and
+    ``config.sampling`` (its ``spacing``: the ``sigma_schedule``)."""
+    e, spacing = diffusion["edm"], sampling["spacing"]
+    if spacing not in EDM_SIGMA_SCHEDULES:
+        raise WeightsError(f"sampling.spacing={spacing!r} has no EDMEulerScheduler sigma_schedule (choose one of "
+                           f"{', '.join(EDM_SIGMA_SCHEDULES)})")
+    return {"_class_name": "EDMEulerScheduler", "_diffusers_version": diffusers_version,
+            "sigma_min": float(e["sigma_min"]), "sigma_max": float(e["sigma_max"]),
+            "sigma_data": float(e["sigma_data"]), "rho": float(e["rho"]),
+            "sigma_schedule": EDM_SIGMA_SCHEDULES[spacing], "final_sigmas_type": "zero",
+            "prediction_type": "epsilon", "num_train_timesteps": 1000}
+
+
+def flow_scheduler_config(diffusion, diffusers_version: str) -> dict:
+    """The ``FlowMatchEulerDiscreteScheduler`` config of a flow-family ``config.diffusion`` (its
+    ``flow.shift``), every other field diffusers' default, written out."""
+    return {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": diffusers_version,
+            "num_train_timesteps": int(NETWORK_TIME_SCALE), "shift": float(diffusion["flow"]["shift"]),
+            "use_dynamic_shifting": False, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
+            "max_image_seq_len": 4096, "invert_sigmas": False, "shift_terminal": None, "use_karras_sigmas": False,
+            "use_exponential_sigmas": False, "use_beta_sigmas": False, "time_shift_type": "exponential",
+            "stochastic_sampling": False}

@@ -3,7 +3,9 @@
 A diffusers model folder is ``config.json`` (the constructor's arguments) and
 ``diffusion_pytorch_model.safetensors`` (the state dict; older hub folders have only the ``.bin``,
 which is read without torch too); a pipeline folder has them under ``unet/``
-beside ``scheduler/scheduler_config.json`` and ``model_index.json``. The DDPM layouts (for example
+beside ``scheduler/scheduler_config.json`` and ``model_index.json``. A folder jaxdiff exported also has
+``jaxdiff.json`` at its root (:mod:`jaxdiff.interop.process_file`): the diffusion process exactly, for
+every family, which wins over the scheduler config when jaxdiff reads it back. The DDPM layouts (for example
 google/ddpm-cifar10-32, google/ddpm-celebahq-256) and the general ones map onto the same network:
 
 ==========================================  ===============================================
@@ -37,7 +39,8 @@ import jax
 import numpy as np
 
 from jaxdiff.common import paths, torch_pickle
-from jaxdiff.interop import safetensors_file, state_dicts
+from jaxdiff.interop import process_file, safetensors_file, state_dicts
+from jaxdiff.interop.diffusers_scheduler import PIPELINES
 from jaxdiff.interop.state_dicts import LEAF_NAMES, read_json, write_json
 from jaxdiff.interop.safetensors_file import WeightsError
 from jaxdiff.models.denoiser import init_denoiser
@@ -82,7 +85,8 @@ _BLOCK = re.compile(r"(down|up)_(\d+)_(block|attn|downsample|upsample)(?:_(\d+))
 class DiffusersUNet(NamedTuple):
     """A diffusers ``UNet2DModel`` read into jaxdiff: the ``unet`` module, its ``params``, the
     ``image_size`` and ``channels`` it was built for, and the raw ``scheduler`` config (``None`` when
-    the folder has none); ``path`` is the folder read."""
+    the folder has none); ``path`` is the folder read; ``process`` the ``config.diffusion`` fields of
+    its ``jaxdiff.json`` (checked; ``None`` when it has none: a folder jaxdiff did not write)."""
 
     unet: UNet
     params: dict
@@ -90,6 +94,7 @@ class DiffusersUNet(NamedTuple):
     channels: int
     scheduler: dict | None
     path: str
+    process: dict | None = None
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -263,8 +268,9 @@ def read_folder(path: str | os.PathLike) -> DiffusersUNet:
     """Read a diffusers ``UNet2DModel`` folder (or a pipeline folder with ``unet/``) into jaxdiff.
 
     The scheduler config is ``scheduler_config.json`` beside ``config.json`` or ``scheduler/`` beside
-    ``unet/`` (None when absent). Raises :class:`WeightsError` (one line) for a missing, corrupt,
-    truncated or mismatched file and for a layout jaxdiff cannot reproduce, before any compile."""
+    ``unet/`` (None when absent); the process is that of ``jaxdiff.json`` at ``path`` (checked; None
+    when absent). Raises :class:`WeightsError` (one line) for a missing, corrupt, truncated or
+    mismatched file and for a layout jaxdiff cannot reproduce, before any compile."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise WeightsError(f"diffusers folder {path} does not exist")
@@ -272,6 +278,7 @@ def read_folder(path: str | os.PathLike) -> DiffusersUNet:
     config_path = os.path.join(unet_dir, CONFIG_NAME)
     if not os.path.isfile(config_path):
         raise WeightsError(f"{path} is not a diffusers model folder: it has no {CONFIG_NAME} (nor unet/{CONFIG_NAME})")
+    process = process_file.read(path)
     unet, size = unet_from_diffusers_config(read_json(config_path), config_path)
     channels = unet.out_ch
     weights_path = os.path.join(unet_dir, WEIGHTS_NAME)
@@ -281,23 +288,32 @@ def read_folder(path: str | os.PathLike) -> DiffusersUNet:
         if os.path.isfile(candidate):
             scheduler = read_json(candidate)
             break
-    return DiffusersUNet(unet, params, size, channels, scheduler, path)
+    return DiffusersUNet(unet, params, size, channels, scheduler, path, process)
 
 
 def write_folder(path: paths.PathLike, unet: UNet, params: dict, image_size: int,
-                 scheduler: dict | None = None) -> None:
+                 scheduler: dict | None = None, process=None) -> None:
     """Write ``unet`` and ``params`` as a diffusers pipeline folder (local, or a ``gs://`` URL):
-    ``unet/config.json``, ``unet/diffusion_pytorch_model.safetensors``, and with a ``scheduler`` config
-    ``scheduler/scheduler_config.json`` and ``model_index.json`` (a ``DDPMPipeline``), so that
-    ``UNet2DModel.from_pretrained(path, subfolder="unet")`` and ``DDPMPipeline.from_pretrained(path)`` load it."""
+    ``unet/config.json``, ``unet/diffusion_pytorch_model.safetensors``; with a ``scheduler`` config
+    ``scheduler/scheduler_config.json``, and for a ``DDPMScheduler`` ``model_index.json`` (a
+    ``DDPMPipeline``: no diffusers pipeline runs a ``UNet2DModel`` with the others); with a ``process``
+    (a ``config.diffusion`` mapping, ``target`` resolved) ``jaxdiff.json``. So
+    ``UNet2DModel.from_pretrained(path, subfolder="unet")``, ``SchedulerClass.from_pretrained(path,
+    subfolder="scheduler")`` and (ddpm) ``DDPMPipeline.from_pretrained(path)`` load it, and
+    :func:`read_folder` reads the process back. What cannot be written is refused before anything is."""
     root = paths.as_path(path)
-    config = config_from_unet(unet, image_size)  # before anything is written
+    config = config_from_unet(unet, image_size)
+    content = process_file.record(process) if process is not None else None
     safetensors_file.write(root / "unet" / WEIGHTS_NAME, state_dict_from_params(params, len(unet.ch_mult)),
                            metadata={"format": "pt"})
     write_json(root / "unet" / CONFIG_NAME, config)
     if scheduler is not None:
         write_json(root / "scheduler" / SCHEDULER_NAME, scheduler)
+    pipeline = PIPELINES.get(scheduler["_class_name"]) if scheduler is not None else None
+    if pipeline is not None:
         write_json(root / "model_index.json",
-                    {"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
-                     "scheduler": ["diffusers", scheduler["_class_name"]], "unet": ["diffusers", "UNet2DModel"]})
+                   {"_class_name": pipeline, "_diffusers_version": DIFFUSERS_VERSION,
+                    "scheduler": ["diffusers", scheduler["_class_name"]], "unet": ["diffusers", "UNet2DModel"]})
+    if content is not None:
+        write_json(root / process_file.FILE_NAME, content)
 
