@@ -38,7 +38,7 @@ flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, 
                     "if it has a checkpoint).")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "edit", "export", "train_autoencoder"],
                   "What to do with the config and workdir (edit: inpaint, SDEdit, restore, invert or interpolate "
-                  "images as config.edit says; export: a diffusers folder in <workdir>/diffusers; "
+                  "images as config.edit says; export: a diffusers folder <workdir>/diffusers_<step>_<digest>; "
                   "train_autoencoder: the KL autoencoder of config.autoencoder, for latent.autoencoder).")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
@@ -114,7 +114,7 @@ def main(argv):
             train_loop.train_autoencoder(config, workdir)
             print(f"done: autoencoder checkpoints, reconstructions_*.png and metrics.jsonl in {workdir}")
         elif FLAGS.mode == "export":
-            out = export_mode.run_export(config, workdir)
+            out = export_mode.run_export(config, workdir, overrides=given)
             print(f"wrote a diffusers folder to {out}")
     except (train_loop.Preempted, preemption.Interrupted) as e:
         print(str(e), file=sys.stderr)

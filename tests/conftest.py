@@ -112,10 +112,11 @@ FAST_MODES = {
 }
 
 
-@pytest.fixture(scope="session")
-def classifier_dir(tmp_path_factory):
-    """The cache folder of :data:`FAST_MODES`' eval classifier (trained by the first eval, then read)."""
-    return tmp_path_factory.mktemp("classifier")
+@pytest.fixture
+def classifier_dir(tmp_path):
+    """The cache folder of :data:`FAST_MODES`' eval classifier (5 steps: trained by the test's first eval;
+    a fixture per test keeps the tests that use it free to run on either xdist worker)."""
+    return tmp_path / "classifier"
 
 
 # A tiny KL autoencoder of digits (f = 2: 8x8x1 -> 4x4x4), for latent diffusion.
@@ -140,7 +141,7 @@ def digits_autoencoder(tmp_path_factory):
 # Scheduled first (longest first), so that neither xdist worker is left with a long test at the end.
 LONG_FIRST = ("test_parallel.py", "test_reliability.py", "test_wheel.py", "test_train.py", "test_latent.py",
               "test_cpu_tuning.py", "test_evaluate.py", "test_monitoring.py", "test_cli.py", "test_interop.py",
-              "test_edit_mode.py", "test_posthoc_ema.py", "test_sampler_space.py")
+              "test_edit_mode.py", "test_posthoc_ema.py", "test_sampler_space.py", "test_modes.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers

@@ -18,6 +18,7 @@ def test_train_then_sample(trained_tiny, tmp_path):
     assert "train: 100%" in r.stderr  # the progress bar
     r = run_main(*TINY, f"--workdir={workdir}", "--mode=sample")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "read only" not in r.stderr and "read_only" not in r.stderr  # no Orbax warnings for a read
     tag = next(n for n in os.listdir(workdir) if n.endswith(".npz"))[len("sample_"):-len(".npz")]
     assert tag.startswith("ddpm20_0000006_seed0_n20_")  # sampler, steps, checkpoint, seed, count, digest
     out = np.load(os.path.join(workdir, f"sample_{tag}.npz"))
@@ -25,6 +26,13 @@ def test_train_then_sample(trained_tiny, tmp_path):
     assert list(out["labels"][:12]) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
     for name in (f"trajectory_{tag}.png", f"sample_{tag}_classes.png"):
         assert os.path.exists(os.path.join(workdir, name))
+    # a --config flag that contradicts the checkpoint's process: one line, nothing written
+    before = sorted(os.listdir(workdir))
+    r = run_main(*TINY, f"--workdir={workdir}", "--mode=sample", "--config.diffusion.family=edm")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: --config.diffusion.family='edm' but the checkpoint has diffusion.family='ddpm': drop the flag "
+        "(that value is used) or use another --workdir")
+    assert sorted(os.listdir(workdir)) == before
     # Damaged array data in the latest checkpoint: a clear error line and exit 2. (TensorStore's
     # callback threads may still print tracebacks for the reads Orbax abandoned.)
     for root, _, names in os.walk(os.path.join(workdir, "checkpoints", "6", "state")):

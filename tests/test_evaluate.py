@@ -417,7 +417,7 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
     assert set(m["conditional_accuracy"]) == {"0", "1"}
     assert m["classifier_test_accuracy"] == digits_classifier[0].test_accuracy and "holds out" in m["splits"]
     tag = eval_mode.eval_tag(config, 20)
-    for name in (f"metrics_{tag}.json", *(f"conditional_accuracy_{tag}{suffix}" for suffix in (".json", ".md", ".png"))):
+    for name in (f"metrics_{tag}.json", *(f"conditional_accuracy_{tag}{ext}" for ext in (".json", ".md", ".png"))):
         assert os.path.exists(os.path.join(workdir, "eval", name))
     refs = [f for f in os.listdir(os.path.join(workdir, "eval")) if f.startswith("reference_digits_8x8x1_train")]
     assert len(refs) == 1  # computed once by the training hook, reused by --mode=eval

@@ -22,7 +22,7 @@ from jaxdiff.data.transforms import preprocess
 
 __all__ = [
     "ArraySource", "DEBIAN_FASHION_MNIST", "DataError", "LOCAL_DATASETS", "LazySource", "NO_FLIP_DATASETS",
-    "batch_indices", "batch_stream", "check_batch_size", "check_data_config", "epoch_permutation", "fit_image", "load_cifar_python",
-    "load_digits", "load_idx", "load_image_folder", "load_source", "local_batch_indices", "materialize",
-    "preprocess", "read_idx", "resize_uint8",
+    "batch_indices", "batch_stream", "check_batch_size", "check_data_config", "epoch_permutation", "fit_image",
+    "load_cifar_python", "load_digits", "load_idx", "load_image_folder", "load_source", "local_batch_indices",
+    "materialize", "preprocess", "read_idx", "resize_uint8",
 ]

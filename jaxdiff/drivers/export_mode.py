@@ -1,18 +1,20 @@
 """``--mode=export``: a work directory's network as a Hugging Face diffusers pipeline folder.
 
-``<workdir>/diffusers/`` (a folder or URL) gets, for every family:
+``<workdir>/diffusers_<step>_<digest>/`` (a folder or URL; :func:`export_name`: the checkpoint step and a
+digest of the ``sampling`` block, whose ``use_ema``, ``ema_std``, ``variance``, ``clip_x0`` and ``spacing``
+choose the weights and the scheduler, so no export replaces a different one) gets, for every family:
 
 - ``unet/config.json`` + ``unet/diffusion_pytorch_model.safetensors``: the ``UNet2DModel`` (the EMA
   weights unless ``sampling.use_ema=False``);
 - ``jaxdiff.json``: the family and every ``config.diffusion`` field that defines the trained function
-  (:mod:`jaxdiff.interop.process_file`), so that ``--config.model.init_from=<workdir>/diffusers`` on any
+  (:mod:`jaxdiff.interop.process_file`), so that ``--config.model.init_from=<that folder>`` on any
   config samples the same model (it wins over ``scheduler_config.json`` when jaxdiff reads the folder);
 
 and ``scheduler/scheduler_config.json`` where diffusers has a scheduler for the family
 (:mod:`jaxdiff.interop.diffusers_scheduler` maps each field and says where the conventions differ):
 
 - ddpm: a ``DDPMScheduler`` (schedule, target, ``sampling.variance``, ``sampling.clip_x0``) and
-  ``model_index.json``, so ``DDPMPipeline.from_pretrained("<workdir>/diffusers")`` samples it;
+  ``model_index.json``, so ``DDPMPipeline.from_pretrained(folder)`` samples it;
 - edm: an ``EDMEulerScheduler`` (``diffusion.edm``'s sigmas, ``sigma_data`` and ``rho``; its
   preconditioning is jaxdiff's term for term);
 - flow: a ``FlowMatchEulerDiscreteScheduler`` (``diffusion.flow.shift``, ``num_train_timesteps = 1000``:
@@ -22,8 +24,8 @@ and ``scheduler/scheduler_config.json`` where diffusers has a scheduler for the 
 No diffusers pipeline runs a ``UNet2DModel`` with the edm or flow scheduler, so those folders have no
 ``model_index.json``; in PyTorch::
 
-    UNet2DModel.from_pretrained("<workdir>/diffusers", subfolder="unet")
-    EDMEulerScheduler.from_pretrained("<workdir>/diffusers", subfolder="scheduler")
+    UNet2DModel.from_pretrained(folder, subfolder="unet")
+    EDMEulerScheduler.from_pretrained(folder, subfolder="scheduler")
 
 load them. Whatever diffusers cannot express (GroupNorm groups that do not divide a level's channels,
 a DiT, a latent model, ...) is a one-line error before anything is written.
@@ -35,17 +37,28 @@ import jax
 
 from jaxdiff.common import parallel, paths
 from jaxdiff.drivers import restore
+from jaxdiff.drivers.config_checks import check_workdir
 from jaxdiff.drivers.diffusion_config import resolve_target
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet, process_file
 
 
-def run_export(config, workdir, log=print) -> str:
+def export_name(sampling_config, step: int, source: str = "") -> str:
+    """``diffusers_<checkpoint step>_<digest>``, e.g. ``diffusers_0002000_3fa1c2``: the digest
+    (:func:`~jaxdiff.common.paths.request_digest`) covers the ``sampling`` block and the
+    ``model.init_from`` ``source``."""
+    digest = paths.request_digest({"sampling": sampling_config.to_dict(), "init_from": source})
+    return f"diffusers_{step:07d}_{digest}"
+
+
+def run_export(config, workdir, log=print, overrides=()) -> str:
     """Write the network of ``workdir``'s latest checkpoint (or of ``model.init_from``) and its process
-    to ``<workdir>/diffusers`` and return that path."""
-    opened = restore.open_latest(config, workdir, "export", log)
+    to ``<workdir>/<export_name>`` and return that path. The network and process are the checkpoint's
+    (``overrides``: the fields set by ``--config`` flags, see
+    :func:`~jaxdiff.drivers.restore.open_latest`)."""
+    opened = restore.open_latest(config, workdir, "export", log, overrides)
     experiment = opened.experiment
     cfg = experiment.config
-    out = paths.as_path(opened.workdir) / "diffusers"
+    out = opened.workdir / export_name(cfg.sampling, opened.step, opened.source.path if opened.source else "")
     unet, size = experiment.model, cfg.data.image_size
     if cfg.model.backbone != "unet" or experiment.latent is not None:
         raise ValueError("--mode=export writes pixel-space U-Nets (diffusers UNet2DModel); this model is "
@@ -57,6 +70,7 @@ def run_export(config, workdir, log=print) -> str:
     scheduler = None
     if cfg.diffusion.family in diffusers_scheduler.SCHEDULERS:
         scheduler = diffusers_scheduler.scheduler_config(diffusion, cfg.sampling, diffusers_unet.DIFFUSERS_VERSION)
+    check_workdir(opened.workdir)
     params = jax.tree.map(parallel.to_host, restore.load_params(opened, cfg.sampling.use_ema, cfg.sampling.ema_std))
     if paths.is_writer():
         diffusers_unet.write_folder(str(out), unet, params, size, scheduler, diffusion)

@@ -21,13 +21,14 @@ from jaxdiff.common import parallel
 from jaxdiff.drivers.config_checks import ConfigError
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet
+from jaxdiff.models.dit import ARCHITECTURE_FIELDS as DIT_FIELDS
 from jaxdiff.models.unet import ARCHITECTURE_FIELDS, architecture
 from jaxdiff.training import checkpoint
 
 # The config.model fields that describe the U-Net (what a source sets; dropout, remat and init_from are
 # how it is trained, and stay the config's), the DiT's, and the config.diffusion fields of the process.
 ARCHITECTURE = (*ARCHITECTURE_FIELDS, "class_conditional")
-DIT_ARCHITECTURE = ("size", "depth", "hidden_size", "num_heads", "patch_size", "mlp_ratio", "learn_sigma")
+DIT_ARCHITECTURE = ("size", *DIT_FIELDS)  # model.dit.size names the paper's depth, width and heads
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
            "target", "edm", "flow")
 # What defines the function a checkpoint computes: every later run of its work directory (resume,
@@ -251,8 +252,8 @@ def configure(config, source: ModelSource | None, recorded: dict | None, log=pri
         what = "diffusers folder" if source.kind == "diffusers" else "work directory"
         out = take_values(out, source_values(source), f"model.init_from's {what}", overrides, log)
         log(f"model.init_from: the network of the {what} {source.path}"
-            + ("" if source.diffusion is not None else "; it has no scheduler_config.json: the config's "
-               "diffusion settings are assumed"))
+            + ("" if source.diffusion is not None else "; it has neither jaxdiff.json nor scheduler_config.json: "
+               "the config's diffusion settings are assumed"))
     out = copy.deepcopy(out)
     if out.model.downsample_padding == "auto":
         out.model.downsample_padding = "same"
