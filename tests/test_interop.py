@@ -475,6 +475,7 @@ BAD_PROCESS_FILES = {  # (changes to a valid jaxdiff.json, or its whole text; wh
     "target of another family": ({"diffusion.family": "edm", "diffusion.target": "eps"},
                                  "diffusion.target='eps' does not fit family 'edm'"),
     "negative sigma": ({"diffusion.edm.sigma_min": -1.0}, "diffusion.edm.sigma_min=-1.0 must be positive"),
+    "huge table": ({"diffusion.num_timesteps": 10**12}, "is above 100,000: no trained model has that many"),
     "no continuous form": ({"diffusion.family": "vp", "diffusion.schedule": "sigmoid_abar"},
                            "has no continuous-time form"),
 }

@@ -41,6 +41,7 @@ BLOCKS = {"edm": {"sigma_data": float, "p_mean": float, "p_std": float, "sigma_m
                   "rho": float},
           "flow": {"t_sampling": str, "loc": float, "scale": float, "shift": float}}
 FIELDS = (*SCALARS, *BLOCKS)
+MAX_TIMESTEPS = 100_000  # DDPM's tables are built on reading: a file may not ask for gigabytes
 TARGETS = {"ddpm": diffusion_lib.TARGETS, "vp": diffusion_lib.TARGETS, "edm": ("edm",), "flow": ("flow",)}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a finite number", bool: "true or false"}
 
@@ -141,6 +142,9 @@ def _check_values(d: dict, where: str) -> None:
     for name, value in positive:
         if not value > 0:
             raise _bad(where, name, value, "must be positive")
+    if d["num_timesteps"] > MAX_TIMESTEPS:  # the tables are built when the file is read
+        raise _bad(where, "num_timesteps", d["num_timesteps"],
+                   f"is above {MAX_TIMESTEPS:,}: no trained model has that many")
     if not 0.0 < d["beta_start"] <= d["beta_end"] < 1.0:
         raise _bad(where, "beta_end", d["beta_end"], f"needs 0 < beta_start={d['beta_start']!r} <= beta_end < 1")
     if not d["edm"]["sigma_max"] > d["edm"]["sigma_min"]:
