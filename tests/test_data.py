@@ -221,36 +221,75 @@ def test_image_folder_bad_input(tmp_path):
 # --- CIFAR python batches ---------------------------------------------------------------------------
 
 
-def make_cifar(root, as_tar=False):
+def make_cifar(root, as_tar=False, hundred=False):
+    """CIFAR-10 (or -100) "python version" files built the way the originals were: ``pickle.dump`` of
+    dicts of bytes keys holding a uint8 array and lists of Python ints, protocol 2; optionally the
+    ``.tar.gz`` they come in."""
     rng = np.random.default_rng(1)
-    folder = os.path.join(root, "cifar-10-batches-py")
+    folder = os.path.join(root, "cifar-100-python" if hundred else "cifar-10-batches-py")
     os.makedirs(folder)
+    classes, label_key = (100, b"fine_labels") if hundred else (10, b"labels")
+    names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batches[name] = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
-                         b"labels": list(rng.integers(0, 10, 4))}
-    batches["batches.meta"] = {b"label_names": [f"c{k}".encode() for k in range(10)]}
+    for name in names:
+        batches[name] = {b"batch_label": name.encode(), label_key: rng.integers(0, classes, 4).tolist(),
+                         b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8),
+                         b"filenames": [f"{name}_{k}.png".encode() for k in range(4)]}
+    meta_name, names_key = ("meta", b"fine_label_names") if hundred else ("batches.meta", b"label_names")
+    batches[meta_name] = {names_key: [f"c{k}".encode() for k in range(classes)], b"num_cases_per_batch": 4}
     for name, content in batches.items():
         with open(os.path.join(folder, name), "wb") as f:
-            pickle.dump(content, f)
+            pickle.dump(content, f, protocol=2)
     if as_tar:
-        with tarfile.open(os.path.join(root, "cifar-10-python.tar.gz"), "w:gz") as tar:
-            tar.add(folder, arcname="cifar-10-batches-py")
+        tar_name = "cifar-100-python.tar.gz" if hundred else "cifar-10-python.tar.gz"
+        with tarfile.open(os.path.join(root, tar_name), "w:gz") as tar:
+            tar.add(folder, arcname=os.path.basename(folder))
         for name in batches:
             os.remove(os.path.join(folder, name))
         os.rmdir(folder)
     return batches
 
 
+@pytest.mark.parametrize("hundred", [False, True])
 @pytest.mark.parametrize("as_tar", [False, True])
-def test_cifar_python(tmp_path, as_tar):
-    batches = make_cifar(str(tmp_path), as_tar)
+def test_cifar_python(tmp_path, as_tar, hundred):
+    batches = make_cifar(str(tmp_path), as_tar, hundred)
     src = data.load_source(data_config(dataset="cifar_python", data_dir=str(tmp_path), image_size=32), "test")
-    assert len(src) == 4 and src.num_classes == 10 and src.class_names[3] == "c3"
-    row = batches["test_batch"][b"data"][2]  # 1024 red, 1024 green, 1024 blue, row-major 32x32
+    test = batches["test" if hundred else "test_batch"]
+    assert len(src) == 4 and src.num_classes == (100 if hundred else 10) and src.class_names[3] == "c3"
+    assert list(src.labels) == test[b"fine_labels" if hundred else b"labels"]
+    row = test[b"data"][2]  # 1024 red, 1024 green, 1024 blue, row-major 32x32
     np.testing.assert_array_equal(src.images[2, 1, 5], [row[32 + 5], row[1024 + 32 + 5], row[2048 + 32 + 5]])
     train = data.load_source(data_config(dataset="cifar_python", data_dir=str(tmp_path), image_size=64))
-    assert len(train) == 20 and train.image_shape == (64, 64, 3)
+    assert len(train) == (4 if hundred else 20) and train.image_shape == (64, 64, 3)
+
+
+class _RunsCode:
+    """Unpickles to ``os.system("touch <sentinel>")`` under plain ``pickle.load``."""
+
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.sentinel}",)
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_a_cifar_batch_that_would_run_code_is_refused_without_running_it(tmp_path, as_tar):
+    """The README's old warning made real: a data_batch_1 whose pickle calls os.system is one line, and
+    the command never runs (the file it would touch does not appear)."""
+    sentinel = tmp_path / "ran"
+    make_cifar(str(tmp_path / "data"), as_tar=False)
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _RunsCode(sentinel), b"labels": [0]}, f, protocol=2)
+    if as_tar:
+        with tarfile.open(tmp_path / "data" / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+        shutil.rmtree(folder)
+    with pytest.raises(data.DataError, match="refusing to unpickle 'posix.system'") as e:
+        data.load_cifar_python(str(tmp_path / "data"))
+    assert "\n" not in str(e.value) and "data_batch_1" in str(e.value) and not sentinel.exists()
 
 
 def test_cifar_python_missing(tmp_path):

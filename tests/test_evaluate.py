@@ -184,6 +184,15 @@ def test_classifier_reaches_stated_accuracy_and_caches(digits_classifier, digits
     again = classifier_lib.get_classifier(clf.spec, None, None, cache, log=lambda *_: None)  # no data: from cache
     x = digits_splits[1].images[:16]
     np.testing.assert_allclose(np.asarray(again.apply_fn()(x)[1]), np.asarray(clf.apply_fn()(x)[1]), rtol=1e-6)
+    # a damaged cache is not trusted: it is trained again (here it stops at the missing data, saying so first)
+    damaged = str(params_path) + ".bak"
+    os.replace(params_path, damaged)
+    params_path.write_bytes(b"\x85garbage")
+    messages = []
+    with pytest.raises(TypeError):
+        classifier_lib.get_classifier(clf.spec, None, None, cache, log=messages.append)
+    assert "cannot be used" in messages[0] and "training again" in messages[0]
+    os.replace(damaged, params_path)
 
 
 @pytest.fixture(scope="module")
@@ -208,12 +217,20 @@ def test_fid_of_data_against_itself_is_zero_and_noise_is_far(digits_reference, d
     assert same["comparable_with_papers"] is False
 
 
-def test_reference_statistics_are_cached(digits_reference, digits_splits):
+def test_reference_statistics_are_cached(digits_reference, digits_splits, tmp_path):
     ext, ref = digits_reference
     messages = []
     again = features.reference_statistics(ext, digits_splits[0].images, ref.path, 128, log=messages.append)
     assert messages and "from" in messages[0]
     np.testing.assert_array_equal(again.stats.sigma, ref.stats.sigma)
+    # a damaged cache (here: truncated) is computed again, saying so, and replaced
+    damaged = tmp_path / "ref.npz"
+    damaged.write_bytes(open(ref.path, "rb").read()[:300])
+    messages = []
+    recomputed = features.reference_statistics(ext, digits_splits[0].images, str(damaged), 128, log=messages.append)
+    assert "cannot be used" in messages[0] and "computing" in messages[1]
+    np.testing.assert_allclose(recomputed.stats.sigma, ref.stats.sigma, rtol=1e-5, atol=1e-6)
+    assert features.reference_statistics(ext, digits_splits[0].images, str(damaged), 128, log=lambda *_: None)
 
 
 def test_conditional_accuracy_plumbing(digits_classifier, digits_splits, tmp_path):

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 from etils import epath
 
+from jaxdiff.common import array_files
+
 PathLike = str | os.PathLike
 
 
@@ -87,9 +89,10 @@ def save_npz(path: PathLike, compressed: bool = False, **arrays) -> None:
 
 
 def load_npz(path: PathLike) -> dict:
-    """All arrays of the ``.npz`` file at ``path``, read into memory."""
-    with np.load(io.BytesIO(as_path(path).read_bytes()), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """All arrays of the ``.npz`` file at ``path``, read into memory without trusting its headers
+    (:func:`jaxdiff.common.array_files.npz_from_bytes`: :class:`~jaxdiff.common.array_files.ArrayFileError`
+    naming the file when it is not a readable ``.npz`` of plain arrays)."""
+    return array_files.npz_from_bytes(as_path(path).read_bytes(), str(path))
 
 
 def save_figure(fig, path: PathLike, **savefig_kwargs) -> None:

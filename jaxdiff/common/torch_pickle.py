@@ -10,8 +10,8 @@ Both of PyTorch's formats are read:
   five pickles in a row (magic number, protocol version, system info, the object, the list of
   storage keys), then for each key an int64 element count and the storage's little-endian bytes.
 
-The pickle is read by a restricted :class:`pickle.Unpickler` that knows only what a state dict is
-made of: ``torch._utils._rebuild_tensor_v2`` (a tensor: storage, offset, size, stride),
+The pickle is read by a :class:`~jaxdiff.common.restricted_pickle.RestrictedUnpickler` that knows
+only what a state dict is made of: ``torch._utils._rebuild_tensor_v2`` (a tensor: storage, offset, size, stride),
 ``torch._utils._rebuild_parameter`` (an ``nn.Parameter`` around one), ``collections.OrderedDict``
 and the typed storage classes (``torch.FloatStorage``, ...); any other global is refused with a
 one-line :class:`TorchPickleError`, as are truncated or inconsistent files. Tensors come back as
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import collections
 import io
+import math
 import os
-import pickle
 import struct
 import tarfile
 import zipfile
@@ -33,9 +33,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxdiff.common.errors import one_line
+from jaxdiff.common.restricted_pickle import RestrictedUnpickler
+
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER
 LEGACY_PROTOCOL = 1001  # torch.serialization.PROTOCOL_VERSION
 ZIP_MAGIC = b"PK\x03\x04"
+MAX_INFLATION = 16  # torch.save stores storages uncompressed: a member that inflates more is refused unread
 BFLOAT16 = "bfloat16"  # stored as uint16 bit patterns, returned as float32
 STORAGE_DTYPES = {
     "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16, "BFloat16Storage": BFLOAT16,
@@ -73,10 +77,6 @@ class _Tensor(NamedTuple):
     stride: tuple
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(f"{type(e).__name__}: {e}".split())
-
-
 def _itemsize(dtype) -> int:
     return 2 if dtype is BFLOAT16 else np.dtype(dtype).itemsize
 
@@ -104,20 +104,14 @@ ALLOWED_GLOBALS = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(RestrictedUnpickler):
     """Resolves only :data:`ALLOWED_GLOBALS`; persistent ids become :class:`_Storage` references,
     collected in ``storages`` (``{key: _Storage}``)."""
 
     def __init__(self, f):
-        super().__init__(f)
+        super().__init__(f, ALLOWED_GLOBALS, TorchPickleError, "only tensors, storages and OrderedDicts are read "
+                         "(a state dict, not a whole module or other objects)")
         self.storages: dict = {}
-
-    def find_class(self, module, name):
-        found = ALLOWED_GLOBALS.get((module, name))
-        if found is None:
-            raise TorchPickleError(f"refusing to unpickle {module + '.' + name!r}: only tensors, storages and "
-                                   "OrderedDicts are read (a state dict, not a whole module or other objects)")
-        return found
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage")):
@@ -142,7 +136,10 @@ def _unpickle(f, storages: dict | None = None):
     """The next pickle of ``f``; the storages it refers to go into ``storages`` (none are allowed
     without it)."""
     unpickler = _Unpickler(f)
-    obj = unpickler.load()
+    try:
+        obj = unpickler.load()
+    except EOFError:
+        raise TorchPickleError("a pickle is cut off: the file is truncated") from None
     if storages is None and unpickler.storages:
         raise TorchPickleError("storage references outside the pickled object")
     if storages is not None:
@@ -166,6 +163,9 @@ def _tensor(t: _Tensor, storages: dict) -> np.ndarray:
     start = t.storage.offset + t.offset
     if len(t.size) != len(t.stride) or min(t.size + t.stride + (start,)) < 0:
         raise TorchPickleError(f"tensor of size {t.size} with stride {t.stride} at offset {start} is malformed")
+    if math.prod(t.size) > max(len(flat) - start, 0):
+        raise TorchPickleError(f"tensor of size {t.size} has more elements than its storage holds after offset "
+                               f"{start} ({len(flat)}): an expanded view or a corrupt file (save .contiguous())")
     if 0 not in t.size:
         last = start + sum((n - 1) * s for n, s in zip(t.size, t.stride))
         if last >= len(flat):
@@ -200,14 +200,25 @@ def _archive_prefix(names: list) -> str:
     return pickles[0][:-len("data.pkl")]
 
 
+def _read_member(z: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of member ``name``, refused unread when they would inflate more than
+    :data:`MAX_INFLATION` times (beyond 1 MiB): torch.save stores its members uncompressed."""
+    info = z.getinfo(name)
+    if info.file_size > max(MAX_INFLATION * info.compress_size, 1 << 20):
+        raise TorchPickleError(f"{name} inflates {info.compress_size} bytes to {info.file_size}: not a torch.save "
+                               "file (it stores its members uncompressed)")
+    return z.read(name)
+
+
 def _load_zip(f) -> object:
     """The zip format from the open file ``f``."""
     with zipfile.ZipFile(f) as z:
         names = z.namelist()
         prefix = _archive_prefix(names)
         used: dict = {}
-        obj = _unpickle(io.BytesIO(z.read(prefix + "data.pkl")), used)
-        byteorder = z.read(prefix + "byteorder").decode().strip() if prefix + "byteorder" in names else "little"
+        obj = _unpickle(io.BytesIO(_read_member(z, prefix + "data.pkl")), used)
+        byteorder = (_read_member(z, prefix + "byteorder").decode().strip() if prefix + "byteorder" in names
+                     else "little")
         if byteorder not in ("little", "big"):
             raise TorchPickleError(f"byteorder record {byteorder!r} is neither little nor big")
         storages = {}
@@ -215,7 +226,7 @@ def _load_zip(f) -> object:
             name = f"{prefix}data/{key}"
             if name not in names:
                 raise TorchPickleError(f"storage {name} is missing from the archive")
-            storages[key] = _array(storage, z.read(name), byteorder)
+            storages[key] = _array(storage, _read_member(z, name), byteorder)
     return _materialise(obj, storages)
 
 
@@ -252,22 +263,35 @@ def _load_legacy(f, size: int) -> object:
     return _materialise(obj, storages)
 
 
+def _is_plain_tar(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) is a valid (uncompressed) tar header, as the pre-0.4
+    format starts; not :func:`tarfile.is_tarfile`, which also tries every decompressor (and LZMA
+    allocates the dictionary size a damaged header states)."""
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        return True
+    except tarfile.HeaderError:
+        return False
+
+
 def is_torch_file(path: str | os.PathLike) -> bool:
     """Whether ``path`` looks like a ``torch.save`` file: a zip with ``<archive>/data.pkl``, or a
     pickle (the legacy format starts with one); also a zip too damaged to list, so that :func:`load`
     says what is wrong with it. An ``.npz`` (a zip of ``.npy`` files) is not."""
     with open(path, "rb") as f:
         head = f.read(4)
-        if head.startswith(b"\x80"):
-            return True
-        if head != ZIP_MAGIC or not zipfile.is_zipfile(f):
-            return head == ZIP_MAGIC
-        try:
-            with zipfile.ZipFile(f) as z:
-                _archive_prefix(z.namelist())
-            return True
-        except (TorchPickleError, zipfile.BadZipFile):
-            return False
+        if head != ZIP_MAGIC:
+            return head.startswith(b"\x80")
+        f.seek(0)
+        data = io.BytesIO(f.read())  # in memory, as load() reads it: a damaged directory size reads no more
+    if not zipfile.is_zipfile(data):
+        return True
+    try:
+        with zipfile.ZipFile(data) as z:
+            _archive_prefix(z.namelist())
+        return True
+    except Exception:  # noqa: BLE001 (a damaged directory fails in zipfile, struct, ...): not a torch file
+        return False
 
 
 def load(path: str | os.PathLike) -> object:
@@ -277,23 +301,25 @@ def load(path: str | os.PathLike) -> object:
     :data:`ALLOWED_GLOBALS`, a truncated or corrupt file, a pre-0.4 tar file, not a PyTorch file.
     """
     try:
+        # the file read into memory first: a file object's read(n) allocates the n bytes that a
+        # damaged length asks for, where an in-memory one returns what the file holds
         with open(path, "rb") as f:
-            head = f.read(4)
-            f.seek(0)
-            if head == ZIP_MAGIC:
-                if not zipfile.is_zipfile(f):
-                    raise TorchPickleError("a zip archive without its central directory: truncated or damaged")
-                return _load_zip(f)
-            if head.startswith(b"\x80"):  # a pickle's PROTO opcode
-                return _load_legacy(f, os.fstat(f.fileno()).st_size)
-        if tarfile.is_tarfile(path):
+            data = f.read()
+        head = data[:4]
+        if head == ZIP_MAGIC:
+            if not zipfile.is_zipfile(io.BytesIO(data)):
+                raise TorchPickleError("a zip archive without its central directory: truncated or damaged")
+            return _load_zip(io.BytesIO(data))
+        if head.startswith(b"\x80"):  # a pickle's PROTO opcode
+            return _load_legacy(io.BytesIO(data), len(data))
+        if _is_plain_tar(data[:tarfile.BLOCKSIZE]):
             raise TorchPickleError("a pre-0.4 PyTorch tar file, which this reader does not read: load it with "
                                    "torch.load and save it again with torch.save")
         raise TorchPickleError("neither a zip archive nor a legacy torch.save file" + ("" if head else " (empty)"))
     except TorchPickleError as e:
         raise TorchPickleError(f"{os.fspath(path)}: {e}") from None
     except Exception as e:  # a damaged file fails in pickle, zipfile, zlib, struct, ... in many ways
-        raise TorchPickleError(f"{os.fspath(path)}: not a readable torch.save file ({_one_line(e)})") from None
+        raise TorchPickleError(f"{os.fspath(path)}: not a readable torch.save file ({one_line(e)})") from None
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:

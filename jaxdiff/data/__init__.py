@@ -14,8 +14,8 @@
 """
 
 from jaxdiff.data.loading import NO_FLIP_DATASETS, check_data_config, load_source
-from jaxdiff.data.readers import (DEBIAN_FASHION_MNIST, LOCAL_DATASETS, load_cifar_python, load_digits, load_idx,
-                                  load_image_folder, read_idx)
+from jaxdiff.data.readers import (DEBIAN_FASHION_MNIST, LOCAL_DATASETS, image_mode, load_cifar_python, load_digits,
+                                  load_idx, load_image_folder, read_idx, read_image)
 from jaxdiff.data.sources import ArraySource, DataError, LazySource, fit_image, materialize, resize_uint8
 from jaxdiff.data.stream import batch_indices, batch_stream, check_batch_size, epoch_permutation, local_batch_indices
 from jaxdiff.data.transforms import preprocess
@@ -23,6 +23,6 @@ from jaxdiff.data.transforms import preprocess
 __all__ = [
     "ArraySource", "DEBIAN_FASHION_MNIST", "DataError", "LOCAL_DATASETS", "LazySource", "NO_FLIP_DATASETS",
     "batch_indices", "batch_stream", "check_batch_size", "check_data_config", "epoch_permutation", "fit_image",
-    "load_cifar_python", "load_digits", "load_idx", "load_image_folder", "load_source", "local_batch_indices",
-    "materialize", "preprocess", "read_idx", "resize_uint8",
+    "image_mode", "load_cifar_python", "load_digits", "load_idx", "load_image_folder", "load_source",
+    "local_batch_indices", "materialize", "preprocess", "read_idx", "read_image", "resize_uint8",
 ]

@@ -8,14 +8,20 @@ Every failure a user can cause (missing folder, empty or corrupt file, wrong lay
 from __future__ import annotations
 
 import gzip
+import io
+import math
 import os
-import pickle
 import re
 import struct
 import tarfile
+import warnings
+import zlib
 
 import numpy as np
+from PIL import Image
 
+from jaxdiff.common import restricted_pickle
+from jaxdiff.common.errors import one_line
 from jaxdiff.data.sources import ArraySource, DataError, LazySource, fit_image, resize_uint8
 
 LOCAL_DATASETS = ("digits", "idx", "image_folder", "cifar_python")
@@ -54,8 +60,8 @@ def read_idx(path: str) -> np.ndarray:
             raw = gzip.decompress(raw)
     except FileNotFoundError:
         raise DataError(f"idx file {path} does not exist") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"idx file {path} is corrupt ({e}); download or reinstall it") from None
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataError(f"idx file {path} is corrupt ({one_line(e)}); download or reinstall it") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
         raise DataError(f"{path} is not an idx file (its first 4 bytes are {raw[:4].hex() or 'missing'}, "
                         "expected 0000 then a type byte 08..0e and a dimension count)")
@@ -64,7 +70,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"idx file {path} is truncated inside its header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a crafted header cannot overflow
     if len(raw) - header != expected:
         raise DataError(f"idx file {path} is corrupt: its header says shape {dims} ({expected} bytes) but it "
                         f"holds {len(raw) - header} bytes of data; download or reinstall it")
@@ -125,7 +131,8 @@ def scan_image_folder(directory: str, split: str = "train") -> tuple[list[str], 
 
     ``directory/<split>/`` is used when it exists (otherwise only split "train" is available, as the
     whole folder). Images directly in the folder are unlabelled (``class_names == ()``); otherwise each
-    sub-folder that holds images (at any depth) is one class, in sorted order.
+    sub-folder that holds images (at any depth) is one class, in sorted order. A symbolic link that
+    resolves outside ``directory`` is a :class:`DataError` (links inside it are read).
     """
     if not os.path.isdir(directory):
         raise DataError(f"data.data_dir={directory!r} is not a directory of images")
@@ -144,6 +151,12 @@ def scan_image_folder(directory: str, split: str = "train") -> tuple[list[str], 
             files = sorted(os.path.join(d, f) for d, _, fs in os.walk(sub) for f in fs if is_image(f))
             if files:
                 classes.append((n, files))
+    inside = os.path.realpath(directory) + os.sep
+    for path in top + [p for _, files in classes for p in files]:
+        if not os.path.realpath(path).startswith(inside):
+            raise DataError(f"{path} links to {os.path.realpath(path)}, outside data.data_dir={directory!r}: links "
+                            "that leave the data folder are not followed (copy the file in, or point data.data_dir "
+                            "at a folder that holds it)")
     if top and classes:
         raise DataError(f"{root} mixes images ({os.path.basename(top[0])}, ...) with class sub-folders "
                         f"({classes[0][0]}, ...): put every image in a class folder, or none")
@@ -156,32 +169,67 @@ def scan_image_folder(directory: str, split: str = "train") -> tuple[list[str], 
     return top, np.zeros(len(top), np.int32), ()
 
 
+def _decompression_bomb_line(path, im=None) -> str:
+    size = f" ({im.width}x{im.height})" if im is not None else ""
+    return (f"{path}{size} has more pixels than PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS:,}): not a training image; remove it, or raise the limit if you trust it")
+
+
+def _open_image(path: str):
+    """PIL's image of the file at ``path``, opened from its bytes in memory: a damaged chunk length
+    then reads what the file holds, where a file object's ``read(n)`` would allocate the ``n`` bytes
+    asked for."""
+    with open(path, "rb") as f:
+        return Image.open(io.BytesIO(f.read()))
+
+
+def image_mode(path: str) -> str:
+    """The PIL mode of the image file at ``path``, from its header; :class:`DataError` naming the file
+    for anything that is not an image PIL reads, or one above PIL's decompression-bomb limit
+    (``PIL.Image.MAX_IMAGE_PIXELS``, its warning band included). Call it from one thread: it turns
+    PIL's warning into an error with :func:`warnings.catch_warnings`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _open_image(path) as im:
+                return im.mode
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(_decompression_bomb_line(path)) from None
+    except Exception as e:  # noqa: BLE001 (PIL's plugins fail in many ways on a damaged or foreign file)
+        raise DataError(f"{path} is not a readable image ({one_line(e)}); remove or replace it") from None
+
+
+def read_image(path: str, channels: int) -> np.ndarray:
+    """uint8 ``[H, W, channels]`` (1: grayscale, 3: RGB) of the image file at ``path``; :class:`DataError`
+    naming the file for anything that is not a decodable image of at most ``PIL.Image.MAX_IMAGE_PIXELS``
+    pixels (checked from the header, before decoding)."""
+    try:
+        with _open_image(path) as im:
+            if im.width * im.height > Image.MAX_IMAGE_PIXELS:
+                raise DataError(_decompression_bomb_line(path, im))
+            return np.asarray(im.convert("L" if channels == 1 else "RGB")).reshape(im.height, im.width, channels)
+    except DataError:
+        raise
+    except Image.DecompressionBombError:
+        raise DataError(_decompression_bomb_line(path)) from None
+    except Exception as e:  # noqa: BLE001 (PIL's decoders fail in many ways on a damaged file)
+        raise DataError(f"{path} cannot be decoded ({one_line(e)}); remove or replace it") from None
+
+
 def load_image_folder(directory: str, split: str = "train", image_size: int = 64,
                       channels: int = 0) -> LazySource:
     """A :class:`LazySource` over a folder of images (see :func:`scan_image_folder`).
 
-    Every file's header is opened once here, so a file that is not an image fails now, with its name;
-    ``channels=0`` picks 1 when every image is grayscale, else 3.
+    Every file's header is opened once here (:func:`image_mode`), so a file that is not an image, or
+    a decompression bomb, fails now, with its name; ``channels=0`` picks 1 when every image is
+    grayscale, else 3.
     """
-    from PIL import Image, UnidentifiedImageError
-
     paths, labels, class_names = scan_image_folder(directory, split)
-    gray = True
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                gray = gray and im.mode in _GRAY_MODES
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{p} is not a readable image ({e}); remove or replace it") from None
+    gray = all([image_mode(p) in _GRAY_MODES for p in paths])  # a list: every header is checked
     c = channels or (1 if gray else 3)
 
     def read_one(i):
-        try:
-            with Image.open(paths[i]) as im:
-                arr = np.asarray(im.convert("L" if c == 1 else "RGB"))
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{paths[i]} cannot be decoded ({e}); remove or replace it") from None
-        return fit_image(arr, image_size), int(labels[i])
+        return fit_image(read_image(paths[i], c), image_size), int(labels[i])
 
     return LazySource(read_one, len(paths), len(class_names), f"image_folder:{directory}",
                       (image_size, image_size, c), class_names)
@@ -194,7 +242,9 @@ def load_cifar_python(directory: str, split: str = "train", image_size: int = 32
     ``directory`` holds ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``, ``batches.meta``;
     what ``torchvision.datasets.CIFAR10(root)`` downloads), ``cifar-100-python/`` (``train``, ``test``,
     ``meta``; fine labels), those files themselves, or the ``.tar.gz`` they come in. The batches are
-    Python pickles: only load files you downloaded from that page.
+    Python pickles, read by a restricted unpickler that builds dicts, lists, bytes, ints and NumPy arrays
+    and nothing else (:mod:`jaxdiff.common.restricted_pickle`): a file that names any other global is
+    refused before it is imported, so no file runs code.
     """
     if split not in ("train", "test"):
         raise DataError(f"CIFAR comes in splits 'train' and 'test', not {split!r}")
@@ -218,13 +268,15 @@ def load_cifar_python(directory: str, split: str = "train", image_size: int = 32
             read = _tar_reader(tar, folder)
         batches = [read(f) for f in files]
         try:
-            data = np.concatenate([np.asarray(b[b"data"], np.uint8) for b in batches])
-            labels = np.concatenate([np.asarray(b[label_key], np.int32) for b in batches])
+            data = np.concatenate([_cifar_images(b[b"data"]) for b in batches])
+            labels = np.concatenate([_cifar_labels(b[label_key]) for b in batches])
             names = tuple(n.decode() for n in read(meta)[names_key])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"CIFAR files in {directory} are not the python version ({e!r})") from None
-        if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-            raise DataError(f"CIFAR files in {directory} hold data of shape {data.shape}, expected [N, 3072]")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DataError(f"CIFAR files in {directory} are not the python version "
+                            f"({one_line(e, 100)})") from None
+        if data.shape[0] != labels.shape[0] or (len(labels) and labels.max() >= len(names)):
+            raise DataError(f"CIFAR files in {directory} hold {data.shape[0]} images, {labels.shape[0]} labels "
+                            f"and {len(names)} class names: the batches do not fit together")
         images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
         return ArraySource(resize_uint8(images, image_size, channels), labels, len(names),
                            f"cifar_python:{directory}", names)
@@ -232,27 +284,67 @@ def load_cifar_python(directory: str, split: str = "train", image_size: int = 32
                     "cifar-10-python.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html")
 
 
+# What a CIFAR batch may hold: dicts, lists, bytes and ints, and NumPy arrays of plain dtypes.
+CIFAR_PICKLE = "a CIFAR batch holds dicts, lists, bytes, ints and NumPy arrays only"
+MAX_CIFAR_MEMBER = 256 << 20  # bytes: CIFAR-100's train batch, the largest, is 155 MB
+
+
+def _cifar_batch(data: bytes) -> dict:
+    """The dict of one CIFAR batch or meta file (a Python 2 pickle), read without running code from it
+    (:mod:`jaxdiff.common.restricted_pickle`); :class:`DataError` otherwise."""
+    out = restricted_pickle.load(data, restricted_pickle.NUMPY_ARRAYS, DataError, CIFAR_PICKLE, encoding="bytes")
+    if not isinstance(out, dict):
+        raise DataError(f"holds a {type(out).__name__}, not a CIFAR batch's dict")
+    return out
+
+
+def _cifar_images(data) -> np.ndarray:
+    """A batch's ``data``: a uint8 array ``[N, 3072]`` (``TypeError`` otherwise)."""
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
+        raise TypeError(f"data is {type(data).__name__} {getattr(data, 'dtype', '')}{getattr(data, 'shape', '')}, "
+                        "not uint8 [N, 3072]")
+    return data
+
+
+def _cifar_labels(labels) -> np.ndarray:
+    """A batch's labels: a list of ints in [0, 100) (``TypeError`` otherwise)."""
+    if not (isinstance(labels, list) and all(type(v) is int and 0 <= v < 100 for v in labels)):
+        raise TypeError("labels are not a list of class ids")
+    return np.asarray(labels, np.int32)
+
+
 def _unpickle(path):
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
-        raise DataError(f"CIFAR batch {path} is corrupt ({e}); download it again") from None
+            return _cifar_batch(f.read())
+    except OSError as e:
+        raise DataError(f"CIFAR batch {path} cannot be read ({e.strerror or e})") from None
+    except DataError as e:
+        raise DataError(f"CIFAR batch {path}: {e}; download it again from the CIFAR page") from None
 
 
 def _tar_reader(tar_path, folder):
+    """``read(name)``: the batch ``<folder>/name`` of the ``.tar.gz`` at ``tar_path``, its members listed
+    once and each read when asked for (regular files of at most :data:`MAX_CIFAR_MEMBER` bytes)."""
     try:
         with tarfile.open(tar_path, "r:gz") as tar:
-            members = {os.path.basename(m.name): tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    except (OSError, EOFError, tarfile.TarError) as e:
-        raise DataError(f"{tar_path} is corrupt ({e}); download it again") from None
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+        raise DataError(f"{tar_path} is corrupt ({one_line(e)}); download it again") from None
 
     def read(name):
         if name not in members:
             raise DataError(f"{tar_path} has no {folder}/{name}")
+        if members[name].size > MAX_CIFAR_MEMBER:
+            raise DataError(f"{tar_path}: {name} claims {members[name].size:,} bytes, more than a CIFAR batch")
         try:
-            return pickle.loads(members[name], encoding="bytes")
-        except (EOFError, pickle.UnpicklingError, ValueError) as e:
-            raise DataError(f"{tar_path}: {name} is corrupt ({e}); download it again") from None
+            with tarfile.open(tar_path, "r:gz") as tar:
+                data = tar.extractfile(members[name].name).read()
+        except (OSError, EOFError, tarfile.TarError, zlib.error) as e:
+            raise DataError(f"{tar_path} is corrupt ({one_line(e)}); download it again") from None
+        try:
+            return _cifar_batch(data)
+        except DataError as e:
+            raise DataError(f"{tar_path}: {name}: {e}; download it again from the CIFAR page") from None
 
     return read

@@ -20,12 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.common import parallel, paths, plotting, preemption
+from jaxdiff.common import array_files, parallel, paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core import editing, operators, restoration, solvers
 from jaxdiff.core.generation import network_time_interval, prior_noise
 from jaxdiff.core.samplers import guided_denoise_fn, run_sampler
-from jaxdiff.data import preprocess
+from jaxdiff.data import DataError, image_mode, preprocess, read_image
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.config_checks import ConfigError, check_workdir
 from jaxdiff.drivers.eval_mode import load_splits
@@ -79,8 +79,7 @@ def known_mask(spec: str, image_shape, seed: int = 0) -> np.ndarray:
         fill[y0:y0 + bh, x0:x0 + bw] = True
     else:  # a file (config_checks.validate_edit checked that it exists)
         path = paths.as_path(text)
-        array = np.load(str(path)) if text.endswith(".npy") else _read_image(path, 1)[..., 0]
-        array = np.asarray(array)
+        array = _read_array(path, "edit.mask") if text.endswith(".npy") else _read_image(path, 1)[..., 0]
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
         if array.shape != (h, w):
@@ -93,13 +92,26 @@ def known_mask(spec: str, image_shape, seed: int = 0) -> np.ndarray:
 
 
 def _read_image(path, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(str(path)) as im:
-            return np.asarray(im.convert("L" if channels == 1 else "RGB")).reshape(im.height, im.width, channels)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ConfigError(f"{path} is not a readable image ({e})") from None
+        image_mode(str(path))  # a decompression bomb refused from the header, without PIL's warning
+        return read_image(str(path), channels)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _read_array(path, field: str) -> np.ndarray:
+    """The array of an ``.npy`` file, or the ``images`` array of an ``.npz`` (read without trusting the
+    file: :mod:`jaxdiff.common.array_files`); :class:`ConfigError` naming ``field`` otherwise."""
+    try:
+        data = path.read_bytes()
+        if path.suffix != ".npz":
+            return array_files.npy_from_bytes(data, str(path))
+        arrays = array_files.npz_from_bytes(data, str(path))
+    except (OSError, array_files.ArrayFileError) as e:
+        raise ConfigError(f"{field} {path} cannot be read ({e})") from None
+    if "images" not in arrays:
+        raise ConfigError(f"{field} {path} has no array 'images' (it has {', '.join(sorted(arrays)) or 'none'})")
+    return arrays["images"]
 
 
 def read_input(edit_config, data_config, image_shape) -> tuple[np.ndarray, np.ndarray | None]:
@@ -129,12 +141,7 @@ def read_input(edit_config, data_config, image_shape) -> tuple[np.ndarray, np.nd
                     raise ConfigError(f"{p} is {im.shape[0]}x{im.shape[1]}, but the model's images are {h}x{w}")
             images = np.stack(images)
         else:
-            try:
-                images = np.load(str(path))["images"] if spec.endswith(".npz") else np.load(str(path))
-            except (OSError, ValueError, KeyError) as e:
-                raise ConfigError(f"edit.input {spec} cannot be read as images ({e}); an .npz needs an array "
-                                  "'images'") from None
-            images = np.asarray(images)
+            images = _read_array(path, "edit.input")
             if images.ndim == 3:
                 images = images[..., None]
             if images.ndim != 4 or images.dtype != np.uint8:

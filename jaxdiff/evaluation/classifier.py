@@ -33,6 +33,7 @@ import optax
 
 from jaxdiff.common import paths
 from jaxdiff.common.chunks import map_chunks
+from jaxdiff.common.errors import one_line
 
 
 class ClassifierCNN(nn.Module):
@@ -158,12 +159,17 @@ def get_classifier(spec: ClassifierSpec, train_source, test_source, cache_dir: p
     params_path, record_path = cache_paths(cache_dir, spec)
     model = ClassifierCNN(spec.num_classes, spec.ch, spec.features)
     if params_path.exists() and record_path.exists():
-        record = json.loads(record_path.read_text())
         template = jax.eval_shape(
             lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1,) + tuple(spec.image_shape), jnp.uint8)))["params"]
-        params = flax.serialization.from_bytes(template, params_path.read_bytes())
-        log(f"classifier: loaded {params_path} (test accuracy {record['test_accuracy']:.4f})")
-        return TrainedClassifier(model, params, spec, record["test_accuracy"], record["num_test"])
+        try:  # flax's msgpack and JSON: data only; a damaged cache is retrained
+            record = json.loads(record_path.read_text())
+            params = flax.serialization.from_bytes(template, params_path.read_bytes())
+            if jax.tree.map(np.shape, params) != jax.tree.map(np.shape, template):
+                raise ValueError("the cached parameters have other shapes than the classifier's")
+            log(f"classifier: loaded {params_path} (test accuracy {record['test_accuracy']:.4f})")
+            return TrainedClassifier(model, params, spec, float(record["test_accuracy"]), int(record["num_test"]))
+        except Exception as e:  # noqa: BLE001 (msgpack, JSON and flax fail in many ways on a damaged file)
+            log(f"classifier: the cache in {cache_dir} cannot be used ({one_line(e)}): training again")
 
     log(f"classifier: training on {spec.num_train} {spec.dataset} images for {spec.steps} steps")
     model, params = train_classifier(spec, train_source, progress)

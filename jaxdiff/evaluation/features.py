@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from jaxdiff.common import paths
+from jaxdiff.common.array_files import ArrayFileError
+from jaxdiff.common.errors import one_line
 from jaxdiff.evaluation import classifier as classifier_lib
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import (FeatureStats, StatsAccumulator, check_sample_count, feature_stats,
@@ -71,9 +73,16 @@ def reference_statistics(extractor: FeatureExtractor, source, path: paths.PathLi
     path = paths.as_path(path)
     n = len(source)
     if path.exists():
-        z = paths.load_npz(path)
-        ref = Reference(FeatureStats(z["mu"], z["sigma"], int(z["n"])), z["kid_features"], str(path))
-        if ref.stats.n == n and ref.stats.mu.shape == (extractor.dim,):
+        try:
+            z = paths.load_npz(path)
+            ref = Reference(FeatureStats(z["mu"], z["sigma"], int(z["n"])), z["kid_features"], str(path))
+            usable = (ref.stats.n == n and ref.stats.mu.shape == (extractor.dim,)
+                      and ref.stats.sigma.shape == (extractor.dim,) * 2 and ref.kid_features.ndim == 2
+                      and ref.kid_features.shape[1] == extractor.dim)
+        except (ArrayFileError, KeyError, TypeError, ValueError) as e:  # a damaged cache is recomputed
+            log(f"eval: the cached reference statistics cannot be used ({one_line(e)})")
+            usable = False
+        if usable:
             log(f"eval: reference statistics from {path}")
             return ref
     check_sample_count(n, extractor.dim, "reference split")

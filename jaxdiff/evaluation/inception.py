@@ -34,6 +34,7 @@ The architecture is checked block by block against pytorch-fid's own module on r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 
@@ -42,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.common import torch_pickle
+from jaxdiff.common import paths, torch_pickle
+from jaxdiff.common.array_files import ArrayFileError
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
@@ -218,8 +220,10 @@ _LEAVES = {
 }
 
 
+@functools.cache
 def torch_key_map() -> dict:
-    """``{pytorch key: (flax collection, flax path tuple, flax shape, pytorch shape)}`` for every weight."""
+    """``{pytorch key: (flax collection, flax path tuple, flax shape, pytorch shape)}`` for every weight
+    (traced once per process, and shared: do not modify it)."""
     out = {}
     for collection, tree in variable_shapes().items():
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -254,12 +258,9 @@ def _read_state_dict(path: str) -> dict:
         except torch_pickle.TorchPickleError as e:
             raise InceptionWeightsError(f"cannot read Inception weights ({e}): {_HINT}") from None
     try:
-        npz = np.load(path, allow_pickle=False)
-        return {k: npz[k] for k in npz.files}
-    except Exception as e:  # a truncated download, a file of another kind, ...
-        message = " ".join(f"{type(e).__name__}: {e}".split())
-        raise InceptionWeightsError(f"cannot read Inception weights {path} as .pth or .npz ({message}): "
-                                    f"{_HINT}") from None
+        return paths.load_npz(path)
+    except ArrayFileError as e:  # a truncated download, a file of another kind, ...
+        raise InceptionWeightsError(f"cannot read Inception weights as .pth or .npz ({e}): {_HINT}") from None
 
 
 def variables_from_state_dict(arrays: dict, source: str = "state dict") -> dict:

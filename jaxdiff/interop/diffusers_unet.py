@@ -39,6 +39,7 @@ import jax
 import numpy as np
 
 from jaxdiff.common import paths, torch_pickle
+from jaxdiff.common.errors import one_line
 from jaxdiff.interop import process_file, safetensors_file, state_dicts
 from jaxdiff.interop.diffusers_scheduler import PIPELINES
 from jaxdiff.interop.state_dicts import LEAF_NAMES, read_json, write_json
@@ -107,12 +108,28 @@ def _field(config: dict, name: str):
 def unet_from_diffusers_config(config: dict, where: str = CONFIG_NAME) -> tuple[UNet, int]:
     """The jaxdiff :class:`UNet` that computes the diffusers ``UNet2DModel`` of ``config`` (a parsed
     ``config.json``), and its ``sample_size``. Raises :class:`WeightsError` naming the first field
-    jaxdiff's network cannot reproduce."""
+    jaxdiff's network cannot reproduce, or (one line) what is malformed in a damaged file."""
+    try:
+        return _unet_from_config(config, where)
+    except WeightsError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, AttributeError, KeyError) as e:
+        raise WeightsError(f"{where}: a malformed UNet2DModel config ({one_line(e)})") from None
 
+
+def _unet_from_config(config: dict, where: str) -> tuple[UNet, int]:
     def unsupported(name, why):
         return WeightsError(f"{where}: {name}={_field(config, name)!r} is not supported: {why}")
 
     state_dicts.check_model_config(config, "UNet2DModel", UNET_DEFAULTS, DIFFUSERS_VERSION, where)
+    for name in ("norm_num_groups", "layers_per_block", "in_channels", "out_channels"):
+        value = _field(config, name)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            raise unsupported(name, "it must be a positive integer")
+    channels = _field(config, "block_out_channels")
+    if not (isinstance(channels, list) and channels and all(isinstance(c, int) and not isinstance(c, bool)
+                                                             and c > 0 for c in channels)):
+        raise unsupported("block_out_channels", "it must be a list of positive integers")
     for name, value in _FIXED.items():
         if _field(config, name) != value:
             raise unsupported(name, f"jaxdiff's U-Net has {value!r} only")
