@@ -191,7 +191,7 @@ def image_mode(path: str) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with _open_image(path) as im:
+            with Image.open(path) as im:  # the header only (a large folder is not read whole at start)
                 return im.mode
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(_decompression_bomb_line(path)) from None
