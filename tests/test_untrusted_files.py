@@ -270,12 +270,13 @@ def test_the_pickle_readers_refuse_every_other_global_without_importing_it(modul
 
 def test_the_numpy_stand_ins_refuse_what_would_allocate_or_hold_objects():
     """What the CIFAR table allows cannot allocate beyond the file: ndarray is not callable,
-    _reconstruct starts empty, dtype is plain."""
+    _reconstruct starts empty, dtype is plain; nor can the unpickler itself (BYTEARRAY8 is refused)."""
     cases = {
         b"\x80\x02cnumpy\nndarray\nJ\x00\x00\x00\x40\x85\x85R.": "not callable",
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nJ\x00\x00\x00\x40\x85U\x01b\x87R.":
             "a pickled array starts empty",
         pickle.dumps(np.zeros(2, object), protocol=2): "holds Python objects",
+        b"\x80\x05\x96" + (1 << 40).to_bytes(8, "little") + b".": "BYTEARRAY8",  # 1 TiB stated, 0 held
     }
     for data, message in cases.items():
         with pytest.raises(DataError, match=message):

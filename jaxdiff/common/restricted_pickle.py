@@ -32,12 +32,18 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 (the Python implem
 
     It is the Python implementation of :class:`pickle.Unpickler`: the C one allocates the length a
     ``BINBYTES`` opcode states before reading it (4 GiB from a 10-byte file), where this one reads
-    what the file holds."""
+    what the file holds; its one opcode that allocates first, ``BYTEARRAY8``, is refused."""
 
     def __init__(self, file, allowed: Mapping[tuple[str, str], object], error: type[Exception], what: str,
                  **kwargs):
         super().__init__(file, **kwargs)
         self.allowed, self.error, self.what = allowed, error, what
+
+    def _refuse_bytearray(self):
+        raise self.error("a BYTEARRAY8 opcode (protocol 5), which would allocate the length it states: not read")
+
+    # the Python implementation's opcodes, but BYTEARRAY8, which allocates its stated length first
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BYTEARRAY8[0]: _refuse_bytearray}  # noqa: SLF001
 
     def find_class(self, module, name):
         found = self.allowed.get((module, name))
