@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -41,12 +42,18 @@ def recorded_config(workdir) -> dict:
 
 
 def check_every_mode(config, workdir, exportable: bool, tmp_path):
-    """Train, resume, sample, eval, edit and export (then sample the export by ``model.init_from`` with
-    the default config) ``config`` in ``workdir``. (A latent model's: tests/test_latent.py.)"""
+    """Train, resume (bit-identical to an uninterrupted run), sample, eval, edit and export (then sample
+    the export by ``model.init_from`` with the default config) ``config`` in ``workdir``. (A latent
+    model's: tests/test_latent.py; resume across checkpoint intervals, metrics lines and post-hoc EMA
+    snapshots, on both JAX tiers: tests/test_train.py.)"""
     train_loop.train(config, workdir, progress=False)
     longer = config.copy_and_resolve_references()
     longer.training.num_train_steps = 3
-    assert int(train_loop.train(longer, workdir, progress=False).step) == 3
+    resumed = train_loop.train(longer, workdir, progress=False)
+    straight = train_loop.train(longer, str(tmp_path / "straight"), progress=False)
+    assert int(resumed.step) == int(straight.step) == 3
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(straight)):  # resume is bit-identical
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     steps = [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert steps == [1, 2, 3]
     info = sample_mode.run_sample_mode(config, workdir)
