@@ -100,6 +100,17 @@ def trained_tiny(tmp_path_factory):
     return workdir, r
 
 
+class RunsCode:
+    """Unpickles, under plain ``pickle.load``, to ``os.system("touch <marker>")``: what a reader must
+    refuse without running (the marker file must not appear)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 # --mode=eval and --mode=edit in seconds: the sampling config's sampler for grids and eval, FID and KID of 12
 # samples in an 8-feature classifier's space (its classifier_dir: the classifier_dir fixture), bits/dim of 4
 # test images, one sample per class for the conditional accuracy, SDEdit of 2 images.

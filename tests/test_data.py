@@ -24,6 +24,7 @@ from jaxdiff import data
 from jaxdiff.data import __main__ as data_cli, tfds_source
 from jaxdiff.data.testing import write_tfds_dataset
 from jaxdiff.drivers import config_checks
+from tests.conftest import RunsCode
 
 FASHION = data.DEBIAN_FASHION_MNIST
 
@@ -264,16 +265,6 @@ def test_cifar_python(tmp_path, as_tar, hundred):
     assert len(train) == (4 if hundred else 20) and train.image_shape == (64, 64, 3)
 
 
-class _RunsCode:
-    """Unpickles to ``os.system("touch <sentinel>")`` under plain ``pickle.load``."""
-
-    def __init__(self, sentinel):
-        self.sentinel = sentinel
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.sentinel}",)
-
-
 @pytest.mark.parametrize("as_tar", [False, True])
 def test_a_cifar_batch_that_would_run_code_is_refused_without_running_it(tmp_path, as_tar):
     """The README's old warning made real: a data_batch_1 whose pickle calls os.system is one line, and
@@ -282,7 +273,7 @@ def test_a_cifar_batch_that_would_run_code_is_refused_without_running_it(tmp_pat
     make_cifar(str(tmp_path / "data"), as_tar=False)
     folder = tmp_path / "data" / "cifar-10-batches-py"
     with open(folder / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": _RunsCode(sentinel), b"labels": [0]}, f, protocol=2)
+        pickle.dump({b"data": RunsCode(sentinel), b"labels": [0]}, f, protocol=2)
     if as_tar:
         with tarfile.open(tmp_path / "data" / "cifar-10-python.tar.gz", "w:gz") as tar:
             tar.add(folder, arcname="cifar-10-batches-py")

@@ -13,7 +13,7 @@ import pytest
 
 from jaxdiff.common import torch_pickle
 from jaxdiff.evaluation import inception
-from tests.conftest import ROOT
+from tests.conftest import ROOT, RunsCode
 
 pytestmark = pytest.mark.compat  # what differs between JAX versions: run on the oldest pinned stack too
 
@@ -89,14 +89,6 @@ def test_damaged_bytes_are_one_line_errors_or_read(tmp_path, path):
     assert refused > 0
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
 def _zip_archive(path, data_pkl: bytes):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("archive/data.pkl", data_pkl)
@@ -105,7 +97,7 @@ def _zip_archive(path, data_pkl: bytes):
 
 def test_refuses_other_globals_without_running_them(tmp_path):
     marker = tmp_path / "ran"
-    _zip_archive(tmp_path / "evil.pth", pickle.dumps({"w": _Exploit(marker)}, protocol=2))
+    _zip_archive(tmp_path / "evil.pth", pickle.dumps({"w": RunsCode(marker)}, protocol=2))
     message = one_line_error(tmp_path / "evil.pth", "refusing to unpickle '(posix|nt).system'")
     assert "state dict" in message and not marker.exists()
     # a whole module saved with torch.save(model): its class is refused the same way

@@ -200,24 +200,29 @@ def _archive_prefix(names: list) -> str:
     return pickles[0][:-len("data.pkl")]
 
 
-def _read_member(z: zipfile.ZipFile, name: str) -> bytes:
-    """The bytes of member ``name``, refused unread when they would inflate more than
-    :data:`MAX_INFLATION` times (beyond 1 MiB): torch.save stores its members uncompressed."""
+def _read_member(z: zipfile.ZipFile, name: str, size: int) -> bytes:
+    """The bytes of member ``name`` of an archive of ``size`` bytes, refused unread when the member
+    claims more stored bytes than the archive has (a file object's ``read(n)`` allocates the ``n``
+    asked for) or would inflate more than :data:`MAX_INFLATION` times (beyond 1 MiB): torch.save
+    stores its members uncompressed."""
     info = z.getinfo(name)
+    if info.compress_size > size:
+        raise TorchPickleError(f"{name} claims {info.compress_size} stored bytes, the file has {size}: truncated "
+                               "or damaged")
     if info.file_size > max(MAX_INFLATION * info.compress_size, 1 << 20):
         raise TorchPickleError(f"{name} inflates {info.compress_size} bytes to {info.file_size}: not a torch.save "
                                "file (it stores its members uncompressed)")
     return z.read(name)
 
 
-def _load_zip(f) -> object:
-    """The zip format from the open file ``f``."""
+def _load_zip(f, size: int) -> object:
+    """The zip format from the open file ``f`` of ``size`` bytes."""
     with zipfile.ZipFile(f) as z:
         names = z.namelist()
         prefix = _archive_prefix(names)
         used: dict = {}
-        obj = _unpickle(io.BytesIO(_read_member(z, prefix + "data.pkl")), used)
-        byteorder = (_read_member(z, prefix + "byteorder").decode().strip() if prefix + "byteorder" in names
+        obj = _unpickle(io.BytesIO(_read_member(z, prefix + "data.pkl", size)), used)
+        byteorder = (_read_member(z, prefix + "byteorder", size).decode().strip() if prefix + "byteorder" in names
                      else "little")
         if byteorder not in ("little", "big"):
             raise TorchPickleError(f"byteorder record {byteorder!r} is neither little nor big")
@@ -226,7 +231,7 @@ def _load_zip(f) -> object:
             name = f"{prefix}data/{key}"
             if name not in names:
                 raise TorchPickleError(f"storage {name} is missing from the archive")
-            storages[key] = _array(storage, _read_member(z, name), byteorder)
+            storages[key] = _array(storage, _read_member(z, name, size), byteorder)
     return _materialise(obj, storages)
 
 
@@ -282,16 +287,14 @@ def is_torch_file(path: str | os.PathLike) -> bool:
         head = f.read(4)
         if head != ZIP_MAGIC:
             return head.startswith(b"\x80")
-        f.seek(0)
-        data = io.BytesIO(f.read())  # in memory, as load() reads it: a damaged directory size reads no more
-    if not zipfile.is_zipfile(data):
-        return True
-    try:
-        with zipfile.ZipFile(data) as z:
-            _archive_prefix(z.namelist())
-        return True
-    except Exception:  # noqa: BLE001 (a damaged directory fails in zipfile, struct, ...): not a torch file
-        return False
+        if not zipfile.is_zipfile(f):
+            return True
+        try:  # zipfile refuses a directory that claims more bytes than the file has, before reading it
+            with zipfile.ZipFile(f) as z:
+                _archive_prefix(z.namelist())
+            return True
+        except Exception:  # noqa: BLE001 (a damaged directory fails in zipfile, struct, ...): not a torch file
+            return False
 
 
 def load(path: str | os.PathLike) -> object:
@@ -301,18 +304,18 @@ def load(path: str | os.PathLike) -> object:
     :data:`ALLOWED_GLOBALS`, a truncated or corrupt file, a pre-0.4 tar file, not a PyTorch file.
     """
     try:
-        # the file read into memory first: a file object's read(n) allocates the n bytes that a
-        # damaged length asks for, where an in-memory one returns what the file holds
         with open(path, "rb") as f:
-            data = f.read()
-        head = data[:4]
-        if head == ZIP_MAGIC:
-            if not zipfile.is_zipfile(io.BytesIO(data)):
-                raise TorchPickleError("a zip archive without its central directory: truncated or damaged")
-            return _load_zip(io.BytesIO(data))
-        if head.startswith(b"\x80"):  # a pickle's PROTO opcode
-            return _load_legacy(io.BytesIO(data), len(data))
-        if _is_plain_tar(data[:tarfile.BLOCKSIZE]):
+            head = f.read(tarfile.BLOCKSIZE)
+            f.seek(0)
+            size = os.fstat(f.fileno()).st_size
+            if head[:4] == ZIP_MAGIC:  # members read from the file, each bounded by its size (_read_member)
+                if not zipfile.is_zipfile(f):
+                    raise TorchPickleError("a zip archive without its central directory: truncated or damaged")
+                return _load_zip(f, size)
+            if head.startswith(b"\x80"):  # a pickle's PROTO opcode
+                # from memory: a file object's read(n) allocates the n bytes a damaged pickle length asks for
+                return _load_legacy(io.BytesIO(f.read()), size)
+        if _is_plain_tar(head):
             raise TorchPickleError("a pre-0.4 PyTorch tar file, which this reader does not read: load it with "
                                    "torch.load and save it again with torch.save")
         raise TorchPickleError("neither a zip archive nor a legacy torch.save file" + ("" if head else " (empty)"))

@@ -244,7 +244,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                         "bpd_split": "test", "bpd_conditioning": "null label" if num_classes else "none"})
         log(f"eval: {res['bpd']:.4f} +- {res['bpd_stderr']:.4f} bits/dim on {res['num_images']} test images")
 
-    eval_dir = paths.as_path(workdir) / "eval"
+    eval_dir, tag = paths.as_path(workdir) / "eval", eval_tag(config, step)
     write = paths.is_writer()
     if num_classes and clf is not None:
         apply_clf = clf.apply_fn()
@@ -253,7 +253,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
             rows = conditional_accuracy(make_generate, params, lambda x: apply_clf(x)[0], num_classes,
                                         ev.samples_per_class, ev.guidance_scales, ev.batch_size,
                                         jax.random.fold_in(key, 2), bar, stop_check)
-        stem = f"conditional_accuracy_{eval_tag(config, step)}"
+        stem = f"conditional_accuracy_{tag}"
         if write:
             write_json(eval_dir / f"{stem}.json", {"rows": rows, "classifier_test_accuracy": clf.test_accuracy})
             paths.write_text(eval_dir / f"{stem}.md", accuracy_table(rows, clf.test_accuracy))
@@ -263,7 +263,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
                                                       for r in rows))
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 1)
     if write:
-        write_json(eval_dir / f"metrics_{eval_tag(config, step)}.json", metrics)
+        write_json(eval_dir / f"metrics_{tag}.json", metrics)
         write_json(eval_dir / "metrics.json", metrics)
     return metrics
 
