@@ -7,7 +7,7 @@ peak, compile time and memory.
 
 Training is the library's compiled step as the command line builds it (``Experiment.step``: loss,
 backward, clipping, Adam, EMA, state donated; ``training.dtype`` for the network's compute dtype,
-float32 state); sampling is one compiled ``lax.scan`` of the network (``samplers.run_sampler``,
+float32 state); sampling is one compiled ``lax.scan`` of the network (``jaxdiff.run_sampler``,
 DDIM with ``--sample-steps`` steps). Each figure is the median of ``--rounds`` timed rounds of
 ``--steps`` calls after a warm-up. FLOPs are XLA's cost analysis of the programs (a sampler's
 loop body counted once per step); MFU = FLOPs/s / the chip's dense peak for that dtype (the table
@@ -90,16 +90,17 @@ def train_row(net: str, batch: int, dtype: str, steps: int, rounds: int, peak: f
 
 
 def sample_row(net: str, batch: int, dtype: str, sample_steps: int, steps: int, rounds: int, peak: float) -> dict:
-    from jaxdiff.core import families, samplers, solvers
+    from jaxdiff.core import families, sampler_registry
+    from jaxdiff.core.sampler import run_sampler
 
     n = nets.NETS[net]
     model = nets.jax_unet(net, dtype=jnp.dtype(dtype))
     shape = (batch, n["image_size"], n["image_size"], n["channels"])
     params = model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32))["params"]
-    sampler = solvers.make_sampler(families.ddpm(workloads.make_tables()), "ddim", sample_steps, "leading")
+    sampler = sampler_registry.make_sampler(families.ddpm(workloads.make_tables()), "ddim", sample_steps, "leading")
 
     def sample(params, x_T, key):
-        return samplers.run_sampler(sampler, lambda x, t: model.apply({"params": params}, x, t), x_T, key).samples
+        return run_sampler(sampler, lambda x, t: model.apply({"params": params}, x, t), x_T, key).samples
 
     x_T, key = jax.random.normal(jax.random.PRNGKey(1), shape), jax.random.PRNGKey(2)
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import default, digits, fashion_mnist  # noqa: E402
 from jaxdiff import data  # noqa: E402
 from jaxdiff.data.testing import write_tfds_dataset  # noqa: E402
-from jaxdiff.core import diffusion, schedules  # noqa: E402
+from jaxdiff.core import diffusion, families  # noqa: E402
 from jaxdiff.drivers.experiment import unet_from_config  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def supply_rate(source, batch_size, steps, num_workers, prefetch=4):
 
 def make_train_step(config, image_shape, num_classes):
     """A jitted ``params -> (loss, grads)`` step on a uint8 batch: preprocess + L_simple + backward."""
-    tables = schedules.tables_from_config(config.diffusion)
+    tables = families.from_record(config.diffusion).tables
     model = unet_from_config(config.model, image_shape[-1], num_classes if config.model.class_conditional else 0)
     b = config.training.batch_size
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), jnp.zeros((1,), jnp.int32))

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from configs import digits  # noqa: E402
 from jaxdiff.common import cpu_tuning  # noqa: E402
 from jaxdiff.drivers import eval_mode, restore, train_loop  # noqa: E402
-from jaxdiff.drivers.sampling import sampler_from_config  # noqa: E402
+from jaxdiff.drivers.sampling_config import sampler_from_config  # noqa: E402
 from jaxdiff.evaluation.accuracy import balanced_labels, generate_uint8  # noqa: E402
 from jaxdiff.evaluation.features import fid_kid, reference_statistics  # noqa: E402
 

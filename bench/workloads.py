@@ -106,13 +106,14 @@ def make_tables():
 
 def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 16,
                run_steps: int = 0) -> Workload:
-    """jaxdiff sampling: ``samplers.run_sampler`` (one compiled ``lax.scan``) with the EMA-free
+    """jaxdiff sampling: ``jaxdiff.run_sampler`` (one compiled ``lax.scan``) with the EMA-free
     network. ``run_steps > 0`` times only the first ``run_steps`` of the ``steps`` network calls
     and counts the images as that fraction of a full run (the scan body is the same every step)."""
     import jax
     import jax.numpy as jnp
 
-    from jaxdiff.core import families, samplers, solvers
+    from jaxdiff.core import families, sampler_registry
+    from jaxdiff.core.sampler import run_sampler
 
     n = nets.NETS[net]
     model = nets.jax_unet(net)
@@ -121,14 +122,14 @@ def jax_sample(net: str, sampler: str = "ddpm", steps: int = 1000, batch: int = 
     params = model.init(jax.random.PRNGKey(0), jnp.zeros(shape), jnp.zeros((batch,), jnp.int32))["params"]
     # The library's sampler (DDPM over all 1000 steps, or DDIM eta 0 with diffusers' default
     # "leading" spacing and set_alpha_to_one), cut to its first `run` positions when asked.
-    full = solvers.make_sampler(families.ddpm(tables), sampler, 0 if sampler == "ddpm" else steps, "leading")
+    full = sampler_registry.make_sampler(families.ddpm(tables), sampler, 0 if sampler == "ddpm" else steps, "leading")
     timesteps = np.asarray(full.timesteps)
     run = len(timesteps) if not run_steps else min(run_steps, len(timesteps))
     timed = full._replace(timesteps=timesteps[:run])
 
     def sample(params, x_T, key):
         denoise = lambda x, t: model.apply({"params": params}, x, t)  # noqa: E731
-        return samplers.run_sampler(timed, denoise, x_T, key).samples
+        return run_sampler(timed, denoise, x_T, key).samples
 
     x_T = jax.random.normal(jax.random.PRNGKey(1), shape)
     key = jax.random.PRNGKey(2)

@@ -5,7 +5,7 @@ keeps it so)::
 
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
     core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
-                samplers and solvers, generation, likelihood, measurement operators, editing
+                samplers (protocol, DDPM chain, grid samplers, registry), guidance, generation, likelihood, measurement operators, editing
                 (SDEdit, RePaint, inversion, slerp) and restoration (DDNM, DPS)
     models      layers, the U-Net, DiT, the KL autoencoder,   data         sources, stream, preprocessing
                 the denoiser calling convention
@@ -34,11 +34,14 @@ from jaxdiff.core.likelihood import dataset_bpd, make_bpd_fn
 from jaxdiff.core.operators import LinearOperator
 from jaxdiff.core.processes import edm_preconditioning, karras_sigmas
 from jaxdiff.core.restoration import ddnm_family, dps_sampler
-from jaxdiff.core.samplers import (Sampler, SampleOutput, ddim_sampler, ddpm_sampler, guided_denoise_fn, run_sampler,
-                                   spaced_timesteps)
+from jaxdiff.core.ddpm_chain import ddim_sampler, ddpm_sampler
+from jaxdiff.core.guidance import guided_denoise_fn
+from jaxdiff.core.sampler import Sampler, SampleOutput, run_sampler
 from jaxdiff.core.schedules import SCHEDULES, DiffusionTables, make_betas, make_tables, rescale_zero_terminal_snr
-from jaxdiff.core.solvers import (SAMPLERS, dpm_solver_pp_sampler, euler_ancestral_sampler, heun_sampler,
-                                  make_sampler, midpoint_sampler, sampler_on_grid)
+from jaxdiff.core.grid_samplers import (dpm_solver_pp_sampler, edm_stochastic_sampler, euler_ancestral_sampler,
+                                        heun_sampler, midpoint_sampler)
+from jaxdiff.core.sampler_registry import SAMPLERS, make_sampler, sampler_on_grid
+from jaxdiff.core.spacing import spaced_timesteps
 from jaxdiff.data import ArraySource, DataError, batch_stream, load_source, preprocess
 from jaxdiff.evaluation.fid import frechet_distance, kid
 from jaxdiff.interop.diffusers_autoencoder import read_folder as read_diffusers_autoencoder
@@ -63,7 +66,7 @@ __all__ = [
     "Grid", "LinearOperator", "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet",
     "batch_stream", "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddnm_family", "ddpm_sampler",
     "denoiser_apply", "diffusion_loss", "dit_from_name", "dpm_solver_pp_sampler", "dps_sampler", "editing",
-    "edm_preconditioning", "ema_update", "euler_ancestral_sampler", "families", "frechet_distance", "generate",
+    "edm_preconditioning", "edm_stochastic_sampler", "ema_update", "euler_ancestral_sampler", "families", "frechet_distance", "generate",
     "grid_and_sampler", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
     "interpolation_path", "invert", "karras_sigmas", "kid", "learning_rate_schedule", "load_source",
     "loss_given_noise", "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer",

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.core import samplers, schedules
+from jaxdiff.core import ddpm_chain, schedules
 
 TABLES = schedules.make_tables(schedules.make_betas("linear", 20, 1e-3, 0.2))
 
@@ -16,7 +16,7 @@ def _denoise(x, t):
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 def test_last_step_adds_no_noise_but_others_do(variance):
-    sampler = samplers.ddpm_sampler(TABLES, np.arange(19, -1, -1), "eps", variance, clip_x0=True)
+    sampler = ddpm_chain.ddpm_sampler(TABLES, np.arange(19, -1, -1), "eps", variance, clip_x0=True)
     step = sampler.step  # step(net, x, position, key, state); position 19 is t = 0, position 14 is t = 5
     x = jax.random.normal(jax.random.key(0), (4, 3, 3, 1))
     out_a, _, _ = step(_denoise, x, 19, jax.random.key(1), ())
@@ -35,7 +35,7 @@ def test_sampler_visits_every_timestep_once_in_order():
         return jnp.zeros_like(x)
 
     x_T = jnp.zeros((2, 2, 2, 1))
-    out = samplers.ddpm_sample(denoise, TABLES, x_T, jax.random.key(0), trajectory_every=5)
+    out = ddpm_chain.ddpm_sample(denoise, TABLES, x_T, jax.random.key(0), trajectory_every=5)
     jax.block_until_ready(out.samples)
     assert seen == list(range(19, -1, -1))  # t = T-1 ... 0: never T, never skipping 0
     assert out.trajectory_xt.shape == (5, 2, 2, 2, 1)  # steps 0, 5, 10, 15 and the final sample
@@ -46,8 +46,8 @@ def test_sampler_visits_every_timestep_once_in_order():
 
 def test_same_key_same_samples_different_key_different_samples():
     x_T = jax.random.normal(jax.random.key(0), (2, 2, 2, 1))
-    a = samplers.ddpm_sample(_denoise, TABLES, x_T, jax.random.key(1)).samples
-    b = samplers.ddpm_sample(_denoise, TABLES, x_T, jax.random.key(1)).samples
-    c = samplers.ddpm_sample(_denoise, TABLES, x_T, jax.random.key(2)).samples
+    a = ddpm_chain.ddpm_sample(_denoise, TABLES, x_T, jax.random.key(1)).samples
+    b = ddpm_chain.ddpm_sample(_denoise, TABLES, x_T, jax.random.key(1)).samples
+    c = ddpm_chain.ddpm_sample(_denoise, TABLES, x_T, jax.random.key(2)).samples
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from jaxdiff.core import editing, families, generation, operators, processes, restoration, schedules, solvers
-from jaxdiff.core.samplers import run_sampler
+from jaxdiff.core import editing, families, generation, operators, processes, restoration, sampler_registry, schedules
+from jaxdiff.core.sampler import run_sampler
 from tests import gaussian
 
 SHAPE = (4, 4, 1)
@@ -51,13 +51,13 @@ def mask_matrix(known):
 
 def sample_ddnm_or_dps(family_name, method, operator, y, name="euler_ancestral", steps=100, scale=1.0, prior=ISO):
     family = FAMILIES[family_name]
-    grid = family.grid(steps, solvers.resolve_spacing(family, name, "auto"), True)
+    grid = family.grid(steps, sampler_registry.resolve_spacing(family, name, "auto"), True)
 
     def run(y, key):
         if method == "ddnm":
-            sampler = solvers.sampler_on_grid(restoration.ddnm_family(family, operator, y), name, grid, clip_x0=False)
+            sampler = sampler_registry.sampler_on_grid(restoration.ddnm_family(family, operator, y), name, grid, clip_x0=False)
         else:
-            sampler = restoration.dps_sampler(solvers.sampler_on_grid(family, name, grid, clip_x0=False), operator,
+            sampler = restoration.dps_sampler(sampler_registry.sampler_on_grid(family, name, grid, clip_x0=False), operator,
                                               y, scale)
         x_T = generation.prior_noise(key, (y.shape[0],) + SHAPE, sampler.prior_scale)
         return run_sampler(sampler, net_for(family_name, prior), x_T, jax.random.fold_in(key, 1)).samples
@@ -159,7 +159,7 @@ def test_bad_operators_and_masks_are_one_line_errors():
         (lambda: editing.sdedit_start(10, 1.5), "between 0"),
         (lambda: editing.repaint_levels(10, 0, 2), ">= 1"),
         (lambda: editing.interpolation_path(np.ones((1, 2)), np.ones((1, 2)), 1), "at least 2"),
-        (lambda: restoration.dps_sampler(solvers.make_sampler(FAMILIES["edm"], "euler", 4), operators.identity(),
+        (lambda: restoration.dps_sampler(sampler_registry.make_sampler(FAMILIES["edm"], "euler", 4), operators.identity(),
                                          jnp.zeros((1,) + SHAPE), -1.0), "non-negative"),
         (lambda: restoration.x0_eps_form("ddpm", variance="fixed_large"), "fixed_large"),
         (lambda: restoration.x0_eps_form("ddim", eta=1.5), "eta <= 1"),
@@ -175,7 +175,7 @@ def test_bad_operators_and_masks_are_one_line_errors():
 def test_sdedit_at_strength_0_is_the_input_and_at_1_the_unconditional_sample():
     family = FAMILIES["edm"]
     grid, sampler = editing.grid_and_sampler(family, "heun", 8, clip_x0=False)
-    make = functools.partial(solvers.sampler_on_grid, family, "heun", clip_x0=False)
+    make = functools.partial(sampler_registry.sampler_on_grid, family, "heun", clip_x0=False)
     x = batch(X_TRUE, 4)
     key = jax.random.PRNGKey(3)
     assert editing.sdedit(make, grid, net_for("edm"), x, key, 0.0) is x
@@ -247,7 +247,7 @@ def test_ddpm_and_ddim_are_their_x0_eps_forms():
     for name, eta, steps in [("ddpm", 0.0, 50), ("ddim", 0.0, 20), ("ddim", 0.5, 20)]:
         grid, own = editing.grid_and_sampler(family, name, steps, clip_x0=False, eta=eta)
         general, sde_eta = restoration.x0_eps_form(name, eta)
-        other = solvers.sampler_on_grid(family, general, grid, sde_eta=sde_eta, clip_x0=False)
+        other = sampler_registry.sampler_on_grid(family, general, grid, sde_eta=sde_eta, clip_x0=False)
         a, b = (np.asarray(run_sampler(s, net, x_T, key).samples) for s in (own, other))
         np.testing.assert_allclose(a, b, atol=2e-4, err_msg=name)
 
@@ -264,7 +264,7 @@ def test_dps_approaches_the_noisy_super_resolution_posterior():
     err_mean, err_cov = max_errors(out, mean, cov)
     assert np.abs(ISO.mean - mean).max() > 0.5 and err_mean < 0.05 and err_cov < EXACT_COV, (err_mean, err_cov)
     family = FAMILIES["edm"]
-    base = solvers.make_sampler(family, "euler_ancestral", 6, clip_x0=False)
+    base = sampler_registry.make_sampler(family, "euler_ancestral", 6, clip_x0=False)
     x_T, key = jax.random.normal(jax.random.PRNGKey(0), (8,) + SHAPE) * 80.0, jax.random.PRNGKey(1)
     guided = restoration.dps_sampler(base, operators.super_resolution(2), y_image[:8], 0.0)
     np.testing.assert_allclose(np.asarray(run_sampler(guided, net_for("edm"), x_T, key).samples),
@@ -276,7 +276,7 @@ def test_dps_approaches_the_noisy_super_resolution_posterior():
 @pytest.mark.parametrize("family_name", ["ddpm", "edm", "flow"])
 def test_ddim_inversion_maps_data_to_the_prior_and_reconstructs_it(family_name):
     family, net = FAMILIES[family_name], net_for(family_name)
-    grid = family.grid(200, solvers.resolve_spacing(family, "euler", "auto"), True)
+    grid = family.grid(200, sampler_registry.resolve_spacing(family, "euler", "auto"), True)
     data = jnp.asarray(ISO.sample(np.random.default_rng(2), N), jnp.float32)
     x_T = jax.jit(lambda x: editing.invert(family, grid, net, x))(data)
     back = np.asarray(jax.jit(lambda z: editing.reconstruct(family, grid, net, z))(x_T))

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from configs import default
-from jaxdiff.core import families, generation, processes, samplers, schedules, solvers
+from jaxdiff.core import families, generation, grid_samplers, guidance, processes, sampler_registry, schedules
+from jaxdiff.core.sampler import run_sampler
 from jaxdiff.drivers import config_checks
 from jaxdiff.drivers.diffusion_config import family_from_config
 from jaxdiff.training import keys, optim, state as state_lib, step as step_lib
@@ -43,7 +44,7 @@ PROCESS = {"vp": processes.vp_linear(), "vp_cosine": processes.vp_cosine(), "flo
 def run(family_name, sampler, x_T, key=jax.random.PRNGKey(1), net=None):
     family = FAMILIES[family_name]
     net = net or exact_net(family, PROCESS.get(family_name))
-    return np.asarray(jax.jit(lambda x, k: samplers.run_sampler(sampler, net, sampler.prior_scale * x, k).samples)(
+    return np.asarray(jax.jit(lambda x, k: run_sampler(sampler, net, sampler.prior_scale * x, k).samples)(
         x_T, key), np.float64)
 
 
@@ -67,7 +68,7 @@ GAUSSIAN_CASES = [  # (family, sampler, steps)
 @pytest.mark.compat
 @pytest.mark.parametrize("family_name,name,steps", GAUSSIAN_CASES)
 def test_gaussian_data_is_recovered_by_every_solver_in_every_family(x_T, family_name, name, steps):
-    sampler = solvers.make_sampler(FAMILIES[family_name], name, steps, clip_x0=False, churn=5.0)
+    sampler = sampler_registry.make_sampler(FAMILIES[family_name], name, steps, clip_x0=False, churn=5.0)
     out = run(family_name, sampler, x_T)
     assert abs(out.mean() - MU) < 0.015, out.mean()
     assert abs(out.var() / S ** 2 - 1) < 0.05, out.var()
@@ -78,15 +79,15 @@ def test_dpm_solver_pp_steps_of_zero_length_are_the_identity():
     3M's phi_2 = expm1(-h) / h + 1 was NaN there."""
     grid = FAMILIES["ddpm"].grid(10, "linspace", False)
     for order, eta in [(2, 0.0), (3, 0.0), (2, 1.0)]:
-        c_x, w0, w1, w2, c_z = solvers.dpm_solver_pp_coefficients(grid.alpha, grid.sigma, order, eta)
+        c_x, w0, w1, w2, c_z = grid_samplers.dpm_solver_pp_coefficients(grid.alpha, grid.sigma, order, eta)
         assert all(np.all(np.isfinite(c)) for c in (c_x, w0, w1, w2, c_z))
         assert (c_x[-1], w0[-1], w1[-1], w2[-1], c_z[-1]) == (1.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def test_the_gaussian_check_separates_first_from_second_order(x_T):
     """At 20 steps Euler misses the variance by far more than the tolerance and Heun (39 NFE) does not."""
-    euler = run("edm", solvers.make_sampler(FAMILIES["edm"], "euler", 20, clip_x0=False), x_T)
-    heun = run("edm", solvers.make_sampler(FAMILIES["edm"], "heun", 50, clip_x0=False), x_T)
+    euler = run("edm", sampler_registry.make_sampler(FAMILIES["edm"], "euler", 20, clip_x0=False), x_T)
+    heun = run("edm", sampler_registry.make_sampler(FAMILIES["edm"], "heun", 50, clip_x0=False), x_T)
     assert euler.var() / S ** 2 - 1 < -0.15 and abs(heun.var() / S ** 2 - 1) < 0.05
 
 
@@ -95,10 +96,10 @@ def test_flow_ode_with_the_exact_velocity_transports_each_noise_to_its_image(x_T
     sample by sample; EDM's ODE does the same from ``sigma_max``."""
     z = np.asarray(x_T, np.float64)
     for family_name, name, steps in [("flow", "midpoint", 50), ("flow", "heun", 50), ("flow", "dpm_solver++_3m", 50)]:
-        out = run(family_name, solvers.make_sampler(FAMILIES[family_name], name, steps, clip_x0=False), x_T)
+        out = run(family_name, sampler_registry.make_sampler(FAMILIES[family_name], name, steps, clip_x0=False), x_T)
         np.testing.assert_allclose(out, MU + S * z, atol=5e-3)
     sigma_max = 80.0
-    out = run("edm", solvers.make_sampler(FAMILIES["edm"], "heun", 100, clip_x0=False), x_T)
+    out = run("edm", sampler_registry.make_sampler(FAMILIES["edm"], "heun", 100, clip_x0=False), x_T)
     expected = MU + S / np.sqrt(S ** 2 + sigma_max ** 2) * (sigma_max * z - MU)
     np.testing.assert_allclose(out, expected, atol=1e-2)
 
@@ -107,13 +108,13 @@ def test_zero_terminal_snr_with_v_prediction_starts_from_pure_noise(x_T):
     tables = schedules.make_tables(schedules.rescale_zero_terminal_snr(schedules.linear_betas(1000)))
     family = families.ddpm(tables, "v")
     for name, steps in [("ddim", 250), ("dpm_solver++", 50), ("euler", 250)]:
-        sampler = solvers.make_sampler(family, name, steps, "trailing", clip_x0=False)
+        sampler = sampler_registry.make_sampler(family, name, steps, "trailing", clip_x0=False)
         assert sampler.timesteps[0] == 999
-        out = np.asarray(jax.jit(lambda x, k: samplers.run_sampler(sampler, exact_net(family), x, k).samples)(
+        out = np.asarray(jax.jit(lambda x, k: run_sampler(sampler, exact_net(family), x, k).samples)(
             x_T, jax.random.PRNGKey(1)), np.float64)
         assert abs(out.mean() - MU) < 0.015 and abs(out.var() / S ** 2 - 1) < 0.05, (name, out.mean(), out.var())
     with pytest.raises(ValueError, match="needs alpha > 0"):
-        solvers.make_sampler(family, "heun", 20, "trailing")
+        sampler_registry.make_sampler(family, "heun", 20, "trailing")
     with pytest.raises(ValueError, match="target=v or x0"):
         families.ddpm(tables, "eps")
 
@@ -144,7 +145,7 @@ def small_x():
 
 
 def scan64(family, sampler, x_T, key):
-    return np.asarray(jax.jit(lambda x, k: samplers.run_sampler(sampler, fake_net, sampler.prior_scale * x, k).samples)(
+    return np.asarray(jax.jit(lambda x, k: run_sampler(sampler, fake_net, sampler.prior_scale * x, k).samples)(
         x_T, key), np.float64)
 
 
@@ -155,7 +156,7 @@ def test_edm_heun_and_stochastic_match_edm_algorithm_2_in_float64(small_x):
     sigmas = processes.karras_sigmas(n)
     for c in (0.0, churn):
         name = "edm_stochastic" if c else "heun"
-        sampler = solvers.make_sampler(family, name, n, clip_x0=False, churn=c, s_min=s_min, s_max=s_max,
+        sampler = sampler_registry.make_sampler(family, name, n, clip_x0=False, churn=c, s_min=s_min, s_max=s_max,
                                        s_noise=s_noise)
         assert sampler.evaluations == 2 * n - 1
         x = sigmas[0] * np.asarray(small_x, np.float64)
@@ -183,7 +184,7 @@ def test_euler_ancestral_matches_k_diffusion_in_float64(small_x):
         sigma_down = np.sqrt(s_next ** 2 - sigma_up ** 2)
         d = (x - edm_denoiser_f64(x, s)) / s
         x = x + d * (sigma_down - s) + noise(key, i) * sigma_up
-    sampler = solvers.make_sampler(family, "euler_ancestral", n, clip_x0=False, sde_eta=eta)
+    sampler = sampler_registry.make_sampler(family, "euler_ancestral", n, clip_x0=False, sde_eta=eta)
     np.testing.assert_allclose(scan64(family, sampler, small_x, key), x, rtol=1e-4, atol=1e-4)
 
 
@@ -222,7 +223,7 @@ def test_dpm_solver_pp_variants_match_k_diffusion_in_float64(small_x, name, orde
     family, key, n = families.edm(), jax.random.PRNGKey(6), 7
     sigmas = processes.karras_sigmas(n)
     want = k_diffusion_dpmpp(sigmas[0] * np.asarray(small_x, np.float64), sigmas, edm_denoiser_f64, order, eta, key)
-    sampler = solvers.make_sampler(family, name, n, clip_x0=False, sde_eta=eta)
+    sampler = sampler_registry.make_sampler(family, name, n, clip_x0=False, sde_eta=eta)
     np.testing.assert_allclose(scan64(family, sampler, small_x, key), want, rtol=1e-4, atol=1e-4)
 
 
@@ -241,7 +242,7 @@ def test_flow_solvers_match_float64_integrators_in_t(small_x):
                 x = x + dt * (u(x, t[i]) + u(x + dt * u(x, t[i]), t[i + 1])) / 2
             else:
                 x = x + dt * u(x + 0.5 * dt * u(x, t[i]), 0.5 * (t[i] + t[i + 1]))
-        sampler = solvers.make_sampler(family, name, n, clip_x0=False)
+        sampler = sampler_registry.make_sampler(family, name, n, clip_x0=False)
         np.testing.assert_allclose(scan64(family, sampler, small_x, jax.random.PRNGKey(0)), x, rtol=1e-4, atol=1e-4)
 
 
@@ -249,8 +250,8 @@ def test_euler_is_ddim_and_euler_ancestral_is_ddim_with_the_same_eta(small_x):
     family = families.ddpm(TABLES)
     key = jax.random.PRNGKey(8)
     for eta, to_one in ((0.0, True), (1.0, True), (0.5, True), (1.0, False)):
-        ddim = solvers.make_sampler(family, "ddim", 10, "trailing", eta=eta, clip_x0=False, set_alpha_to_one=to_one)
-        ours = solvers.make_sampler(family, "euler_ancestral" if eta else "euler", 10, "trailing", sde_eta=eta,
+        ddim = sampler_registry.make_sampler(family, "ddim", 10, "trailing", eta=eta, clip_x0=False, set_alpha_to_one=to_one)
+        ours = sampler_registry.make_sampler(family, "euler_ancestral" if eta else "euler", 10, "trailing", sde_eta=eta,
                                     clip_x0=False, set_alpha_to_one=to_one)
         np.testing.assert_allclose(scan64(family, ours, small_x, key), scan64(family, ddim, small_x, key),
                                    rtol=1e-4, atol=1e-4)
@@ -395,12 +396,12 @@ def test_flow_loss_is_the_velocity_regression():
 
 def test_generate_keeps_each_samples_noise_and_the_ode_maps_it_to_the_sample():
     family = families.flow()
-    sampler = solvers.make_sampler(family, "midpoint", 5, clip_x0=False)
+    sampler = sampler_registry.make_sampler(family, "midpoint", 5, clip_x0=False)
     apply_fn = lambda params, x, t, y: params * fake_net(x, t)  # noqa: E731
     out = generation.generate(apply_fn, jnp.float32(0.7), sampler, (7, 4, 4, 1), jax.random.PRNGKey(4),
                               batch_size=3, keep_noise=True)  # three chunks, the last one padded
     assert out.noise.shape == (7, 4, 4, 1)
-    again = np.asarray(samplers.run_sampler(sampler, lambda x, t: apply_fn(0.7, x, t, None), jnp.asarray(out.noise),
+    again = np.asarray(run_sampler(sampler, lambda x, t: apply_fn(0.7, x, t, None), jnp.asarray(out.noise),
                                             jax.random.PRNGKey(0)).samples)
     np.testing.assert_allclose(again, out.samples, rtol=1e-5, atol=1e-5)
     assert np.max(np.abs(out.noise[:3] - out.noise[3:6])) > 0.1  # chunks draw different noise
@@ -434,17 +435,17 @@ def cond_apply(x, t, y):
 @pytest.mark.parametrize("name", ["ddpm", "vp", "edm", "flow"])
 def test_guidance_works_for_every_family_and_the_interval_limits_it(small_x, name):
     family = FAMILIES[name]
-    sampler = solvers.make_sampler(family, "heun" if name == "edm" else "dpm_solver++", 6, clip_x0=False)
+    sampler = sampler_registry.make_sampler(family, "heun" if name == "edm" else "dpm_solver++", 6, clip_x0=False)
     labels = jnp.array([0, 1, 2, 0, 1, 2])
     key = jax.random.PRNGKey(3)
 
     def sample(scale, interval=None):
         t_interval = generation.network_time_interval(sampler, interval)
-        net = samplers.guided_denoise_fn(cond_apply, labels, scale, NUM_CLASSES, t_interval)
-        return np.asarray(jax.jit(lambda x: samplers.run_sampler(sampler, net, sampler.prior_scale * x, key).samples)(
+        net = guidance.guided_denoise_fn(cond_apply, labels, scale, NUM_CLASSES, t_interval)
+        return np.asarray(jax.jit(lambda x: run_sampler(sampler, net, sampler.prior_scale * x, key).samples)(
             small_x))
 
-    plain = np.asarray(jax.jit(lambda x: samplers.run_sampler(
+    plain = np.asarray(jax.jit(lambda x: run_sampler(
         sampler, lambda xx, t: cond_apply(xx, t, labels), sampler.prior_scale * x, key).samples)(small_x))
     np.testing.assert_allclose(sample(1.0), plain, rtol=1e-5, atol=1e-5)
     guided = sample(3.0)

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from jaxdiff.core import families, samplers, schedules
+from jaxdiff.core import ddpm_chain, families, schedules
+from jaxdiff.core.spacing import spaced_timesteps
+
+from jaxdiff.core.sampler import run_sampler
 from jaxdiff.drivers import config_checks, export_mode, model_source, restore, sample_mode, train_loop
 from jaxdiff.drivers.diffusion_config import resolve_target
 from jaxdiff.interop import __main__ as interop_cli
@@ -202,11 +205,11 @@ def test_ddim_trajectory_matches_diffusers():
     ref = reference("ddpm")
     diffusion, _ = diffusers_scheduler.diffusion_settings(model.scheduler)
     tables = schedules.make_tables(schedules.make_betas("linear", 1000, diffusion["beta_start"], diffusion["beta_end"]))
-    timesteps = samplers.spaced_timesteps(1000, 10, "leading")
+    timesteps = spaced_timesteps(1000, 10, "leading")
     np.testing.assert_array_equal(np.asarray(timesteps), ref["ddim_timesteps"])
-    sampler = samplers.ddim_sampler(tables, timesteps, eta=0.0, clip_x0=False, set_alpha_to_one=True)
+    sampler = ddpm_chain.ddim_sampler(tables, timesteps, eta=0.0, clip_x0=False, set_alpha_to_one=True)
     apply = denoiser_apply(model.unet)
-    out = samplers.run_sampler(sampler, lambda x, t: apply(model.params, x, t), nhwc(ref["ddim_xT"]),
+    out = run_sampler(sampler, lambda x, t: apply(model.params, x, t), nhwc(ref["ddim_xT"]),
                                jax.random.key(0))
     assert max_relative_error(np.asarray(out.samples).transpose(0, 3, 1, 2), ref["ddim_x0"]) < 1e-4
 

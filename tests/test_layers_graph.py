@@ -118,7 +118,7 @@ def test_the_checker_catches_violations():
     assert names[0] == ("jaxdiff.drivers.train_loop", 1, True)
     assert ("jaxdiff.core.schedules", 3, False) in names and ("configs.default", 4, True) in names
     assert layer_of(resolve("jaxdiff.drivers.train_loop", MODULES)) == ("drivers", 4)
-    assert layer_of(resolve("jaxdiff.core.samplers.make_sampler", MODULES)) == ("core", 1)
+    assert layer_of(resolve("jaxdiff.core.sampler_registry.make_sampler", MODULES)) == ("core", 1)
 
 
 PYTORCH_SIDE = ("torch", "torchvision", "diffusers", "pytorch_fid")  # bench/ and test fixtures only

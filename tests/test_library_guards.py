@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxdiff
-from jaxdiff.core import samplers
+from jaxdiff.core import guidance
 
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, groups=8)
 SHAPE = (4, 4, 1)
@@ -89,7 +89,7 @@ def test_a_network_with_other_output_channels_is_refused_by_the_step_and_by_gene
 
 def test_a_shape_changing_network_is_refused():
     net = lambda x, t, y: x[:, :2]  # noqa: E731
-    denoise = samplers.guided_denoise_fn(net, None, 1.0, None)
+    denoise = guidance.guided_denoise_fn(net, None, 1.0, None)
     refused(lambda: jax.eval_shape(denoise, jnp.zeros((2, *SHAPE)), jnp.zeros((2,), jnp.int32)),
             "inputs of shape (2, 4, 4, 1)", "outputs of shape (2, 2, 4, 1)")
 
@@ -106,7 +106,7 @@ def test_labels_are_checked_against_the_networks_classes():
             "class label 3 is out of range", "0..2")
     refused(lambda: jaxdiff.generate(never, {}, sampler, (2, *SHAPE), key, labels=[-1, 0], num_classes=3),
             "class label -1 is out of range")
-    refused(lambda: samplers.guided_denoise_fn(never, jnp.zeros(2, jnp.int32), 1.0, None),
+    refused(lambda: guidance.guided_denoise_fn(never, jnp.zeros(2, jnp.int32), 1.0, None),
             "labels given, but null_label=None")
 
 

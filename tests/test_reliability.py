@@ -17,7 +17,7 @@ import pytest
 
 from jaxdiff.common import plotting
 from jaxdiff.common.run_lock import RunLock, WorkdirLocked
-from jaxdiff.core import families, generation, schedules, solvers
+from jaxdiff.core import families, generation, sampler_registry, schedules
 from jaxdiff.drivers import train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
@@ -321,7 +321,7 @@ def test_a_sampler_in_pieces_computes_what_one_scan_computes():
     tables = schedules.make_tables(schedules.make_betas("linear", 60))
     apply_fn = lambda p, x, t, y: 0.3 * x + 0.01 * t[:, None, None, None] * p  # noqa: E731
     for name in ("ddpm", "ddim", "dpm_solver++"):
-        sampler = solvers.make_sampler(families.ddpm(tables), name, 0 if name == "ddpm" else 20, "auto")
+        sampler = sampler_registry.make_sampler(families.ddpm(tables), name, 0 if name == "ddpm" else 20, "auto")
         outs = []
         for segments in (0, 7):
             gen = generation.make_chunk_generator(apply_fn, sampler, (4, 4, 1), 3, 1.0, None, 5, 2,

@@ -29,9 +29,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from jaxdiff.core import editing, operators, processes, restoration, samplers, solvers
+from jaxdiff.core import editing, grid_samplers, guidance, operators, processes, restoration, sampler_registry
+from jaxdiff.core.sampler import run_sampler
 from jaxdiff.core.generation import prior_noise
-from jaxdiff.drivers import edit_mode, sampling
+from jaxdiff.drivers import edit_mode, sampling_config
 from jaxdiff.drivers.config_checks import ConfigError
 from jaxdiff.drivers.diffusion_config import family_from_config
 from tests import gaussian
@@ -117,23 +118,23 @@ def test_every_combination_is_refused_in_one_line_or_has_a_sound_grid(kind):
     config, family = family_of(kind)
     refused = set()
     for name, spacing, to_one, steps, guidance in itertools.product(
-            ("auto",) + solvers.SAMPLERS, ("auto",) + family.spacings, (True, False), (0, 1, 2, 25, STEPS),
+            ("auto", *sampler_registry.SAMPLERS), ("auto",) + family.spacings, (True, False), (0, 1, 2, 25, STEPS),
             (1.0, 3.0)):
         if steps == 0 and family.tables is not None:
             continue  # all T steps: every spacing is range(T); test_samplers covers S = T
         sc = sampling_block(config, sampler=name, spacing=spacing, set_alpha_to_one=to_one, num_steps=steps,
                             guidance_scale=guidance)
-        resolved, n = sampling.resolve_sampler(sc, family)
-        grid_spacing = solvers.resolve_spacing(family, resolved, spacing)
+        resolved, n = sampling_config.resolve_sampler(sc, family)
+        grid_spacing = sampler_registry.resolve_spacing(family, resolved, spacing)
         expected = expected_refusal(family, resolved, grid_spacing, n)
         try:
-            sampling.check_sampling_config(sc, family, class_conditional=True)  # NumPy only: nothing compiles
+            sampling_config.check_sampling_config(sc, family, class_conditional=True)  # NumPy only: nothing compiles
         except ValueError as e:
             assert "\n" not in str(e) and expected is not None and expected in str(e), (kind, name, spacing, n, e)
             refused.add(expected)
             continue
         assert expected is None, (kind, name, spacing, n, "accepted")
-        sampler = sampling.sampler_from_config(family, sc)
+        sampler = sampling_config.sampler_from_config(family, sc)
         grid = family.grid(n, grid_spacing, to_one)
         np.testing.assert_array_equal(np.asarray(sampler.timesteps, np.float64), grid.time[:-1])
         assert all(np.all(np.isfinite(v)) for v in grid) and np.all(grid.alpha >= 0) and np.all(grid.sigma >= 0)
@@ -142,7 +143,7 @@ def test_every_combination_is_refused_in_one_line_or_has_a_sound_grid(kind):
         if family.tables is None or grid_spacing in MAX_NOISE_SPACINGS:
             assert grid.alpha[0] == 0 or np.isclose(r[0], noisiest(family), rtol=1e-9), (kind, name, spacing, r[0])
         if r[-1] == r[-2] and resolved in ("dpm_solver++", "dpm_solver++_3m", "dpm_solver++_sde"):
-            coefficients = solvers.dpm_solver_pp_coefficients(grid.alpha, grid.sigma, 3 if resolved.endswith(
+            coefficients = grid_samplers.dpm_solver_pp_coefficients(grid.alpha, grid.sigma, 3 if resolved.endswith(
                 "3m") else 2, 1.0 if resolved.endswith("sde") else 0.0)
             assert [c[-1] for c in coefficients] == [1.0, 0.0, 0.0, 0.0, 0.0]  # the zero-length step: identity
     must = {v for (f, name), v in REFUSED.items() if f == family.name or zero_terminal_snr(family) and "zero" in f}
@@ -183,8 +184,8 @@ def class_net(family, kind):
 def half_guided(apply):
     """The first ``HALF`` samples guided at ``W`` (``guided_denoise_fn``), the rest plain conditional."""
     labels = jnp.zeros((HALF,), jnp.int32)
-    guided = samplers.guided_denoise_fn(apply, labels, W, null_label=1)
-    plain = samplers.guided_denoise_fn(apply, labels, 1.0, null_label=1)
+    guided = guidance.guided_denoise_fn(apply, labels, W, null_label=1)
+    plain = guidance.guided_denoise_fn(apply, labels, 1.0, null_label=1)
     return lambda x, t: jnp.concatenate([guided(x[:HALF], t[:HALF]), plain(x[HALF:], t[HALF:])])
 
 
@@ -206,14 +207,14 @@ def distinct_samplers(kind):
     config, family = family_of(kind)
     found, grids = {}, set()
     spacings = MAX_NOISE_SPACINGS if zero_terminal_snr(family) else family.spacings  # the others start at SNR > 0
-    for name, spacing, to_one in itertools.product(solvers.SAMPLERS, spacings, (True, False)):
+    for name, spacing, to_one in itertools.product(sampler_registry.SAMPLERS, spacings, (True, False)):
         n = GAUSSIAN_STEPS
         while expected_refusal(family, name, spacing, n) == SPACING_REFUSALS["quad"]:
             n -= 1
         if expected_refusal(family, name, spacing, n):
             continue
         sc = sampling_block(config, sampler=name, spacing=spacing, set_alpha_to_one=to_one, num_steps=n)
-        sampler = sampling.sampler_from_config(family, sc)
+        sampler = sampling_config.sampler_from_config(family, sc)
         grid = family.grid(n, spacing, to_one)
         identity = (name, tuple(grid.time), grid.alpha[-1] if name != "ddpm" else 1.0)
         if identity not in grids:
@@ -227,7 +228,7 @@ def test_every_accepted_sampler_samples_the_gaussian_with_and_without_guidance(k
     family, found = distinct_samplers(kind)
     net = half_guided(class_net(family, kind))
     z = jax.random.normal(jax.random.PRNGKey(0), (2 * HALF,) + SHAPE)
-    outs = compiled(lambda z, key: [samplers.run_sampler(s, net, s.prior_scale * z, key).samples
+    outs = compiled(lambda z, key: [run_sampler(s, net, s.prior_scale * z, key).samples
                                     for s in found.values()], z, jax.random.PRNGKey(1))
     failures = []
     for (name, spacing, to_one), sampler, out in zip(found, found.values(), outs):
@@ -276,17 +277,17 @@ def edit_runs(family, name, net, x):
     inpaint = operators.inpainting(KNOWN)
 
     def from_the_prior(sampler, x, key):  # as edit mode runs DDNM and DPS
-        return samplers.run_sampler(sampler, net, prior_noise(key, x.shape, sampler.prior_scale),
+        return run_sampler(sampler, net, prior_noise(key, x.shape, sampler.prior_scale),
                                     jax.random.fold_in(key, 1)).samples
 
     def ddnm(x, key):
         family_y = restoration.ddnm_family(family, inpaint, inpaint.forward(x))
-        return from_the_prior(solvers.sampler_on_grid(family_y, general, grid, **ddnm_options), x, key)
+        return from_the_prior(sampler_registry.sampler_on_grid(family_y, general, grid, **ddnm_options), x, key)
 
     def dps(x, key):
         return from_the_prior(restoration.dps_sampler(sampler, inpaint, inpaint.forward(x), 0.3), x, key)
 
-    runs = {"sdedit": functools.partial(editing.sdedit, functools.partial(solvers.sampler_on_grid, family, name,
+    runs = {"sdedit": functools.partial(editing.sdedit, functools.partial(sampler_registry.sampler_on_grid, family, name,
                                                                           **options), grid, net, strength=0.5),
             "repaint": functools.partial(editing.repaint, sampler, grid, net, known=KNOWN, jump_n_sample=1),
             "ddnm": ddnm, "dps": dps}
@@ -307,7 +308,7 @@ def test_every_editing_method_works_with_every_sampler_it_accepts(kind):
     net = gaussian.exact_net(family, PRIOR, PROCESS.get(kind))
     x = jnp.broadcast_to(jnp.asarray(X_TRUE, jnp.float32), (2 * HALF,) + SHAPE)
     runs, expected = {}, {}
-    for name in (n for n in solvers.SAMPLERS if (family.name, n) not in REFUSED):
+    for name in (n for n in sampler_registry.SAMPLERS if (family.name, n) not in REFUSED):
         grid, methods = edit_runs(family, name, net, x)
         runs.update({(name, method): run for method, run in methods.items()})
         expected[name] = sdedit_moments(name, grid)

@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from configs import default
-from jaxdiff.core import families, samplers, schedules, solvers
-from jaxdiff.drivers import config_checks as config_lib, sampling
+from jaxdiff.core import ddpm_chain, families, grid_samplers, guidance, sampler_registry, schedules
+from jaxdiff.core.spacing import spaced_timesteps
+from jaxdiff.core.sampler import run_sampler
+from jaxdiff.drivers import config_checks as config_lib, sampling_config as sampling_lib
 from jaxdiff.models.unet import UNet
 
 T_SMALL = 50
@@ -41,7 +43,7 @@ def fake_out(x, t):
 
 def make(tables, name, steps, spacing, target="eps", **kw):
     """A sampler of the ddpm family of ``tables``."""
-    return solvers.make_sampler(families.ddpm(tables, target), name, steps, spacing, **kw)
+    return sampler_registry.make_sampler(families.ddpm(tables, target), name, steps, spacing, **kw)
 
 
 def noise_for(key, i, shape):
@@ -50,7 +52,7 @@ def noise_for(key, i, shape):
 
 
 def scan(sampler, x_T, key, fn=fake_out, **kw):
-    return jax.jit(lambda x, k: samplers.run_sampler(sampler, fn, x, k, **kw))(x_T, key)
+    return jax.jit(lambda x, k: run_sampler(sampler, fn, x, k, **kw))(x_T, key)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +64,14 @@ def x_T():
 
 def test_spacings_match_their_definitions():
     T, S = 1000, 10
-    assert list(samplers.spaced_timesteps(T, S, "leading")) == list(range(900, -1, -100))
-    assert list(samplers.spaced_timesteps(T, S, "trailing")) == list(range(999, 0, -100))
-    assert list(samplers.spaced_timesteps(T, S, "uniform")) == list(range(0, T, T // S))[::-1]
-    assert list(samplers.spaced_timesteps(T, S, "linspace")) == [int(round(999 * k / 9)) for k in range(9, -1, -1)]
+    assert list(spaced_timesteps(T, S, "leading")) == list(range(900, -1, -100))
+    assert list(spaced_timesteps(T, S, "trailing")) == list(range(999, 0, -100))
+    assert list(spaced_timesteps(T, S, "uniform")) == list(range(0, T, T // S))[::-1]
+    assert list(spaced_timesteps(T, S, "linspace")) == [int(round(999 * k / 9)) for k in range(9, -1, -1)]
     quad = [int((np.sqrt(0.8 * T) * k / 9) ** 2) for k in range(9, -1, -1)]
-    assert list(samplers.spaced_timesteps(T, S, "quad")) == quad
+    assert list(spaced_timesteps(T, S, "quad")) == quad
     # DDIM's uniform spacing keeps range(0, T, T // S): 31 steps when S = 30 does not divide T.
-    assert len(samplers.spaced_timesteps(T, 30, "uniform")) == 31
+    assert len(spaced_timesteps(T, 30, "uniform")) == 31
 
 
 @settings(max_examples=60, deadline=None)
@@ -83,9 +85,9 @@ def test_spacings_are_valid_step_sequences(T, frac, spacing, ztsnr):
     abar = schedules.make_tables(betas).alphas_cumprod
     if S == 1 and T > 1 and spacing not in ("trailing", "logsnr"):
         with pytest.raises(ValueError, match="evaluates only t=0"):  # one step at the data end
-            samplers.spaced_timesteps(T, S, spacing, abar)
+            spaced_timesteps(T, S, spacing, abar)
         return
-    seq = samplers.spaced_timesteps(T, S, spacing, abar)
+    seq = spaced_timesteps(T, S, spacing, abar)
     assert np.all(np.diff(seq) < 0) and seq[0] < T and seq[-1] >= 0
     assert len(seq) == S if spacing != "uniform" else len(seq) >= S
     if spacing in ("trailing", "logsnr"):
@@ -99,15 +101,15 @@ def test_spacings_are_valid_step_sequences(T, frac, spacing, ztsnr):
 def test_logsnr_spacing_of_a_zero_terminal_snr_schedule_starts_at_the_prior():
     """lambda_{T-1} = -inf: the old linspace from it was NaN and argmin gave [S-1, ..., 0] (abar 0.97 first)."""
     abar = schedules.make_tables(schedules.rescale_zero_terminal_snr(schedules.linear_betas(1000))).alphas_cumprod
-    seq = samplers.spaced_timesteps(1000, 50, "logsnr", abar)
+    seq = spaced_timesteps(1000, 50, "logsnr", abar)
     assert seq[0] == 999 and np.all(np.diff(seq) < 0) and seq[-1] == 0 and abar[seq[1]] < 1e-3
 
 
 def test_linspace_ddim_steps_to_the_next_element_of_its_own_subsequence(tables_1000):
     """diffusers' DDIM uses t - T//S as the previous step for every spacing (wrong for linspace)."""
-    seq = samplers.spaced_timesteps(1000, 7, "linspace")
+    seq = spaced_timesteps(1000, 7, "linspace")
     assert list(seq[:2]) == [999, 832] and 999 - 1000 // 7 == 857
-    sampler = samplers.ddim_sampler(tables_1000, seq, eta=0.0, clip_x0=False)
+    sampler = ddpm_chain.ddim_sampler(tables_1000, seq, eta=0.0, clip_x0=False)
     x = jnp.full((1, 1, 1, 1), 0.4)
     eps = jnp.full((1, 1, 1, 1), -0.3)
     x_next, _, _ = sampler.step(lambda xx, t: eps, x, 0, jax.random.PRNGKey(0), ())
@@ -125,7 +127,7 @@ def test_linspace_ddim_steps_to_the_next_element_of_its_own_subsequence(tables_1
 
 def test_ddpm_matches_float64_reference(tables, x_T):
     key = jax.random.PRNGKey(3)
-    got = samplers.ddpm_sample(fake_out, tables, x_T, key, "eps", "fixed_small", clip_x0=True).samples
+    got = ddpm_chain.ddpm_sample(fake_out, tables, x_T, key, "eps", "fixed_small", clip_x0=True).samples
     x = np.asarray(x_T, np.float64)
     for i, t in enumerate(range(T_SMALL - 1, -1, -1)):
         tb = np.full(SHAPE[0], t)
@@ -140,8 +142,8 @@ def test_ddpm_matches_float64_reference(tables, x_T):
 @pytest.mark.parametrize("spacing,eta,set_alpha_to_one", [("linspace", 0.5, True), ("trailing", 1.0, False)])
 def test_ddim_matches_float64_reference(tables, x_T, spacing, eta, set_alpha_to_one):
     key = jax.random.PRNGKey(4)
-    seq = samplers.spaced_timesteps(T_SMALL, 9, spacing)
-    got = scan(samplers.ddim_sampler(tables, seq, "eps", eta, True, set_alpha_to_one), x_T, key).samples
+    seq = spaced_timesteps(T_SMALL, 9, spacing)
+    got = scan(ddpm_chain.ddim_sampler(tables, seq, "eps", eta, True, set_alpha_to_one), x_T, key).samples
     abar = tables.alphas_cumprod
     final = 1.0 if set_alpha_to_one else abar[0]
     x = np.asarray(x_T, np.float64)
@@ -156,9 +158,9 @@ def test_ddim_matches_float64_reference(tables, x_T, spacing, eta, set_alpha_to_
 
 def test_dpm_solver_matches_float64_reference(tables, x_T):
     """Lu et al. 2022, Algorithm 2 (DPM-Solver++(2M)), written out in float64."""
-    seq = samplers.spaced_timesteps(T_SMALL, 8, "trailing")
+    seq = spaced_timesteps(T_SMALL, 8, "trailing")
     family = families.ddpm(tables)
-    got = scan(solvers.dpm_solver_pp_sampler(family, family.grid(8, "trailing"), clip_x0=False), x_T,
+    got = scan(grid_samplers.dpm_solver_pp_sampler(family, family.grid(8, "trailing"), clip_x0=False), x_T,
                jax.random.PRNGKey(0)).samples
     abar = np.append(tables.alphas_cumprod[seq], 1.0)
     alpha, sigma = np.sqrt(abar), np.sqrt(1 - abar)
@@ -181,7 +183,7 @@ def test_dpm_solver_matches_float64_reference(tables, x_T):
 
 def test_ddim_eta_one_over_all_steps_is_ddpm_fixed_small(tables, x_T):
     key = jax.random.PRNGKey(5)
-    ddpm = samplers.ddpm_sample(fake_out, tables, x_T, key, "eps", "fixed_small", True).samples
+    ddpm = ddpm_chain.ddpm_sample(fake_out, tables, x_T, key, "eps", "fixed_small", True).samples
     ddim = scan(make(tables, "ddim", 0, "leading", eta=1.0), x_T, key).samples
     np.testing.assert_allclose(np.asarray(ddim), np.asarray(ddpm), atol=1e-4)
     eta0 = scan(make(tables, "ddim", 0, "leading", eta=0.0), x_T, key).samples
@@ -191,7 +193,7 @@ def test_ddim_eta_one_over_all_steps_is_ddpm_fixed_small(tables, x_T):
 def test_ddim_eta_zero_is_deterministic_in_x_T(tables, x_T):
     def compiled(eta):
         sampler = make(tables, "ddim", 10, "trailing", eta=eta)
-        return jax.jit(lambda x, k: samplers.run_sampler(sampler, fake_out, x, k).samples)
+        return jax.jit(lambda x, k: run_sampler(sampler, fake_out, x, k).samples)
 
     det, noisy = compiled(0.0), compiled(1.0)
     a = np.asarray(det(x_T, jax.random.PRNGKey(0)))
@@ -204,7 +206,7 @@ def test_ddim_eta_zero_is_deterministic_in_x_T(tables, x_T):
 def test_respacing_with_all_steps_reproduces_ddpm(tables, x_T):
     key = jax.random.PRNGKey(6)
     for variance, spacings in [("fixed_small", ["leading", "trailing", "linspace"]), ("fixed_large", ["uniform"])]:
-        ref = np.asarray(samplers.ddpm_sample(fake_out, tables, x_T, key, "eps", variance, True).samples)
+        ref = np.asarray(ddpm_chain.ddpm_sample(fake_out, tables, x_T, key, "eps", variance, True).samples)
         for spacing in spacings:
             sampler = make(tables, "ddpm", T_SMALL, spacing, variance=variance)
             np.testing.assert_allclose(np.asarray(scan(sampler, x_T, key).samples), ref, atol=1e-5)
@@ -247,9 +249,9 @@ def sampling_config(**overrides):
 
 
 def manual_chunk(tables, sc, chunk_key, denoise, n):
-    """What chunk ``c`` of :func:`sampling.generate_from_config` must be, for ``chunk_key = fold_in(key, c)``."""
+    """What chunk ``c`` of :func:`sampling_lib.generate_from_config` must be, for ``chunk_key = fold_in(key, c)``."""
     x_T = jax.random.normal(jax.random.fold_in(chunk_key, 0), (n, 4, 4, 1))
-    sampler = sampling.sampler_from_config(families.ddpm(tables), sc)
+    sampler = sampling_lib.sampler_from_config(families.ddpm(tables), sc)
     return np.asarray(scan(sampler, x_T, jax.random.fold_in(chunk_key, 1), denoise).samples)
 
 
@@ -258,7 +260,7 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional(tables):
     key = jax.random.PRNGKey(2)
 
     def run(y=labels, **kw):
-        return sampling.generate_from_config(cond_apply, COND_PARAMS, families.ddpm(tables), sampling_config(**kw),
+        return sampling_lib.generate_from_config(cond_apply, COND_PARAMS, families.ddpm(tables), sampling_config(**kw),
                                              (4, 4, 4, 1), key, num_classes=NUM_CLASSES, labels=y).samples
 
     def plain(y):  # the sampler driven directly by the network with fixed labels, no guidance code
@@ -277,7 +279,7 @@ def test_guidance_formula():
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 4, 4, 1))
     t, y = jnp.array([5, 9, 2]), jnp.array([0, 1, 2])
     out, cond, uncond = jax.jit(lambda x, t, y: (
-        samplers.guided_denoise_fn(lambda *a: cond_apply(COND_PARAMS, *a), y, 2.5, NUM_CLASSES)(x, t),
+        guidance.guided_denoise_fn(lambda *a: cond_apply(COND_PARAMS, *a), y, 2.5, NUM_CLASSES)(x, t),
         cond_apply(COND_PARAMS, x, t, y), cond_apply(COND_PARAMS, x, t, jnp.full((3,), NUM_CLASSES))))(x, t, y)
     np.testing.assert_allclose(np.asarray(out), np.asarray(uncond + 2.5 * (cond - uncond)), atol=1e-6)
 
@@ -297,7 +299,7 @@ def test_guided_unet_sampling_end_to_end_with_one_batched_call(tables):
         return model.apply({"params": p}, x, t, y)
 
     sc = sampling_config(sampler="ddim", num_steps=4, eta=1.0, guidance_scale=2.5, labels="all", batch_size=3)
-    out = sampling.generate_from_config(apply_fn, params, families.ddpm(tables), sc, (5, 4, 4, 1),
+    out = sampling_lib.generate_from_config(apply_fn, params, families.ddpm(tables), sc, (5, 4, 4, 1),
                                         jax.random.PRNGKey(0), num_classes=NUM_CLASSES)
     assert calls == [6]
     assert list(out.labels) == [0, 1, 2, 0, 1]
@@ -308,7 +310,7 @@ def test_guided_unet_sampling_end_to_end_with_one_batched_call(tables):
 def test_chunks_use_fold_in_keys_and_record_metadata(tables):
     key = jax.random.PRNGKey(11)
     sc = sampling_config(sampler="dpm_solver++", labels="2,0", guidance_scale=2.0)
-    out = sampling.generate_from_config(cond_apply, COND_PARAMS, families.ddpm(tables), sc, (10, 4, 4, 1), key,
+    out = sampling_lib.generate_from_config(cond_apply, COND_PARAMS, families.ddpm(tables), sc, (10, 4, 4, 1), key,
                                       num_classes=NUM_CLASSES)
     assert out.samples.shape == (10, 4, 4, 1) and np.all(np.isfinite(out.samples))
     assert list(out.labels) == [2, 0] * 5
@@ -317,7 +319,7 @@ def test_chunks_use_fold_in_keys_and_record_metadata(tables):
     assert out.trajectory_xt.shape == (4, 4, 4, 4, 1) and list(out.trajectory_t)[-1] == -1
     # Samples 4..7 are chunk 1: x_T and noise from fold_in(key, 1), guided labels 2, 0, 2, 0.
     y = jnp.asarray(out.labels[4:8])
-    guided = samplers.guided_denoise_fn(lambda x, t, yy: cond_apply(COND_PARAMS, x, t, yy), y, 2.0, NUM_CLASSES)
+    guided = guidance.guided_denoise_fn(lambda x, t, yy: cond_apply(COND_PARAMS, x, t, yy), y, 2.0, NUM_CLASSES)
     np.testing.assert_allclose(out.samples[4:8], manual_chunk(tables, sc, jax.random.fold_in(key, 1), guided, 4),
                                atol=1e-5)
     assert np.max(np.abs(out.samples[:4] - out.samples[4:8])) > 1e-3
@@ -329,7 +331,7 @@ def test_unconditional_model_gets_no_labels(tables):
         return fake_out(x, t)
 
     sc = sampling_config(sampler="ddpm", num_steps=5)
-    out = sampling.generate_from_config(apply_fn, {}, families.ddpm(tables), sc, (3, 4, 4, 1), jax.random.PRNGKey(0))
+    out = sampling_lib.generate_from_config(apply_fn, {}, families.ddpm(tables), sc, (3, 4, 4, 1), jax.random.PRNGKey(0))
     assert out.labels is None and out.samples.shape == (3, 4, 4, 1) and out.metadata["conditional"] is False
     assert out.metadata["guidance_scale"] is None and out.trajectory_x0.shape == (4, 3, 4, 4, 1)
 
@@ -343,12 +345,12 @@ def test_cache_compiles_each_sampler_once_and_keeps_results(tables):
 
     sc, other = sampling_config(sampler="ddim", num_steps=5), sampling_config(sampler="ddpm", num_steps=5)
     cache, family = {}, families.ddpm(tables)
-    run = lambda sc, key, shape=(3, 4, 4, 1): sampling.generate_from_config(  # noqa: E731
+    run = lambda sc, key, shape=(3, 4, 4, 1): sampling_lib.generate_from_config(  # noqa: E731
         apply_fn, {}, family, sc, shape, jax.random.PRNGKey(key), cache=cache).samples
     programs = lambda: [k for k in cache if k[0] != "sampler"]  # noqa: E731  (the cache also keeps samplers)
     first, second = run(sc, 0), run(sc, 1)
     assert len(traces) == 1 and len(programs()) == 1  # the second call reused the compiled program
-    np.testing.assert_array_equal(first, sampling.generate_from_config(
+    np.testing.assert_array_equal(first, sampling_lib.generate_from_config(
         apply_fn, {}, families.ddpm(tables), sc, (3, 4, 4, 1), jax.random.PRNGKey(0)).samples)
     assert np.max(np.abs(first - second)) > 1e-3
     run(other, 0)
@@ -379,7 +381,7 @@ def _never_called(*args):
 ])
 def test_bad_sampling_input_fails_before_tracing(tables, overrides, num_classes, labels, message):
     with pytest.raises(ValueError, match=message):
-        sampling.generate_from_config(_never_called, {}, families.ddpm(tables), sampling_config(**overrides),
+        sampling_lib.generate_from_config(_never_called, {}, families.ddpm(tables), sampling_config(**overrides),
                                       (2, 4, 4, 1), jax.random.PRNGKey(0), num_classes=num_classes, labels=labels)
 
 

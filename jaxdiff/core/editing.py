@@ -4,7 +4,7 @@ interpolation, for every family and (where the method allows) every sampler.
 All of them work on a :class:`~jaxdiff.core.families.Grid` of noise levels ``(alpha_l, sigma_l)``,
 ``l = 0..N`` (level 0 the noisiest, level N the data) and a sampler over the same grid
 (:func:`grid_and_sampler`; the sampler's scan position ``l`` steps from level ``l`` to ``l + 1``).
-``denoise_fn(x_in, t_in)`` is the (guided) network, as for :func:`~jaxdiff.core.samplers.run_sampler`.
+``denoise_fn(x_in, t_in)`` is the (guided) network, as for :func:`~jaxdiff.core.sampler.run_sampler`.
 
   sdedit       (Meng et al. 2022) noise the input to level ``k = N - floor(strength N)``,
                ``x_k = alpha_k x + sigma_k z``, and run the sampler's last ``N - k`` steps.
@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.core import solvers
+from jaxdiff.core import grid_samplers, sampler_registry
 from jaxdiff.core.families import Family, Grid
 from jaxdiff.core.generation import prior_noise
-from jaxdiff.core.samplers import Sampler, run_sampler
+from jaxdiff.core.sampler import Sampler, run_sampler
 
 
 def _f32(a) -> jax.Array:
@@ -44,11 +44,11 @@ def _f32(a) -> jax.Array:
 
 def grid_and_sampler(family: Family, name: str, num_steps: int = 0, spacing: str = "auto", *,
                      set_alpha_to_one: bool = True, **options) -> tuple[Grid, Sampler]:
-    """The grid of :func:`~jaxdiff.core.solvers.make_sampler` and the sampler ``name`` over it
-    (``options`` are :func:`~jaxdiff.core.solvers.sampler_on_grid`'s)."""
-    solvers.check_sampler_fits(family, name)
-    grid = family.grid(num_steps, solvers.resolve_spacing(family, name, spacing), set_alpha_to_one)
-    return grid, solvers.sampler_on_grid(family, name, grid, **options)
+    """The grid of :func:`~jaxdiff.core.sampler_registry.make_sampler` and the sampler ``name`` over it
+    (``options`` are :func:`~jaxdiff.core.sampler_registry.sampler_on_grid`'s)."""
+    sampler_registry.check_sampler_fits(family, name)
+    grid = family.grid(num_steps, sampler_registry.resolve_spacing(family, name, spacing), set_alpha_to_one)
+    return grid, sampler_registry.sampler_on_grid(family, name, grid, **options)
 
 
 def sub_grid(grid: Grid, levels) -> Grid:
@@ -76,7 +76,7 @@ def sdedit(make_sampler, grid: Grid, denoise_fn, x, key: jax.Array, strength: fl
     """SDEdit of images ``x [B, H, W, C]`` at ``strength``: see the module docstring.
 
     Args:
-      make_sampler: ``make_sampler(grid) -> Sampler`` (e.g. ``functools.partial(solvers.sampler_on_grid,
+      make_sampler: ``make_sampler(grid) -> Sampler`` (e.g. ``functools.partial(sampler_registry.sampler_on_grid,
         family, 'ddim')``): the sampler is built over the part of ``grid`` that SDEdit runs.
       grid: the full grid (:func:`grid_and_sampler`).
       denoise_fn: the network ``denoise_fn(x_in, t_in)``.
@@ -183,14 +183,14 @@ def invert(family: Family, grid: Grid, denoise_fn, x):
     ``reconstruct(family, grid, denoise_fn, invert(...))`` gives ``x`` back up to the solver's error."""
     _check_images(x)
     levels = inversion_levels(family, grid)
-    sampler = solvers.euler_ancestral_sampler(family, sub_grid(grid, levels), eta=0.0, clip_x0=False)
+    sampler = grid_samplers.euler_ancestral_sampler(family, sub_grid(grid, levels), eta=0.0, clip_x0=False)
     return run_sampler(sampler, denoise_fn, x, jax.random.PRNGKey(0)).samples  # deterministic: the key is unused
 
 
 def reconstruct(family: Family, grid: Grid, denoise_fn, x_T):
     """Euler from level 0 of ``grid`` down to the level :func:`invert` started from."""
     levels = inversion_levels(family, grid)[::-1]
-    sampler = solvers.euler_ancestral_sampler(family, sub_grid(grid, levels), eta=0.0, clip_x0=False)
+    sampler = grid_samplers.euler_ancestral_sampler(family, sub_grid(grid, levels), eta=0.0, clip_x0=False)
     return run_sampler(sampler, denoise_fn, x_T, jax.random.PRNGKey(0)).samples
 
 

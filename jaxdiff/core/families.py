@@ -20,7 +20,7 @@ A :class:`Family` is a NamedTuple of pure functions (the pattern of optax's ``Gr
   flow   flow matching / rectified flow: ``x_t = (1 - t) x0 + t eps``, ``t`` uniform or logit-normal
          (with SD3's shift), velocity target ``eps - x0``, network time ``1000 t``.
 
-Solvers (:mod:`jaxdiff.core.solvers`) step in ``(x0_hat, eps_hat)`` form; second-order ones
+Samplers (:mod:`jaxdiff.core.grid_samplers`) step in ``(x0_hat, eps_hat)`` form; second-order ones
 integrate an ODE in the family's coordinates ``ode_space``: ``sigma`` (``y = x / alpha`` against
 ``s = sigma / alpha``, ``dy/ds = eps``: EDM's choice, used for ddpm, vp and edm) or ``t``
 (``y = x`` against ``t``, ``dy/dt = eps - x0``: the flow ODE, which starts at ``alpha = 0``).
@@ -28,20 +28,19 @@ integrate an ODE in the family's coordinates ``ode_space``: ``sigma`` (``y = x /
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.core import diffusion, processes
-from jaxdiff.core.samplers import SPACINGS, spaced_timesteps
-from jaxdiff.core.schedules import DiffusionTables
+from jaxdiff.core.schedules import DiffusionTables, schedule_tables
+from jaxdiff.core.spacing import SPACINGS, spaced_timesteps
 
-FAMILIES = ("ddpm", "vp", "edm", "flow")
 VP_PROCESSES = ("linear", "cosine")
 T_SAMPLINGS = ("uniform", "logit_normal")
-CONTINUOUS_SPACINGS = {"vp": ("uniform", "logsnr", "karras"), "edm": ("karras", "logsnr"), "flow": ("uniform",)}
+VP_SPACINGS, EDM_SPACINGS, FLOW_SPACINGS = ("uniform", "logsnr", "karras"), ("karras", "logsnr"), ("uniform",)
 VP_TRAIN_T_MIN = 1e-5  # vp: training times t ~ U(1e-5, 1) (score_sde)
 VP_SAMPLE_T_MIN = 1e-3  # vp: the last evaluated time of a sampler grid (score_sde's sampling eps)
 NETWORK_TIME_SCALE = 1000.0  # vp and flow feed the network 1000 t (the range of DDPM's integer steps)
@@ -108,7 +107,7 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
          min_snr_gamma: float = 5.0) -> Family:
     """The discrete DDPM chain of ``tables``: training is exactly
     :func:`jaxdiff.core.diffusion.diffusion_loss`; sampler grids are table rows chosen by a spacing of
-    :data:`jaxdiff.core.samplers.SPACINGS`, ending at ``abar = 1`` (``set_alpha_to_one``) or ``abar_0``."""
+    :data:`jaxdiff.core.spacing.SPACINGS`, ending at ``abar = 1`` (``set_alpha_to_one``) or ``abar_0``."""
     _check_prediction(target, diffusion.TARGETS, "ddpm")
     _check_weighting(weighting)
     if target == "eps" and tables.alphas_cumprod[-1] == 0:
@@ -148,10 +147,10 @@ def _grid_from_logsnr(process, logsnr):
     return Grid(time, alpha, sigma, float(sigma[0]))
 
 
-def _check_spacing(spacing, family):
-    if spacing not in CONTINUOUS_SPACINGS[family]:
+def _check_spacing(spacing, spacings, family):
+    if spacing not in spacings:
         raise ValueError(f"spacing={spacing!r} does not fit the {family!r} family; choose one "
-                         f"of auto, {', '.join(CONTINUOUS_SPACINGS[family])}")
+                         f"of auto, {', '.join(spacings)}")
 
 
 def _check_steps(num_steps):
@@ -197,7 +196,7 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
     def grid(num_steps, spacing="logsnr", set_alpha_to_one=True):
         del set_alpha_to_one  # the continuous chain always ends at the data
         _check_steps(num_steps)
-        _check_spacing(spacing, "vp")
+        _check_spacing(spacing, VP_SPACINGS, "vp")
         if spacing == "uniform":
             t = np.linspace(1.0, VP_SAMPLE_T_MIN, num_steps)
             logsnr = process.logsnr(t)
@@ -214,7 +213,7 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
     def sigma_to_input(sigma_ratio):
         return NETWORK_TIME_SCALE * process.time_from_logsnr(-2.0 * np.log(sigma_ratio))
 
-    return Family("vp", target, draw, loss, predict, grid, CONTINUOUS_SPACINGS["vp"], "sigma", level, sigma_to_input)
+    return Family("vp", target, draw, loss, predict, grid, VP_SPACINGS, "sigma", level, sigma_to_input)
 
 
 def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma_min: float = 0.002,
@@ -249,7 +248,7 @@ def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma
     def grid(num_steps, spacing="karras", set_alpha_to_one=True):
         del set_alpha_to_one
         _check_steps(num_steps)
-        _check_spacing(spacing, "edm")
+        _check_spacing(spacing, EDM_SPACINGS, "edm")
         if spacing == "karras":
             sigmas = processes.karras_sigmas(num_steps, sigma_min, sigma_max, rho)
         else:
@@ -262,7 +261,7 @@ def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma
     def sigma_to_input(sigma):
         return 0.25 * np.log(sigma)
 
-    return Family("edm", "edm", draw, loss, predict, grid, CONTINUOUS_SPACINGS["edm"], "sigma", level,
+    return Family("edm", "edm", draw, loss, predict, grid, EDM_SPACINGS, "sigma", level,
                   sigma_to_input)
 
 
@@ -297,7 +296,7 @@ def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0,
     def grid(num_steps, spacing="uniform", set_alpha_to_one=True):
         del set_alpha_to_one
         _check_steps(num_steps)
-        _check_spacing(spacing, "flow")
+        _check_spacing(spacing, FLOW_SPACINGS, "flow")
         t = processes.shift_time(np.linspace(1.0, 0.0, num_steps + 1), shift)
         return Grid(t, 1.0 - t, t, 1.0)
 
@@ -307,4 +306,104 @@ def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0,
     def sigma_to_input(sigma_ratio):
         return NETWORK_TIME_SCALE * sigma_ratio / (1.0 + sigma_ratio)
 
-    return Family("flow", "flow", draw, loss, predict, grid, CONTINUOUS_SPACINGS["flow"], "t", level, sigma_to_input)
+    return Family("flow", "flow", draw, loss, predict, grid, FLOW_SPACINGS, "t", level, sigma_to_input)
+
+
+# --------------------------------------------------------------------------- by name
+
+def _refuse_fields(record: Mapping, family: str, weighted: bool) -> None:
+    """A process record's fields that do not apply to ``family`` (a continuous or own-weighted one)."""
+    if record.get("zero_terminal_snr", False):
+        raise ValueError("diffusion.zero_terminal_snr rescales the discrete ddpm tables; it does not apply to "
+                         f"diffusion.family={family!r}")
+    if not weighted and record.get("loss_weighting", "none") != "none":
+        raise ValueError(f"diffusion.loss_weighting={record['loss_weighting']!r} is for ddpm and vp; "
+                         f"diffusion.family={family!r} has its own weighting (use none)")
+
+
+def _ddpm_from_record(r: Mapping) -> Family:
+    tables = schedule_tables(r["schedule"], r["num_timesteps"], r["beta_start"], r["beta_end"],
+                             scale_betas_to_t=r.get("scale_betas_to_t", False),
+                             zero_terminal_snr=r.get("zero_terminal_snr", False))
+    return ddpm(tables, r["target"], r.get("loss_weighting", "none"), r.get("min_snr_gamma", 5.0))
+
+
+def _vp_from_record(r: Mapping) -> Family:
+    _refuse_fields(r, "vp", weighted=True)
+    return vp(r["schedule"], r["target"], r.get("loss_weighting", "none"), r.get("min_snr_gamma", 5.0))
+
+
+def _edm_from_record(r: Mapping) -> Family:
+    _refuse_fields(r, "edm", weighted=False)
+    e = r["edm"]
+    return edm(e["sigma_data"], e["p_mean"], e["p_std"], e["sigma_min"], e["sigma_max"], e["rho"])
+
+
+def _flow_from_record(r: Mapping) -> Family:
+    _refuse_fields(r, "flow", weighted=False)
+    f = r["flow"]
+    return flow(f["t_sampling"], f["loc"], f["scale"], f["shift"])
+
+
+class FamilySpec(NamedTuple):
+    """A family by name (an entry of :data:`FAMILIES`): how it is built and what it chooses by default.
+
+    ``from_record(record) -> Family`` builds it from a *process record*: a mapping with the field names
+    of ``config.diffusion`` and plain values (``target`` resolved, never ``auto``), such as a config's
+    diffusion block or the ``diffusion`` object of an exported ``jaxdiff.json``. Then its defaults:
+    ``sampler`` and ``num_steps`` (what ``sampler=auto`` and ``num_steps=0`` mean; 0 steps: every row
+    of the chain), ``spacing`` (``spacing=auto``, unless the sampler has its own), ``targets`` (the
+    network targets it trains; ``target=auto`` is the first) and ``trains`` (what that is, for
+    messages), ``spacings`` (the grids it accepts), ``weighted`` (takes ``loss_weighting``; else it
+    has its own weighting), ``time_name`` (what its time is called in pictures) and ``summary``."""
+
+    from_record: Callable[[Mapping], Family]
+    sampler: str
+    num_steps: int
+    spacing: str
+    targets: tuple
+    trains: str
+    spacings: tuple
+    weighted: bool
+    time_name: str
+    summary: str
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "ddpm": FamilySpec(_ddpm_from_record, "ddpm", 0, "logsnr", diffusion.TARGETS, "eps, x0 or v", SPACINGS,
+                       True, "t", "the discrete T-step chain of DDPM (table index time)"),
+    "vp": FamilySpec(_vp_from_record, "dpm_solver++", 50, "logsnr", diffusion.TARGETS, "eps, x0 or v",
+                     VP_SPACINGS, True, "t", "continuous-time variance preserving (linear or cosine)"),
+    "edm": FamilySpec(_edm_from_record, "heun", 18, "karras", ("edm",), "its preconditioned F", EDM_SPACINGS,
+                      False, "sigma", "Karras et al. 2022: x = x0 + sigma n, preconditioned"),
+    "flow": FamilySpec(_flow_from_record, "euler", 50, "uniform", ("flow",), "the velocity eps - x0",
+                       FLOW_SPACINGS, False, "t", "flow matching on the linear interpolant (rectified flow)"),
+}
+
+
+def family_spec(family: Family | str) -> FamilySpec:
+    """The :data:`FAMILIES` entry of ``family`` (a family or its name); ``ValueError`` for an unknown name."""
+    name = family if isinstance(family, str) else family.name
+    if name not in FAMILIES:
+        raise ValueError(f"diffusion.family={name!r} is not one of {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def resolve_target(family: str, target: str) -> str:
+    """``target`` of a ``family`` with ``auto`` resolved (the family's first target); ``ValueError`` for a
+    target a single-target family (edm, flow) does not train."""
+    spec = family_spec(family)
+    if target == "auto":
+        return spec.targets[0]
+    if len(spec.targets) == 1 and target != spec.targets[0]:
+        raise ValueError(f"diffusion.target={target!r} does not fit diffusion.family={family!r}, which trains "
+                         f"{spec.trains}; use auto")
+    return target
+
+
+def from_record(record: Mapping) -> Family:
+    """The :class:`Family` of a process record (:class:`FamilySpec`; ``target`` may be ``auto``);
+    ``ValueError`` (one line) for a value that does not fit."""
+    name = record.get("family", "ddpm")
+    target = resolve_target(name, record["target"])
+    return family_spec(name).from_record({**dict(record), "family": name, "target": target})

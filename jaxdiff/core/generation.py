@@ -17,8 +17,9 @@ import numpy as np
 
 from jaxdiff.common import parallel
 from jaxdiff.common.chunks import map_chunks
-from jaxdiff.core.samplers import (Sampler, SampleOutput, check_network_classes, guided_denoise_fn, sampler_scan,
-                                   trajectory_positions)
+from jaxdiff.core.guidance import guided_denoise_fn
+from jaxdiff.core.network_contract import check_network_classes
+from jaxdiff.core.sampler import Sampler, SampleOutput, sampler_scan, trajectory_positions
 
 ApplyFn = Callable  # apply_fn(params, x [B, H, W, C], t int32 [B], labels int32 [B] | None) -> output
 SEGMENT_STEPS = 25  # sampler steps per program when the caller may stop in between (should_stop)
@@ -48,7 +49,7 @@ def prior_noise(key: jax.Array, shape, prior_scale: float = 1.0) -> jax.Array:
 
 def network_time_interval(sampler: Sampler, guidance_interval) -> tuple[float, float] | None:
     """A guidance interval ``(lo, hi)`` in ``sigma / alpha`` as the network times ``(t_lo, t_hi)`` that
-    :func:`~jaxdiff.core.samplers.guided_denoise_fn` takes (``None`` stays ``None``: guide everywhere)."""
+    :func:`~jaxdiff.core.guidance.guided_denoise_fn` takes (``None`` stays ``None``: guide everywhere)."""
     if guidance_interval is None:
         return None
     lo, hi = (float(v) for v in guidance_interval)
@@ -73,7 +74,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
     ``guidance_interval = (lo, hi)`` in network time units. With a ``mesh`` the key arrives as key
     data in a global array, and with
     several devices the batch is sharded over ``data``. With ``segment_steps = L > 0`` the sampler runs
-    as programs of ``L`` steps (:func:`~jaxdiff.core.samplers.sampler_scan`: the same numbers) and
+    as programs of ``L`` steps (:func:`~jaxdiff.core.sampler.sampler_scan`: the same numbers) and
     ``should_stop()`` is called between them, so a signal can stop a long sampler within ``L`` steps
     (it raises to stop); with 0 it is one program and ``should_stop`` is not called.
     """
@@ -137,7 +138,7 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
       apply_fn: the network, ``apply_fn(params, x, t, y) -> output`` (``y`` is ``None`` for an
         unconditional model, whose ``num_classes`` is 0).
       params: its parameters (any sharding; they keep it).
-      sampler: a :class:`~jaxdiff.core.samplers.Sampler` (``make_sampler(...)``).
+      sampler: a :class:`~jaxdiff.core.sampler.Sampler` (``make_sampler(...)``).
       shape: ``(N, H, W, C)``.
       key: the base key (see the module docstring for how chunks and steps derive theirs).
       labels: int ``[N]`` class of each sample (``None``: unconditional, the null label of a
@@ -168,7 +169,7 @@ def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array,
     refused when the sampler is traced, before it runs.
 
     Returns:
-      :class:`~jaxdiff.core.samplers.SampleOutput` with NumPy float32 samples (in [-1, 1] when the
+      :class:`~jaxdiff.core.sampler.SampleOutput` with NumPy float32 samples (in [-1, 1] when the
       sampler clips ``x0``), the labels, the trajectory if asked for, and ``metadata`` (sample count,
       steps, chunk size, devices, timesteps, guidance).
     """

@@ -6,13 +6,13 @@ deblurring, colorization, inpainting, denoising), combined with any family and c
          ``x0_hat`` keeps only its null-space part and takes its range-space part from ``y``:
          ``x0 <- A^+ y + (I - A^+ A) x0_hat``, ``eps <- (x - alpha x0) / sigma``; the solver then steps
          with the corrected pair. :func:`ddnm_family` is a :class:`~jaxdiff.core.families.Family`
-         whose ``predict`` does this, so every solver of :mod:`jaxdiff.core.solvers` runs it
+         whose ``predict`` does this, so every solver of :mod:`jaxdiff.core.grid_samplers` runs it
          (DDPM's ancestral chain is ``euler_ancestral`` with eta 1, DDIM's is ``euler``: see
          :func:`x0_eps_form`). For noiseless measurements (the paper's DDNM; DDNM+'s noise handling
          is not implemented).
   dps    (Chung et al. 2023, diffusion posterior sampling) after each sampler step,
          ``x' <- x' - zeta grad_x ||y - A x0_hat(x)||_2`` (per image; the gradient goes through the
-         network by ``jax.vjp``). :func:`dps_sampler` wraps any :class:`~jaxdiff.core.samplers.Sampler`.
+         network by ``jax.vjp``). :func:`dps_sampler` wraps any :class:`~jaxdiff.core.sampler.Sampler`.
          Works with measurement noise; ``zeta`` is the paper's step size (about 1 for their
          256x256 images).
 """
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jaxdiff.core import processes
 from jaxdiff.core.families import Family
 from jaxdiff.core.operators import LinearOperator
-from jaxdiff.core.samplers import Sampler
+from jaxdiff.core.sampler import Sampler
 
 METHODS = ("ddnm", "dps")
 

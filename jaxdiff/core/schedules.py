@@ -172,9 +172,9 @@ def make_tables(betas: np.ndarray) -> DiffusionTables:
     )
 
 
-def tables_from_config(diffusion_config) -> DiffusionTables:
-    """Tables for a ``config.diffusion`` block (schedule, num_timesteps, beta_start, beta_end,
-    scale_betas_to_t, zero_terminal_snr)."""
-    c = diffusion_config
-    betas = make_betas(c.schedule, c.num_timesteps, c.beta_start, c.beta_end, c.get("scale_betas_to_t", False))
-    return make_tables(rescale_zero_terminal_snr(betas) if c.get("zero_terminal_snr", False) else betas)
+def schedule_tables(schedule: str, num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, *,
+                    scale_betas_to_t: bool = False, zero_terminal_snr: bool = False) -> DiffusionTables:
+    """The tables of a named schedule: :func:`make_betas`, rescaled to zero terminal SNR
+    (:func:`rescale_zero_terminal_snr`) with ``zero_terminal_snr``, then :func:`make_tables`."""
+    betas = make_betas(schedule, num_timesteps, beta_start, beta_end, scale_betas_to_t)
+    return make_tables(rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)

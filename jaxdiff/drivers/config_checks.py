@@ -9,10 +9,10 @@ import math
 import uuid
 
 from jaxdiff.common import paths
-from jaxdiff.core import diffusion, families, operators, restoration, schedules, solvers
+from jaxdiff.core import diffusion, families, operators, restoration, schedules, sampler_registry
 from jaxdiff.data import DataError, check_data_config
 from jaxdiff.drivers.diffusion_config import TARGET_CHOICES, family_from_config
-from jaxdiff.drivers.sampling import check_sampling_config, eval_sampling, grid_sampling
+from jaxdiff.drivers.sampling_config import check_sampling_config, eval_sampling, grid_sampling
 from jaxdiff.evaluation import inception
 from jaxdiff.evaluation.fid import EvalError, check_sample_count
 from jaxdiff.models import dit as dit_module
@@ -246,16 +246,16 @@ def validate(config) -> None:
     _positive(s.batch_size, "sampling.batch_size")
     _positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
     _bool(s.save_pngs, "sampling.save_pngs")
-    _choice(s.grid_sampler, ("auto", "same") + solvers.SAMPLERS, "sampling.grid_sampler")
+    _choice(s.grid_sampler, ("auto", "same") + tuple(sampler_registry.SAMPLERS), "sampling.grid_sampler")
     _positive(s.grid_num_steps, "sampling.grid_num_steps")
     if "eval" in config:
-        _choice(config.eval.sampler, ("auto", "same") + solvers.SAMPLERS, "eval.sampler")
+        _choice(config.eval.sampler, ("auto", "same") + tuple(sampler_registry.SAMPLERS), "eval.sampler")
         _positive(config.eval.num_steps, "eval.num_steps")
     try:
         family = family_from_config(f)
         check_sampling_config(s, family, bool(m.class_conditional))
-        for field, block in (("sampling.grid_sampler", grid_sampling(config)),
-                             ("eval.sampler", eval_sampling(config) if "eval" in config else None)):
+        for field, block in (("sampling.grid_sampler", grid_sampling(config, family)),
+                             ("eval.sampler", eval_sampling(config, family) if "eval" in config else None)):
             if block is not None and block is not s:
                 try:
                     check_sampling_config(block, family, bool(m.class_conditional))

@@ -22,15 +22,16 @@ import numpy as np
 
 from jaxdiff.common import array_files, parallel, paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
-from jaxdiff.core import editing, operators, restoration, solvers
+from jaxdiff.core import editing, operators, restoration, sampler_registry
 from jaxdiff.core.generation import network_time_interval, prior_noise
-from jaxdiff.core.samplers import guided_denoise_fn, run_sampler
+from jaxdiff.core.guidance import guided_denoise_fn
+from jaxdiff.core.sampler import run_sampler
 from jaxdiff.data import DataError, image_mode, preprocess, read_image
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.config_checks import ConfigError, check_workdir
 from jaxdiff.drivers.eval_mode import load_splits
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import check_sampling_config, parse_labels, resolve_sampler, sampler_options
+from jaxdiff.drivers.sampling_config import check_sampling_config, parse_labels, resolve_sampler, sampler_options
 from jaxdiff.training.keys import EDIT_STREAM, stream_key
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -203,7 +204,7 @@ class EditPlan:
         if self.method == "ddnm":
             general, sde_eta = restoration.x0_eps_form(self.name, sc.eta, sc.variance)
             options = {**sampler_options(sc), "clip_x0": False, **({"sde_eta": sde_eta} if sde_eta is not None else {})}
-            self.ddnm_sampler = lambda y: solvers.sampler_on_grid(
+            self.ddnm_sampler = lambda y: sampler_registry.sampler_on_grid(
                 restoration.ddnm_family(family, self.operator, y, sc.clip_x0), general, self.grid, **options)
         self._compiled = None
 
@@ -239,7 +240,7 @@ class EditPlan:
         ec = self.config.edit
         net = self.net(params, labels)
         if self.task == "sdedit":
-            make = lambda grid: solvers.sampler_on_grid(self.experiment.family, self.name, grid,  # noqa: E731
+            make = lambda grid: sampler_registry.sampler_on_grid(self.experiment.family, self.name, grid,  # noqa: E731
                                                         **sampler_options(self.config.sampling))
             return editing.sdedit(make, self.grid, net, x, key, ec.strength)
         if self.method == "repaint":

@@ -36,7 +36,7 @@ from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator, network
 from jaxdiff.data import ArraySource, load_source
 from jaxdiff.drivers import config_checks, restore
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import eval_sampling, resolve_sampler, sampler_from_config
+from jaxdiff.drivers.sampling_config import eval_sampling, resolve_sampler, sampler_from_config
 from jaxdiff.evaluation import classifier as classifier_lib
 from jaxdiff.evaluation.accuracy import (accuracy_table, balanced_labels, conditional_accuracy, generate_uint8,
                                          plot_conditional_accuracy)
@@ -171,7 +171,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     reference statistics, and for conditional models ``conditional_accuracy_<tag>.{json,md,png}``, where
     ``<tag>`` is ``<step>_<digest>`` (:func:`eval_tag`). Returns the metrics.
 
-    Samples come from ``eval.sampler`` (:func:`~jaxdiff.drivers.sampling.eval_sampling`: DPM-Solver++
+    Samples come from ``eval.sampler`` (:func:`~jaxdiff.drivers.sampling_config.eval_sampling`: DPM-Solver++
     over 20 steps unless ``same``, which is ``config.sampling``); ``make_generate(w) ->
     generate(params, key, labels) -> images in [-1, 1]`` may replace it (:func:`make_image_generator`). ``stop_check()`` runs after every chunk of
     work (:meth:`~jaxdiff.common.preemption.PreemptionGuard.stop_check`); when it raises, nothing of
@@ -182,7 +182,7 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
 
     ev = config.eval
     model, family = experiment.model, experiment.family
-    sampling = eval_sampling(config)  # eval.sampler: dpm_solver++ over 20 steps unless same (the paper protocol)
+    sampling = eval_sampling(config, family)  # eval.sampler: dpm_solver++ over 20 steps unless same (the paper protocol)
     t0 = time.perf_counter()
     train, test, split_note = load_splits(config.data)
     image_shape = tuple(train.image_shape)
@@ -327,7 +327,7 @@ def make_train_fid_hook(config, workdir, experiment, train_source=None, start_st
                                reference_path(workdir, config.data.dataset, image_shape, ev.reference_split,
                                               extractor), ev.batch_size, log)
     num_classes = int(experiment.model.num_classes)
-    generate = make_image_generator(experiment, eval_sampling(config),
+    generate = make_image_generator(experiment, eval_sampling(config, experiment.family),
                                     float(ev.fid_guidance_scale) if num_classes else 1.0, ev.batch_size)
     labels = balanced_labels(ev.train_fid_samples, num_classes)
     path = paths.as_path(workdir) / "eval" / "train_fid.jsonl"

@@ -9,12 +9,13 @@ import numpy as np
 
 from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
-from jaxdiff.core.samplers import SampleOutput
+from jaxdiff.core.families import family_spec
+from jaxdiff.core.sampler import SampleOutput
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.config_checks import check_workdir
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
-from jaxdiff.drivers.sampling import (check_sampling_config, generate_from_config, grid_sampling, parse_labels,
+from jaxdiff.drivers.sampling_config import (check_sampling_config, generate_from_config, grid_sampling, parse_labels,
                                       resolve_sampler)
 from jaxdiff.training.keys import SAMPLE_STREAM, stream_key
 
@@ -65,7 +66,7 @@ def write_training_samples(experiment: Experiment, state, workdir, step: int, sh
     on processes other than 0, which sample but do not write). ``should_stop()`` is called every
     few sampler steps and may raise to stop (then nothing is written)."""
     config = experiment.config
-    sc = grid_sampling(config)
+    sc = grid_sampling(config, experiment.family)
     params = state.ema_params if sc.use_ema else state.params
     out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples, sc,
                    should_stop=should_stop)
@@ -125,7 +126,7 @@ def run_sample_mode(config, workdir, overrides=()) -> dict:
     if out.labels is not None:
         plotting.save_class_grid(images, out.labels, out_dir / files["classes"])
     if out.trajectory_xt is not None:
-        time_name = "sigma" if experiment.family.name == "edm" else "t"  # edm's time is its noise level
+        time_name = family_spec(experiment.family).time_name  # edm's time is its noise level, sigma
         plotting.save_trajectory(out.trajectory_xt, out.trajectory_x0, out.trajectory_t,
                                  out_dir / files["trajectory"], time_name=time_name)
         plotting.save_trajectory_gif(out.trajectory_xt, out_dir / files["trajectory_gif"])

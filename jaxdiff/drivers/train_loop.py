@@ -32,7 +32,7 @@ from jaxdiff.common.tensorboard import TensorBoard
 from jaxdiff.data import batch_stream, check_batch_size, load_source
 from jaxdiff.drivers import config_checks, eval_mode, latent, model_source, sample_mode
 from jaxdiff.drivers.autoencoder_experiment import KIND, AutoencoderExperiment, write_reconstructions
-from jaxdiff.drivers.sampling import parse_labels
+from jaxdiff.drivers.sampling_config import parse_labels
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.training import checkpoint

@@ -124,11 +124,7 @@ def scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
     if family not in SCHEDULERS:
         raise WeightsError(f"diffusion.family={family!r} has no diffusers scheduler (diffusers has one for "
                            f"{', '.join(SCHEDULERS)}): its process is in jaxdiff.json only")
-    if family == "edm":
-        return edm_scheduler_config(diffusion, sampling, diffusers_version)
-    if family == "flow":
-        return flow_scheduler_config(diffusion, diffusers_version)
-    return ddpm_scheduler_config(diffusion, sampling, diffusers_version)
+    return _WRITERS[family](diffusion, sampling, diffusers_version)
 
 
 def ddpm_scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
@@ -166,12 +162,17 @@ def edm_scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
             "prediction_type": "epsilon", "num_train_timesteps": 1000}
 
 
-def flow_scheduler_config(diffusion, diffusers_version: str) -> dict:
+def flow_scheduler_config(diffusion, sampling, diffusers_version: str) -> dict:
     """The ``FlowMatchEulerDiscreteScheduler`` config of a flow-family ``config.diffusion`` (its
-    ``flow.shift``), every other field diffusers' default, written out."""
+    ``flow.shift``; nothing of ``sampling``), every other field diffusers' default, written out."""
+    del sampling
     return {"_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": diffusers_version,
             "num_train_timesteps": int(NETWORK_TIME_SCALE), "shift": float(diffusion["flow"]["shift"]),
             "use_dynamic_shifting": False, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
             "max_image_seq_len": 4096, "invert_sigmas": False, "shift_terminal": None, "use_karras_sigmas": False,
             "use_exponential_sigmas": False, "use_beta_sigmas": False, "time_shift_type": "exponential",
             "stochastic_sampling": False}
+
+
+# the scheduler config of each family that diffusers has a scheduler for (the names of SCHEDULERS)
+_WRITERS = {"ddpm": ddpm_scheduler_config, "edm": edm_scheduler_config, "flow": flow_scheduler_config}

@@ -28,7 +28,6 @@ import json
 import math
 import os
 
-from jaxdiff.core import diffusion as diffusion_lib
 from jaxdiff.core import families, schedules
 from jaxdiff.interop.safetensors_file import WeightsError
 
@@ -42,7 +41,6 @@ BLOCKS = {"edm": {"sigma_data": float, "p_mean": float, "p_std": float, "sigma_m
           "flow": {"t_sampling": str, "loc": float, "scale": float, "shift": float}}
 FIELDS = (*SCALARS, *BLOCKS)
 MAX_TIMESTEPS = 100_000  # DDPM's tables are built on reading: a file may not ask for gigabytes
-TARGETS = {"ddpm": diffusion_lib.TARGETS, "vp": diffusion_lib.TARGETS, "edm": ("edm",), "flow": ("flow",)}
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a finite number", bool: "true or false"}
 
 
@@ -133,9 +131,9 @@ def _check_values(d: dict, where: str) -> None:
     for name, value, allowed in choices:
         if value not in allowed:
             raise _bad(where, name, value, f"is not one of {', '.join(allowed)}")
-    if d["target"] not in TARGETS[d["family"]]:
-        raise _bad(where, "target", d["target"], f"does not fit family {d['family']!r} "
-                                                 f"({', '.join(TARGETS[d['family']])})")
+    targets = families.FAMILIES[d["family"]].targets
+    if d["target"] not in targets:
+        raise _bad(where, "target", d["target"], f"does not fit family {d['family']!r} ({', '.join(targets)})")
     positive = [("num_timesteps", d["num_timesteps"])] + [(f"edm.{k}", d["edm"][k]) for k in
                                                           ("sigma_data", "sigma_min", "sigma_max", "rho", "p_std")]
     positive += [(f"flow.{k}", d["flow"][k]) for k in ("scale", "shift")]
@@ -160,13 +158,4 @@ def _check_values(d: dict, where: str) -> None:
 def build_family(d: dict) -> families.Family:
     """The :class:`~jaxdiff.core.families.Family` of the process ``d`` (its training weighting the
     default: ``jaxdiff.json`` records the function, not how the loss was weighted)."""
-    if d["family"] == "ddpm":
-        betas = schedules.make_betas(d["schedule"], d["num_timesteps"], d["beta_start"], d["beta_end"],
-                                     d["scale_betas_to_t"])
-        betas = schedules.rescale_zero_terminal_snr(betas) if d["zero_terminal_snr"] else betas
-        return families.ddpm(schedules.make_tables(betas), d["target"])
-    if d["family"] == "vp":
-        return families.vp(d["schedule"], d["target"])
-    if d["family"] == "edm":
-        return families.edm(**d["edm"])
-    return families.flow(**d["flow"])
+    return families.from_record(d)

@@ -18,7 +18,7 @@ import optax
 
 from jaxdiff.core import families
 from jaxdiff.core.families import Family
-from jaxdiff.core.samplers import check_denoiser_output, check_network_classes
+from jaxdiff.core.network_contract import check_denoiser_output, check_network_classes
 from jaxdiff.core.schedules import DiffusionTables
 from jaxdiff.training.keys import step_keys
 from jaxdiff.training.optim import ema_decay, ema_update

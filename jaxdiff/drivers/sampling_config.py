@@ -1,4 +1,4 @@
-"""A config's ``sampling`` block turned into the library's sampler and generation arguments.
+"""The ``sampling`` block: its checks, and the library's sampler and generation arguments it gives.
 
 Pure NumPy/Python checks run before anything is compiled; :func:`generate_from_config` then calls
 :func:`jaxdiff.core.generation.generate`.
@@ -10,13 +10,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdiff.core import generation, solvers
-from jaxdiff.core.families import Family
-from jaxdiff.core.samplers import SampleOutput, Sampler
+from jaxdiff.core import generation
+from jaxdiff.core.families import Family, family_spec
+from jaxdiff.core.sampler import SampleOutput, Sampler
+from jaxdiff.core.sampler_registry import SAMPLERS, make_sampler, resolve_spacing
 
-AUTO_SAMPLER = {"ddpm": "ddpm", "vp": "dpm_solver++", "edm": "heun", "flow": "euler"}
 FAST_SAMPLER = "dpm_solver++"  # what sampling.grid_sampler=auto and eval.sampler=auto run, in every family
-DEFAULT_STEPS = {"vp": 50, "edm": 18, "flow": 50}  # num_steps=0 on a continuous family (ddpm: all T)
 
 
 def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
@@ -46,7 +45,7 @@ def parse_labels(spec, num_samples: int, num_classes: int) -> np.ndarray | None:
     return generation.check_labels(classes[np.arange(num_samples) % len(classes)], num_samples, num_classes)
 
 
-def with_sampler(sampling_config, sampler: str, num_steps: int):
+def sampling_with(sampling_config, sampler: str, num_steps: int):
     """``sampling_config`` with another sampler: ``same`` returns it as it is; ``auto`` is
     :data:`FAST_SAMPLER` (DPM-Solver++(2M), 10-20 steps in every family), any other name that
     sampler; both with ``num_steps`` steps and the family's own spacing (``auto``). Labels, guidance,
@@ -59,29 +58,30 @@ def with_sampler(sampling_config, sampler: str, num_steps: int):
     return sc
 
 
-def _at_most_the_chain(config, num_steps: int) -> int:
-    """``num_steps``, capped at the chain's ``num_timesteps`` for the ddpm family."""
-    return min(int(num_steps), int(config.diffusion.num_timesteps)) if config.diffusion.family == "ddpm" else num_steps
+def _at_most_the_chain(family: Family, num_steps: int) -> int:
+    """``num_steps``, capped at the number of rows of a discrete family's chain."""
+    return min(int(num_steps), family.tables.num_timesteps) if family.tables is not None else num_steps
 
 
-def grid_sampling(config):
+def grid_sampling(config, family: Family):
     """The ``sampling`` block of the sample grids written during training (``sampling.grid_sampler``)."""
     sc = config.sampling
-    return with_sampler(sc, sc.grid_sampler, _at_most_the_chain(config, sc.grid_num_steps))
+    return sampling_with(sc, sc.grid_sampler, _at_most_the_chain(family, sc.grid_num_steps))
 
 
-def eval_sampling(config):
+def eval_sampling(config, family: Family):
     """The ``sampling`` block of eval's samples and the training-time FID (``eval.sampler``)."""
-    return with_sampler(config.sampling, config.eval.sampler, _at_most_the_chain(config, config.eval.num_steps))
+    return sampling_with(config.sampling, config.eval.sampler, _at_most_the_chain(family, config.eval.num_steps))
 
 
 def resolve_sampler(sampling_config, family: Family) -> tuple[str, int]:
-    """``(sampler name, number of steps)`` of a ``config.sampling`` block for ``family``: ``auto`` is
-    ddpm for the ddpm family, dpm_solver++ for vp, heun for edm (EDM's deterministic sampler), euler
-    for flow; ``num_steps=0`` is all T for the ddpm family, else :data:`DEFAULT_STEPS`."""
+    """``(sampler name, number of steps)`` of a ``config.sampling`` block for ``family``: ``auto`` and
+    ``num_steps=0`` are the family's own (:data:`~jaxdiff.core.families.FAMILIES`: ddpm over all T for
+    the ddpm family, dpm_solver++ for vp, EDM's heun for edm, euler for flow)."""
     sc = sampling_config
-    name = AUTO_SAMPLER[family.name] if sc.sampler == "auto" else sc.sampler
-    steps = sc.num_steps or (family.tables.num_timesteps if family.tables is not None else DEFAULT_STEPS[family.name])
+    spec = family_spec(family)
+    name = spec.sampler if sc.sampler == "auto" else sc.sampler
+    steps = sc.num_steps or spec.num_steps or family.tables.num_timesteps
     return name, int(steps)
 
 
@@ -89,8 +89,8 @@ def check_sampling_config(sampling_config, family: Family, class_conditional: bo
     """Raise ``ValueError`` (one line) for a ``config.sampling`` block that cannot be sampled with
     ``family`` and a model with or without classes. Builds the sampler (NumPy only, no compile)."""
     sc = sampling_config
-    if sc.sampler != "auto" and sc.sampler not in solvers.SAMPLERS:
-        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of auto, {', '.join(solvers.SAMPLERS)}")
+    if sc.sampler != "auto" and sc.sampler not in SAMPLERS:
+        raise ValueError(f"sampling.sampler={sc.sampler!r} is not one of auto, {', '.join(SAMPLERS)}")
     if sc.spacing != "auto" and sc.spacing not in family.spacings:
         raise ValueError(f"sampling.spacing={sc.spacing!r} does not fit diffusion.family={family.name!r}; choose "
                          f"one of auto, {', '.join(family.spacings)}")
@@ -134,12 +134,11 @@ def sampler_from_config(family: Family, sampling_config) -> Sampler:
     """The :class:`Sampler` a ``config.sampling`` block describes (``ValueError`` on bad values)."""
     sc = sampling_config
     name, steps = resolve_sampler(sc, family)
-    return solvers.make_sampler(family, name, steps, sc.spacing, set_alpha_to_one=sc.set_alpha_to_one,
-                                **sampler_options(sc))
+    return make_sampler(family, name, steps, sc.spacing, set_alpha_to_one=sc.set_alpha_to_one, **sampler_options(sc))
 
 
 def sampler_options(sampling_config) -> dict:
-    """The keyword arguments of :func:`~jaxdiff.core.solvers.sampler_on_grid` in a ``config.sampling``
+    """The keyword arguments of :func:`~jaxdiff.core.sampler_registry.sampler_on_grid` in a ``config.sampling``
     block (noise, variance, clipping, EDM's churn)."""
     sc = sampling_config
     return {"eta": sc.eta, "sde_eta": sc.sde_eta, "variance": sc.variance, "clip_x0": sc.clip_x0,
@@ -147,16 +146,19 @@ def sampler_options(sampling_config) -> dict:
 
 
 def sampling_metadata(sampling_config, family: Family) -> dict:
-    """What a config's sampler is, for the metadata next to every sample file and metric."""
+    """What a config's sampler is, for the metadata next to every sample file and metric: the options
+    its sampler reads (:data:`~jaxdiff.core.sampler_registry.SAMPLERS`), ``None`` for the others."""
     sc = sampling_config
     name, _ = resolve_sampler(sc, family)
-    return {"family": family.name, "sampler": name, "spacing": solvers.resolve_spacing(family, name, sc.spacing),
-            "eta": float(sc.eta) if name == "ddim" else None,
-            "sde_eta": float(sc.sde_eta) if name in ("euler_ancestral", "dpm_solver++_sde") else None,
+    reads = SAMPLERS[name].options
+    return {"family": family.name, "sampler": name, "spacing": resolve_spacing(family, name, sc.spacing),
+            "eta": float(sc.eta) if "eta" in reads else None,
+            "sde_eta": float(sc.sde_eta) if "sde_eta" in reads else None,
             "churn": [float(sc.s_churn), float(sc.s_min), float(sc.s_max), float(sc.s_noise)]
-            if name == "edm_stochastic" else None,
-            "variance": sc.variance if name == "ddpm" else None,
-            "set_alpha_to_one": bool(sc.set_alpha_to_one) if family.name == "ddpm" and name != "ddpm" else None,
+            if "churn" in reads else None,
+            "variance": sc.variance if "variance" in reads else None,
+            "set_alpha_to_one": bool(sc.set_alpha_to_one)
+            if family.tables is not None and "set_alpha_to_one" in reads else None,
             "clip_x0": bool(sc.clip_x0), "target": family.prediction}
 
 
