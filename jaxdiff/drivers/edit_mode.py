@@ -28,7 +28,7 @@ from jaxdiff.core.samplers import guided_denoise_fn, run_sampler
 from jaxdiff.data import DataError, image_mode, preprocess, read_image
 from jaxdiff.drivers import restore
 from jaxdiff.drivers.config_checks import ConfigError, check_workdir
-from jaxdiff.drivers.eval_mode import load_splits
+from jaxdiff.drivers.eval_features import load_splits
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import check_sampling_config, parse_labels, resolve_sampler, sampler_options
 from jaxdiff.training.keys import EDIT_STREAM, stream_key
