@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from configs import digits  # noqa: E402
 from jaxdiff.common import cpu_tuning  # noqa: E402
-from jaxdiff.drivers import eval_mode, restore, train_loop  # noqa: E402
+from jaxdiff.drivers import eval_features, eval_mode, restore, train_loop  # noqa: E402
 from jaxdiff.drivers.sampling_config import sampler_from_config  # noqa: E402
 from jaxdiff.evaluation.accuracy import balanced_labels, generate_uint8  # noqa: E402
 from jaxdiff.evaluation.features import fid_kid, reference_statistics  # noqa: E402
@@ -83,9 +83,9 @@ def main():
         experiment = opened.experiment
         params = restore.load_params(opened)
         if extractor is None:
-            train, test, _ = eval_mode.load_splits(config.data)
-            extractor, clf = eval_mode.build_extractor(config, args.out, train, test)
-            ref = reference_statistics(extractor, train, eval_mode.reference_path(
+            train, test, _ = eval_features.load_splits(config.data)
+            extractor, clf = eval_features.build_extractor(config, args.out, train, test)
+            ref = reference_statistics(extractor, train, eval_features.reference_path(
                 args.out, "digits", tuple(train.image_shape), "train", extractor), 256)
         for name, steps in SOLVERS[family]:
             sc = config.sampling.copy_and_resolve_references()

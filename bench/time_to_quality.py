@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 
 from configs import fashion_mnist_cpu  # noqa: E402
 from jaxdiff.common import cpu_tuning, plotting  # noqa: E402
-from jaxdiff.drivers import eval_mode, restore, train_loop  # noqa: E402
+from jaxdiff.drivers import eval_features, eval_mode, restore, train_loop  # noqa: E402
 from jaxdiff.evaluation import classifier as classifier_lib  # noqa: E402
 from jaxdiff.evaluation.accuracy import balanced_labels, generate_uint8  # noqa: E402
 from jaxdiff.evaluation.features import fid_kid, reference_statistics  # noqa: E402
@@ -268,9 +268,9 @@ def main():
     command = "python bench/time_to_quality.py " + " ".join(sys.argv[1:])
     config = recipe_config("cpu", 1.0, args.out)
     t0 = time.perf_counter()
-    train, test, _ = eval_mode.load_splits(config.data)
-    extractor, clf = eval_mode.build_extractor(config, args.out, train, test)
-    ref = reference_statistics(extractor, train, eval_mode.reference_path(
+    train, test, _ = eval_features.load_splits(config.data)
+    extractor, clf = eval_features.build_extractor(config, args.out, train, test)
+    ref = reference_statistics(extractor, train, eval_features.reference_path(
         args.out, "fashion_mnist", tuple(train.image_shape), "train", extractor), 256)
     print(f"classifier (test accuracy {clf.test_accuracy:.3f}) and reference statistics: "
           f"{time.perf_counter() - t0:.0f} s; tcmalloc: {'tcmalloc' in os.environ.get('LD_PRELOAD', '')}",

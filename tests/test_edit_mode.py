@@ -14,7 +14,7 @@ from PIL import Image
 
 from jaxdiff.common import plotting, preemption
 from jaxdiff.drivers import config_checks, edit_mode
-from jaxdiff.drivers.eval_mode import load_splits
+from jaxdiff.drivers.eval_features import load_splits
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
 from tests.conftest import tiny_config

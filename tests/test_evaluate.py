@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from configs import default as default_config
 from jaxdiff.common import plotting
 from jaxdiff.core import likelihood
-from jaxdiff.drivers import config_checks, eval_mode, sample_mode, train_loop
+from jaxdiff.drivers import config_checks, eval_features, eval_mode, sample_mode, train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.evaluation import accuracy, features, fid, inception
 from jaxdiff.evaluation import classifier as classifier_lib
@@ -159,7 +159,7 @@ def eval_config(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_splits(eval_config):
-    train, test, note = eval_mode.load_splits(eval_config.data)
+    train, test, note = eval_features.load_splits(eval_config.data)
     assert "holds out 359 of 1797" in note and len(train) + len(test) == 1797
     return train, test  # in-memory sources
 
@@ -167,7 +167,7 @@ def digits_splits(eval_config):
 @pytest.fixture(scope="module")
 def digits_classifier(eval_config, digits_splits):
     train, test = digits_splits
-    spec = eval_mode.classifier_spec(eval_config, train)
+    spec = eval_features.classifier_spec(eval_config, train)
     cache = eval_config.eval.classifier_dir
     return classifier_lib.get_classifier(spec, train, test, cache, log=lambda *_: None), cache
 
@@ -442,7 +442,7 @@ def test_train_with_cheap_fid_then_eval_mode(tmp_path, eval_config, digits_class
 
     # bits/dim of the trained tiny model is below that of the untrained one (same images, same keys)
     trainer = Experiment(config, 1, 10)
-    _, test, _ = eval_mode.load_splits(config.data)
+    _, test, _ = eval_features.load_splits(config.data)
     bpd_fn = likelihood.make_bpd_fn(lambda p, x, t: trainer.apply_fn(p, x, t, None),
                                     trainer.tables, "eps", config.sampling.variance)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.seed), keys.EVAL_STREAM), 20)

@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from jaxdiff.core import editing, grid_samplers, guidance, operators, processes, restoration, sampler_registry
+from jaxdiff.core import editing, grid_samplers, operators, processes, restoration, sampler_registry
+from jaxdiff.core.guidance import guided_denoise_fn
 from jaxdiff.core.sampler import run_sampler
 from jaxdiff.core.generation import prior_noise
 from jaxdiff.drivers import edit_mode, sampling_config
@@ -184,8 +185,8 @@ def class_net(family, kind):
 def half_guided(apply):
     """The first ``HALF`` samples guided at ``W`` (``guided_denoise_fn``), the rest plain conditional."""
     labels = jnp.zeros((HALF,), jnp.int32)
-    guided = guidance.guided_denoise_fn(apply, labels, W, null_label=1)
-    plain = guidance.guided_denoise_fn(apply, labels, 1.0, null_label=1)
+    guided = guided_denoise_fn(apply, labels, W, null_label=1)
+    plain = guided_denoise_fn(apply, labels, 1.0, null_label=1)
     return lambda x, t: jnp.concatenate([guided(x[:HALF], t[:HALF]), plain(x[HALF:], t[HALF:])])
 
 

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from jaxdiff.common import array_files, restricted_pickle, torch_pickle
-from jaxdiff.data import DataError, readers
+from jaxdiff.data import DataError, cifar_python, image_files, readers
 from jaxdiff.evaluation import inception
 from jaxdiff.interop import diffusers_unet, process_file, safetensors_file
 from jaxdiff.interop.safetensors_file import WeightsError
@@ -81,7 +81,7 @@ def _read_png(path):
     limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = 64 * 64
     try:
-        return readers.image_mode(str(path)), readers.read_image(str(path), 3)
+        return image_files.image_mode(str(path)), image_files.read_image(str(path), 3)
     finally:
         Image.MAX_IMAGE_PIXELS = limit
 
@@ -149,9 +149,9 @@ class Reader(NamedTuple):
 READERS = {
     "idx": Reader(_valid_idx, lambda tmp, d: readers.read_idx(str(_write(tmp, "x-idx3-ubyte", d))), DataError),
     "image": Reader(_valid_png, lambda tmp, d: _read_png(_write(tmp, "a.png", d)), DataError),
-    "cifar batch": Reader(_valid_cifar_batch, lambda tmp, d: readers.load_cifar_python(str(_cifar_folder(tmp, d))),
+    "cifar batch": Reader(_valid_cifar_batch, lambda tmp, d: cifar_python.load_cifar_python(str(_cifar_folder(tmp, d))),
                           DataError, other_bytes=5 * len(_valid_cifar_batch()) + 200),
-    "cifar tar.gz": Reader(_valid_cifar_tar, lambda tmp, d: readers.load_cifar_python(str(_cifar_tar(tmp, d))),
+    "cifar tar.gz": Reader(_valid_cifar_tar, lambda tmp, d: cifar_python.load_cifar_python(str(_cifar_tar(tmp, d))),
                            DataError, factor=1100),
     "npy (edit input, mask)": Reader(_valid_npy, lambda tmp, d: array_files.npy_from_bytes(d, "x.npy"),
                                      array_files.ArrayFileError, text_header=True),
@@ -292,19 +292,19 @@ def test_image_folder_bombs_foreign_files_and_links_are_one_line(tmp_path, monke
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(folder / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 = 4,096: past the limit (and twice it)
     with pytest.raises(DataError, match="decompression-bomb limit") as e:
-        readers.load_image_folder(str(folder), image_size=8)
+        image_files.load_image_folder(str(folder), image_size=8)
     assert "\n" not in str(e.value) and "big.png" in str(e.value)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # between the limit and twice it: PIL only warns
     with pytest.raises(DataError, match="decompression-bomb limit"):
-        readers.load_image_folder(str(folder), image_size=8)
+        image_files.load_image_folder(str(folder), image_size=8)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DataError, match="decompression-bomb limit"):  # edit inputs and masks: the same check
-        readers.read_image(str(folder / "big.png"), 1)
+        image_files.read_image(str(folder / "big.png"), 1)
     monkeypatch.undo()
     (folder / "big.png").unlink()
     (folder / "notes.png").write_text("not an image")
     with pytest.raises(DataError, match="notes.png is not a readable image") as e:
-        readers.load_image_folder(str(folder), image_size=8)
+        image_files.load_image_folder(str(folder), image_size=8)
     assert "\n" not in str(e.value)
     (folder / "notes.png").unlink()
     outside = tmp_path / "secret.png"
@@ -312,10 +312,10 @@ def test_image_folder_bombs_foreign_files_and_links_are_one_line(tmp_path, monke
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / "ok.png")
     (folder / "link.png").symlink_to(outside)
     with pytest.raises(DataError, match="link.png links to .*secret.png, outside data.data_dir"):
-        readers.load_image_folder(str(folder), image_size=8)
+        image_files.load_image_folder(str(folder), image_size=8)
     (folder / "link.png").unlink()
     (folder / "inner.png").symlink_to(folder / "ok.png")  # a link inside the folder is read
-    assert len(readers.load_image_folder(str(folder), image_size=8)) == 2
+    assert len(image_files.load_image_folder(str(folder), image_size=8)) == 2
 
 
 def test_a_zip_member_that_inflates_too_far_is_refused_unread(tmp_path, monkeypatch):

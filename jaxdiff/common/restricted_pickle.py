@@ -11,7 +11,7 @@ reached; anything else is the reader's one-line error, raised before the global 
 opcode, a wrong type on the stack) is that same error.
 
 Readers: :mod:`jaxdiff.common.torch_pickle` (PyTorch state dicts) and the CIFAR batches of
-:mod:`jaxdiff.data.readers` (:data:`NUMPY_ARRAYS`: NumPy arrays of plain dtypes).
+:mod:`jaxdiff.data.cifar_python` (:data:`NUMPY_ARRAYS`: NumPy arrays of plain dtypes).
 """
 
 from __future__ import annotations

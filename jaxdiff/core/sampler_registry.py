@@ -15,9 +15,8 @@ import numpy as np
 
 from jaxdiff.core import ddpm_chain
 from jaxdiff.core.families import Family, Grid, family_spec
-from jaxdiff.core.grid_samplers import (denoiser, dpm_solver_pp_coefficients, dpm_solver_pp_sampler,  # noqa: F401
-                                        edm_stochastic_sampler, euler_ancestral_sampler, heun_sampler,
-                                        midpoint_sampler, ode_coordinates)
+from jaxdiff.core.grid_samplers import (dpm_solver_pp_sampler, edm_stochastic_sampler, euler_ancestral_sampler,
+                                        heun_sampler, midpoint_sampler)
 from jaxdiff.core.sampler import Sampler
 
 

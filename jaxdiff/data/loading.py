@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
-from jaxdiff.data.readers import (DEBIAN_FASHION_MNIST, LOCAL_DATASETS, load_cifar_python, load_digits,
-                                  load_idx, load_image_folder)
+from jaxdiff.data.cifar_python import load_cifar_python
+from jaxdiff.data.image_files import load_image_folder
+from jaxdiff.data.readers import DEBIAN_FASHION_MNIST, LOCAL_DATASETS, load_digits, load_idx
 from jaxdiff.data.sources import DataError, LazySource, materialize
 from jaxdiff.data.tfds_source import check_tfds_features, load_tfds
 
