@@ -26,6 +26,7 @@ from jaxdiff.core import processes
 from jaxdiff.core.families import Family
 from jaxdiff.core.operators import LinearOperator
 from jaxdiff.core.sampler import Sampler
+from jaxdiff.core.sampler_registry import SAMPLERS
 
 METHODS = ("ddnm", "dps")
 
@@ -35,16 +36,10 @@ def x0_eps_form(name: str, eta: float = 0.0, variance: str = "fixed_small") -> t
     :func:`ddnm_family` can correct: ``ddpm`` (fixed_small) -> ``euler_ancestral`` with eta 1,
     ``ddim`` with ``eta <= 1`` -> ``euler_ancestral`` with that eta (``euler`` for 0); other names
     are returned as they are. Returns ``(name, sde_eta)``."""
-    if name == "ddpm":
-        if variance != "fixed_small":
-            raise ValueError("variance=fixed_large has no (x0, eps) form that ddnm can correct; use "
-                             "fixed_small")
-        return "euler_ancestral", 1.0
-    if name == "ddim":
-        if eta > 1:
-            raise ValueError(f"ddnm runs DDIM as Euler ancestral, which covers eta <= 1, got eta={eta}")
-        return ("euler_ancestral", float(eta)) if eta > 0 else ("euler", 0.0)
-    return name, None
+    spec = SAMPLERS.get(name)
+    if spec is None or spec.grid_form is None:
+        return name, None
+    return spec.grid_form(eta=eta, variance=variance)
 
 
 def ddnm_correction(operator: LinearOperator, y, clip_x0: bool = False):

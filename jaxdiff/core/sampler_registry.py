@@ -33,6 +33,18 @@ def _ddim(family, grid, *, eta, clip_x0, **_):
                                    set_alpha_to_one=bool(grid.alpha[-1] == 1.0))
 
 
+def _ddpm_grid_form(*, eta, variance):
+    if variance != "fixed_small":
+        raise ValueError("variance=fixed_large has no (x0, eps) form that ddnm can correct; use fixed_small")
+    return "euler_ancestral", 1.0
+
+
+def _ddim_grid_form(*, eta, variance):
+    if eta > 1:
+        raise ValueError(f"ddnm runs DDIM as Euler ancestral, which covers eta <= 1, got eta={eta}")
+    return ("euler_ancestral", float(eta)) if eta > 0 else ("euler", 0.0)
+
+
 def _euler(family, grid, *, clip_x0, **_):
     return euler_ancestral_sampler(family, grid, 0.0, clip_x0)
 
@@ -66,7 +78,9 @@ class SamplerSpec(NamedTuple):
     :func:`make_sampler`'s keywords; each reads those in ``options`` and ignores the rest); ``needs``
     what it requires of the family (:data:`NEEDS`); ``evaluations`` its network evaluations for ``N``
     steps; ``spacing`` its own grid spacing under ``spacing=auto`` (``""``: the family's);
-    ``summary`` one line for the docs."""
+    ``summary`` one line for the docs; ``grid_form(eta=, variance=) -> (name, sde_eta)``, for a
+    sampler of the chain's table rows, the grid sampler in ``(x0, eps)`` form that takes the same
+    steps (``None``: it is one)."""
 
     build: Callable[..., Sampler]
     options: tuple
@@ -74,6 +88,7 @@ class SamplerSpec(NamedTuple):
     evaluations: str
     spacing: str
     summary: str
+    grid_form: Callable | None = None
 
 
 _CHAIN_FIT = ("runs the discrete DDPM chain; for the {family!r} family use euler (DDIM's continuous-time "
@@ -86,28 +101,41 @@ NEEDS = {  # requirement -> (does the family meet it, why a sampler is refused)
                     "adds noise in sigma; it does not fit the {family!r} family (use heun, midpoint or "
                     "euler_ancestral)"),
 }
-_CLIP = ("clip_x0",)
+_ON_GRID = ("set_alpha_to_one", "clip_x0")  # what every sampler over a family's grid reads
 SAMPLERS: dict[str, SamplerSpec] = {
-    "ddpm": SamplerSpec(_ddpm, ("variance",) + _CLIP, ("chain",), "N", "linspace",
-                        "ancestral sampling on the (re)spaced DDPM chain"),
-    "ddim": SamplerSpec(_ddim, ("eta", "set_alpha_to_one") + _CLIP, ("chain",), "N", "leading",
-                        "DDIM (eta = 0: deterministic) on the DDPM chain"),
-    "euler": SamplerSpec(_euler, ("set_alpha_to_one",) + _CLIP, (), "N", "",
-                         "Euler = DDIM(eta=0) = EDM's Euler = flow matching's Euler in t"),
-    "euler_ancestral": SamplerSpec(_euler_ancestral, ("sde_eta", "set_alpha_to_one") + _CLIP, (), "N", "",
-                                   "Euler ancestral (k-diffusion), noise sde_eta"),
-    "heun": SamplerSpec(_heun_by_name, ("set_alpha_to_one",) + _CLIP, (), "2N - 1", "",
-                        "EDM's Heun (Algorithm 1), second order"),
-    "edm_stochastic": SamplerSpec(_edm_stochastic, ("churn", "s_min", "s_max", "s_noise") + _CLIP,
-                                  ("continuous", "sigma_noise"), "2N - 1", "",
-                                  "EDM's stochastic sampler (Algorithm 2: churn, then Heun)"),
-    "midpoint": SamplerSpec(_midpoint, _CLIP, ("continuous",), "2N", "", "explicit midpoint (RK2)"),
-    "dpm_solver++": SamplerSpec(_dpm_solver_pp(2, False), ("set_alpha_to_one",) + _CLIP, (), "N", "",
-                                "DPM-Solver++(2M), multistep"),
-    "dpm_solver++_3m": SamplerSpec(_dpm_solver_pp(3, False), ("set_alpha_to_one",) + _CLIP, (), "N", "",
-                                   "DPM-Solver++(3M), multistep"),
-    "dpm_solver++_sde": SamplerSpec(_dpm_solver_pp(2, True), ("sde_eta", "set_alpha_to_one") + _CLIP, (), "N", "",
-                                    "DPM-Solver++(2M) SDE"),
+    "ddpm": SamplerSpec(
+        _ddpm, options=("variance", "clip_x0"), needs=("chain",), evaluations="N", spacing="linspace",
+        summary="ancestral sampling on the (re)spaced chain (`sampling.variance`); all T steps: DDPM",
+        grid_form=_ddpm_grid_form),
+    "ddim": SamplerSpec(
+        _ddim, options=("eta", *_ON_GRID), needs=("chain",), evaluations="N", spacing="leading",
+        summary="DDIM on the chain (`sampling.eta`; 0: deterministic)", grid_form=_ddim_grid_form),
+    "euler": SamplerSpec(
+        _euler, options=_ON_GRID, needs=(), evaluations="N", spacing="",
+        summary="`x' = alpha' x0 + sigma' eps`: DDIM(eta 0) = EDM's Euler = flow matching's Euler in `t`"),
+    "euler_ancestral": SamplerSpec(
+        _euler_ancestral, options=("sde_eta", *_ON_GRID), needs=(), evaluations="N", spacing="",
+        summary="k-diffusion's Euler ancestral with `sampling.sde_eta` (for VP it equals DDIM with that eta)"),
+    "heun": SamplerSpec(
+        _heun_by_name, options=_ON_GRID, needs=(), evaluations="2N - 1", spacing="",
+        summary="EDM Algorithm 1 (Euler on the last step) in the family's ODE coordinates: `sigma/alpha` "
+                "or `t` (flow)"),
+    "edm_stochastic": SamplerSpec(
+        _edm_stochastic, options=("churn", "s_min", "s_max", "s_noise", "clip_x0"),
+        needs=("continuous", "sigma_noise"), evaluations="2N - 1", spacing="",
+        summary="EDM Algorithm 2 (churn, then Heun): `s_churn`, `s_min`, `s_max`, `s_noise`"),
+    "midpoint": SamplerSpec(
+        _midpoint, options=("clip_x0",), needs=("continuous",), evaluations="2N", spacing="",
+        summary="the explicit midpoint rule (RK2)"),
+    "dpm_solver++": SamplerSpec(
+        _dpm_solver_pp(2, False), options=_ON_GRID, needs=(), evaluations="N", spacing="",
+        summary="DPM-Solver++(2M), multistep in `lambda = log(alpha/sigma)`"),
+    "dpm_solver++_3m": SamplerSpec(
+        _dpm_solver_pp(3, False), options=_ON_GRID, needs=(), evaluations="N", spacing="",
+        summary="DPM-Solver++(3M), k-diffusion's third-order multistep"),
+    "dpm_solver++_sde": SamplerSpec(
+        _dpm_solver_pp(2, True), options=("sde_eta", *_ON_GRID), needs=(), evaluations="N", spacing="",
+        summary="DPM-Solver++(2M) SDE (`sampling.sde_eta`)"),
 }
 
 

@@ -147,8 +147,6 @@ def _check_values(d: dict, where: str) -> None:
         raise _bad(where, "beta_end", d["beta_end"], f"needs 0 < beta_start={d['beta_start']!r} <= beta_end < 1")
     if not d["edm"]["sigma_max"] > d["edm"]["sigma_min"]:
         raise _bad(where, "edm.sigma_max", d["edm"]["sigma_max"], f"must exceed sigma_min={d['edm']['sigma_min']!r}")
-    if d["zero_terminal_snr"] and d["family"] != "ddpm":
-        raise _bad(where, "zero_terminal_snr", True, "applies to the ddpm family only")
     try:
         build_family(d)
     except ValueError as e:
