@@ -38,7 +38,7 @@ def main():
     except train_loop.Preempted as e:
         preempted_at, state = e.step, e.state
     # Sampling across both processes: every process gets all samples.
-    samples = sample_mode.generate(Experiment(config, 1, 10), state.ema_params,
+    samples = sample_mode.sample_images(Experiment(config, 1, 10), state.ema_params,
                               keys.stream_key(0, keys.SAMPLE_STREAM, 1), 6).samples
     leaves = jax.tree.leaves(state.params)
     np.savez(out, step=int(state.step), preempted_at=preempted_at, samples=samples,

@@ -96,8 +96,8 @@ def main():
 
     # Sharded sampling (10 samples padded to 16 over 8 devices) equals 1-device sampling.
     key = keys.stream_key(0, keys.SAMPLE_STREAM, 3)
-    out8 = sample_mode.generate(trainer8, state8.ema_params, key, 10)
-    out1 = sample_mode.generate(trainer1, jax.device_put(jax.device_get(state8.ema_params)), key, 10)
+    out8 = sample_mode.sample_images(trainer8, state8.ema_params, key, 10)
+    out1 = sample_mode.sample_images(trainer1, jax.device_put(jax.device_get(state8.ema_params)), key, 10)
     results["sample_shape"] = list(out8.samples.shape)
     results["sample_devices"] = out8.metadata["devices"]
     results["sample_diff"] = float(np.max(np.abs(out8.samples - out1.samples)))

@@ -414,7 +414,7 @@ def _process_and_samples(config, workdir):
     """The ``config.diffusion`` process a sample run of ``config`` uses (``target`` resolved), and its
     samples (float, key 0)."""
     opened = restore.open_latest(config, workdir, "sample", log=lambda *_: None)
-    out = sample_mode.generate(opened.experiment, restore.load_params(opened), jax.random.key(0), 2)
+    out = sample_mode.sample_images(opened.experiment, restore.load_params(opened), jax.random.key(0), 2)
     diffusion = opened.experiment.config.diffusion
     process = {name: diffusion[name] for name in model_source.PROCESS}
     return {**process, "target": resolve_target(diffusion)}, np.asarray(out.samples)

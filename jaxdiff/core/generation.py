@@ -65,7 +65,7 @@ def network_time_interval(sampler: Sampler, guidance_interval) -> tuple[float, f
 def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
                          null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
                          mesh=None, segment_steps: int = 0, guidance_interval=None):
-    """A compiled ``generate(params, key, y, should_stop=None) -> (samples, trajectory_xt,
+    """A compiled ``generate_chunk(params, key, y, should_stop=None) -> (samples, trajectory_xt,
     trajectory_x0)`` for one chunk of ``width`` images of ``image_shape``.
 
     ``x_T ~ sampler.prior_scale N(0, I)`` from ``fold_in(key, 0)``, the sampler's noise from
@@ -115,7 +115,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
     start_jit, output_jit = jax.jit(start), jax.jit(output)
     segment = jax.jit(lambda params, key, y, carry, i: setup(params, key, y)[1].run(carry, i))
 
-    def generate(params, key, y, should_stop=None):
+    def generate_chunk(params, key, y, should_stop=None):
         carry = start_jit(params, key, y)
         for a in range(0, len(positions), segment_steps):
             if should_stop is not None:
@@ -123,8 +123,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
             carry = segment(params, key, y, carry, positions[a:a + segment_steps])
         return output_jit(carry)
 
-    return generate
-
+    return generate_chunk
 
 
 def generate(apply_fn: ApplyFn, params, sampler: Sampler, shape, key: jax.Array, *,

@@ -9,7 +9,7 @@ computed once) and on ``jnp`` (training, inside the compiled step): pass ``xp=np
   vp_cosine   the cosine schedule in log-SNR form (Nichol & Dhariwal; Hoogeboom et al. 2023):
               ``logsnr(t) = -2 log tan(a t + b)`` bounded to ``[logsnr_min, logsnr_max]``,
               ``alpha^2 = sigmoid(logsnr)``, ``sigma^2 = sigmoid(-logsnr)``.
-  edm         Karras et al. 2022: the time is the noise level itself, ``alpha = 1``, ``sigma = t``.
+  variance_exploding   EDM's process (Karras et al. 2022): the time is the noise level, ``alpha = 1``, ``sigma = t``.
   linear      the flow-matching interpolant (rectified flow, SD3): ``alpha = 1 - t``, ``sigma = t``.
 
 ``logsnr = 2 log(alpha / sigma)``. Every family of :mod:`jaxdiff.core.families` samples in terms of
@@ -26,6 +26,7 @@ computed once) and on ``jnp`` (training, inside the compiled step): pass ``xp=np
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
@@ -85,8 +86,9 @@ def vp_cosine(logsnr_min: float = -15.0, logsnr_max: float = 15.0) -> NoiseProce
     return NoiseProcess("vp_cosine", alpha_sigma, time_from_logsnr, 0.0, 1.0)
 
 
-def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> NoiseProcess:
-    """EDM's process: ``alpha = 1``, ``sigma = t`` (the time is the noise level)."""
+def variance_exploding(sigma_min: float = 0.002, sigma_max: float = 80.0) -> NoiseProcess:
+    """The variance exploding process of EDM: ``alpha = 1``, ``sigma = t`` (the time is the noise level).
+    (The edm *family*, with its preconditioning and training, is :func:`jaxdiff.core.families.edm`.)"""
 
     def alpha_sigma(t, xp=np):
         return xp.ones_like(t), t
@@ -94,7 +96,14 @@ def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> NoiseProcess:
     def time_from_logsnr(logsnr):
         return np.exp(-0.5 * np.asarray(logsnr, np.float64))
 
-    return NoiseProcess("edm", alpha_sigma, time_from_logsnr, sigma_min, sigma_max)
+    return NoiseProcess("variance_exploding", alpha_sigma, time_from_logsnr, sigma_min, sigma_max)
+
+
+def edm(sigma_min: float = 0.002, sigma_max: float = 80.0) -> NoiseProcess:
+    """Deprecated name (0.7) of :func:`variance_exploding`; it goes in the next release."""
+    warnings.warn("jaxdiff.core.processes.edm is deprecated: use processes.variance_exploding (the edm family is "
+                  "families.edm)", DeprecationWarning, stacklevel=2)
+    return variance_exploding(sigma_min, sigma_max)
 
 
 def linear_interpolant() -> NoiseProcess:

@@ -28,7 +28,7 @@ def trajectory_stride(num_steps: int, trajectory_every: int, min_frames: int = 1
     return max(1, min(int(trajectory_every), -(-num_steps // min_frames)))
 
 
-def generate(experiment: Experiment, params, key, num_samples: int, sampling_config=None,
+def sample_images(experiment: Experiment, params, key, num_samples: int, sampling_config=None,
              trajectory: bool = False, progress=None, should_stop=None) -> SampleOutput:
     """``num_samples`` images from ``params`` with the sampler of ``sampling_config`` (default
     ``config.sampling``), chunked and keyed as :func:`jaxdiff.core.generation.generate` describes,
@@ -68,7 +68,7 @@ def write_training_samples(experiment: Experiment, state, workdir, step: int, sh
     config = experiment.config
     sc = grid_sampling(config, experiment.family)
     params = state.ema_params if sc.use_ema else state.params
-    out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples, sc,
+    out = sample_images(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples, sc,
                    should_stop=should_stop)
     path = paths.as_path(workdir) / f"samples_{step:07d}.png"
     conditional_grid = out.labels is not None and str(sc.labels) in ("auto", "all")
@@ -101,7 +101,7 @@ def run_sample_mode(config, workdir, overrides=()) -> dict:
     params = restore.load_params(opened, sc.use_ema, sc.ema_std)
     with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
                                                            guard.stop_check("sampling")) as bar:
-        out = generate(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
+        out = sample_images(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,
                        trajectory=True, progress=bar, should_stop=bar.check)
 
     images = out.samples
