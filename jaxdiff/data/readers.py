@@ -24,7 +24,6 @@ from jaxdiff.common import restricted_pickle
 from jaxdiff.common.errors import one_line
 from jaxdiff.data.sources import ArraySource, DataError, LazySource, fit_image, resize_uint8
 
-LOCAL_DATASETS = ("digits", "idx", "image_folder", "cifar_python")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F", "P;L"})

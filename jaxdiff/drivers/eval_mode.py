@@ -33,8 +33,9 @@ import numpy as np
 from jaxdiff.common import paths, preemption
 from jaxdiff.core import likelihood
 from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator, network_time_interval
-from jaxdiff.data import ArraySource, load_source
+from jaxdiff.data import ArraySource
 from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers.data_config import load_source
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import eval_sampling, resolve_sampler, sampler_from_config
 from jaxdiff.evaluation import classifier as classifier_lib

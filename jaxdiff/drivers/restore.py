@@ -31,7 +31,8 @@ class OpenModel(NamedTuple):
 
 
 def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenModel:
-    """Validate ``config`` and open the network of ``--mode=mode`` in ``workdir``.
+    """Validate the blocks of ``config`` that ``--mode=mode`` uses
+    (:data:`~jaxdiff.drivers.config_checks.MODE_BLOCKS`) and open its network in ``workdir``.
 
     The checkpoint's recorded network and process replace the config's (a replaced field said in one
     ``log`` line; one of ``overrides``, the fields set by ``--config.FIELD`` flags, is an error: see
@@ -43,7 +44,7 @@ def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenMode
     ``model.init_from``, and
     :class:`~jaxdiff.training.checkpoint.CheckpointError` when there is neither a checkpoint nor an
     ``init_from`` (saying how to make one) or the checkpoint's metadata cannot be read."""
-    config_checks.validate(config)
+    config_checks.validate(config, config_checks.MODE_BLOCKS[mode])
     if not workdir:
         raise config_checks.ConfigError("--workdir is required")
     latest = model_source.latest_checkpoint(workdir)
@@ -56,7 +57,7 @@ def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenMode
     workdir = paths.as_path(workdir)
     try:
         config = model_source.configure(config, source, latest.meta["config"] if latest else None, log, overrides)
-        config_checks.validate(config)
+        config_checks.validate(config, config_checks.MODE_BLOCKS[mode])
     except config_checks.ConfigError:
         if latest is not None:
             latest.manager.close()

@@ -11,7 +11,7 @@ from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core.samplers import SampleOutput
 from jaxdiff.drivers import restore
-from jaxdiff.drivers.config_checks import check_workdir
+from jaxdiff.drivers.checks import check_workdir
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling import (check_sampling_config, generate_from_config, grid_sampling, parse_labels,
