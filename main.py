@@ -30,16 +30,15 @@ from ml_collections import config_flags  # noqa: E402
 
 from jaxdiff.common import parallel, preemption  # noqa: E402
 from jaxdiff.common.run_lock import WorkdirLocked  # noqa: E402
-from jaxdiff.drivers import config_checks, edit_mode, eval_mode, export_mode, sample_mode, train_loop  # noqa: E402
+from jaxdiff.drivers import config_checks, train_loop  # noqa: E402
+from jaxdiff.drivers.modes import MODES  # noqa: E402
 from jaxdiff.training import checkpoint  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory (or gs:// URL) for checkpoints, metrics and pictures (resumes "
                     "if it has a checkpoint).")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "edit", "export", "train_autoencoder"],
-                  "What to do with the config and workdir (edit: inpaint, SDEdit, restore, invert or interpolate "
-                  "images as config.edit says; export: a diffusers folder <workdir>/diffusers_<step>_<digest>; "
-                  "train_autoencoder: the KL autoencoder of config.autoencoder, for latent.autoencoder).")
+flags.DEFINE_enum("mode", "train", list(MODES), "What to do with the config and workdir: "
+                  + "; ".join(f"{name}: {mode.help}" for name, mode in MODES.items()) + ".")
 flags.DEFINE_bool("jax_distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods, SLURM, MPI).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (implies --jax_distributed).")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process job.")
@@ -98,24 +97,7 @@ def main(argv):
     try:
         parallel.initialize_distributed(FLAGS.jax_distributed, FLAGS.coordinator_address,
                                         FLAGS.num_processes, FLAGS.process_id)
-        if FLAGS.mode == "train":
-            train_loop.train(config, workdir, overrides=given)
-            print(f"done: checkpoints, samples_*.png, loss.png and metrics.jsonl in {workdir}")
-        elif FLAGS.mode == "sample":
-            info = sample_mode.run_sample_mode(config, workdir, overrides=given)
-            print(f"wrote {info['num_samples']} samples to {workdir}")
-        elif FLAGS.mode == "eval":
-            m = eval_mode.run_eval(config, workdir, overrides=given)
-            print(f"wrote {workdir}/eval/metrics.json: " + eval_mode.summary_line(m))
-        elif FLAGS.mode == "edit":
-            info = edit_mode.run_edit_mode(config, workdir, overrides=given)
-            print(f"wrote {workdir}/{info['files']['grid']} and {info['num_images']} inputs' results")
-        elif FLAGS.mode == "train_autoencoder":
-            train_loop.train_autoencoder(config, workdir)
-            print(f"done: autoencoder checkpoints, reconstructions_*.png and metrics.jsonl in {workdir}")
-        elif FLAGS.mode == "export":
-            out = export_mode.run_export(config, workdir, overrides=given)
-            print(f"wrote a diffusers folder to {out}")
+        print(MODES[FLAGS.mode].run(config, workdir, given))
     except (train_loop.Preempted, preemption.Interrupted) as e:
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)

@@ -28,8 +28,8 @@ from bench.train_step import machine  # noqa: E402
 from jaxdiff.common import cpu_tuning  # noqa: E402
 from configs import digits, digits_dit, digits_latent  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
-from jaxdiff.data import load_source  # noqa: E402
 from jaxdiff.drivers.autoencoder_experiment import AutoencoderExperiment  # noqa: E402
+from jaxdiff.drivers.data_config import load_source  # noqa: E402
 from jaxdiff.drivers.experiment import Experiment  # noqa: E402
 from jaxdiff.models.unet import count_params  # noqa: E402
 

@@ -35,7 +35,8 @@ from configs import default, digits, fashion_mnist  # noqa: E402
 from jaxdiff import data  # noqa: E402
 from jaxdiff.data.testing import write_tfds_dataset  # noqa: E402
 from jaxdiff.core import diffusion, families  # noqa: E402
-from jaxdiff.drivers.experiment import unet_from_config  # noqa: E402
+from jaxdiff.drivers import data_config as data_block  # noqa: E402
+from jaxdiff.drivers.model_config import model_from_config  # noqa: E402
 
 
 def data_config(**overrides):
@@ -61,7 +62,7 @@ def supply_rate(source, batch_size, steps, num_workers, prefetch=4):
 def make_train_step(config, image_shape, num_classes):
     """A jitted ``params -> (loss, grads)`` step on a uint8 batch: preprocess + L_simple + backward."""
     tables = families.from_record(config.diffusion).tables
-    model = unet_from_config(config.model, image_shape[-1], num_classes if config.model.class_conditional else 0)
+    model = model_from_config(config.model, image_shape[-1], num_classes if config.model.class_conditional else 0)
     b = config.training.batch_size
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)), jnp.zeros((1,), jnp.int32))
 
@@ -128,8 +129,8 @@ def main():
                "host_cpus": os.cpu_count(), "num_workers": w, "supply": {}, "demand": {}, "stall": {}}
 
     fm = fashion_mnist.get_config()
-    fashion = data.load_source(fm.data)
-    fashion_test = data.load_source(fm.data, "test")
+    fashion = data_block.load_source(fm.data)
+    fashion_test = data_block.load_source(fm.data, "test")
     supply = results["supply"]
     supply["digits 8x8 (memory), B=128"] = supply_rate(data.load_digits(), 128, steps, w)
     supply["Fashion-MNIST idx 28x28 (memory), B=128"] = supply_rate(fashion, 128, steps, w)
@@ -141,7 +142,7 @@ def main():
     os.makedirs(os.path.join(tmp, "png"))
     write_png_folder(data.resize_uint8(fashion_test.images[:2048], 32, 3), os.path.join(tmp, "png"))
     for size, b in ((32, 128), (64, 64)):
-        lazy = data.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"),
+        lazy = data_block.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"),
                                             image_size=size, cache_max_mb=0))
         for workers in sorted({1, w}):
             supply[f"PNG folder 32->{size} (decode per batch), B={b}, {workers} thread(s)"] = supply_rate(
@@ -150,13 +151,13 @@ def main():
     write_tfds_dataset("fashion32_bench", os.path.join(tmp, "tfds"),
                             {"train": (small, fashion_test.labels[:2048])}, num_classes=10)
     for size, b in ((32, 128), (64, 64)):
-        arr = data.load_source(data_config(dataset="fashion32_bench", data_dir=os.path.join(tmp, "tfds"),
+        arr = data_block.load_source(data_config(dataset="fashion32_bench", data_dir=os.path.join(tmp, "tfds"),
                                            image_size=size, cache_max_mb=0))
         supply[f"TFDS ArrayRecord 32->{size} (decode per batch), B={b}, {w} thread(s)"] = supply_rate(
             arr, b, max(steps // 3, 5), w)
     for k, v in supply.items():
         print(f"supply {v:12,.0f} examples/s  {k}", flush=True)
-    png8 = data.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"), image_size=8,
+    png8 = data_block.load_source(data_config(dataset="image_folder", data_dir=os.path.join(tmp, "png"), image_size=8,
                                          channels=1, cache_max_mb=0))
 
     demand = results["demand"]

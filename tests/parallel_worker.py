@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from jaxdiff import data  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
 from jaxdiff.core import diffusion  # noqa: E402
-from jaxdiff.drivers import edit_mode, restore, sample_mode  # noqa: E402
+from jaxdiff.drivers import data_config, edit_mode, restore, sample_mode  # noqa: E402
 from jaxdiff.drivers.autoencoder_experiment import AutoencoderExperiment  # noqa: E402
 from jaxdiff.drivers.experiment import Experiment  # noqa: E402
 from jaxdiff.training import checkpoint, keys  # noqa: E402
@@ -32,7 +32,7 @@ def run(config, state0=None, steps=STEPS):
     """Train ``steps`` steps from ``state0`` (host arrays; default: the trainer's own init, which is
     the same state) placed on the trainer's shardings; returns (trainer, losses, grad norms, state)."""
     trainer = Experiment(config, channels=1, num_classes=10)
-    source = data.load_source(config.data)
+    source = data_config.load_source(config.data)
     stream = data.batch_stream(source, config.seed, 0, config.training.batch_size)
     state = trainer.init() if state0 is None else jax.device_put(state0, trainer.state_sharding)
     losses, norms = [], []
@@ -68,7 +68,7 @@ def main():
             "training.grad_accum_steps": 2, "model.remat": True}
     trainer_f = Experiment(scale_config(**fsdp), channels=1, num_classes=10)
     hlo = trainer_f.step.lower(jax.device_put(state0, trainer_f.state_sharding), parallel.global_batch(
-        next(data.batch_stream(data.load_source(trainer_f.config.data), 0, 0, 16)), trainer_f.mesh)).as_text()
+        next(data.batch_stream(data_config.load_source(trainer_f.config.data), 0, 0, 16)), trainer_f.mesh)).as_text()
     results["fsdp_step_has_loop"] = "stablehlo.while" in hlo  # the micro-batch scan
     _, loss_f, norm_f, state_f = run(trainer_f.config, state0)
     results["loss_fsdp"], results["grad_norm_fsdp"] = loss_f, norm_f
@@ -161,7 +161,7 @@ def main():
     ae_state0, ae_final = jax.device_get(ae1.init()), {}
     for n, experiment in ((1, ae1), (8, ae8)):
         state = jax.device_put(ae_state0, experiment.state_sharding)
-        stream = data.batch_stream(data.load_source(experiment.config.data), 0, 0, 16)
+        stream = data.batch_stream(data_config.load_source(experiment.config.data), 0, 0, 16)
         losses = []
         for _ in range(STEPS):
             state, metrics = experiment.step(state, parallel.global_batch(next(stream), experiment.mesh))

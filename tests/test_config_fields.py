@@ -6,7 +6,8 @@ import ml_collections
 import pytest
 
 from configs import default
-from jaxdiff.drivers import config_checks
+from jaxdiff.drivers import config_checks, eval_config, model_config
+from jaxdiff.drivers.modes import MODES
 
 # field -> (bad value, other fields it needs to be checked, what the message must contain if not the field)
 BAD = {
@@ -209,6 +210,51 @@ def test_a_bad_value_is_refused_naming_the_field(field):
     config = with_values({**needs, field: bad})
     with pytest.raises(config_checks.ConfigError) as e:
         config_checks.validate(config)
-        config_checks.validate_eval(config, check_weights=True)
+        eval_config.validate_eval(config, check_weights=True)
     message = str(e.value)
     assert "\n" not in message and names in message, message
+
+
+def test_each_mode_checks_only_its_blocks():
+    """Each mode's blocks (``MODES``): a bad edit or eval field stops the modes that read it, not export or
+    sample; a bad autoencoder field stops train_autoencoder (and train, which checks every block), not sample."""
+    blocks = {name: mode.blocks for name, mode in MODES.items()}
+    for field, bad, stopped, passed in (("edit.task", "paint", ("train", "edit"), ("sample", "eval", "export")),
+                                        ("eval.kid_subsets", 0, ("train", "eval"), ("sample", "edit", "export")),
+                                        ("autoencoder.layers_per_block", 0, ("train", "train_autoencoder"),
+                                         ("sample", "export"))):
+        config = with_values({field: bad})
+        for mode in stopped:
+            with pytest.raises(config_checks.ConfigError, match=field):
+                config_checks.validate(config, blocks[mode])
+        for mode in passed:
+            config_checks.validate(config, blocks[mode])
+    assert set(blocks) == {"train", "sample", "eval", "edit", "export", "train_autoencoder"}
+    assert blocks["train"] == config_checks.ALL_BLOCKS
+
+
+def test_backbones_are_named_only_in_their_registry():
+    """Every backbone is an entry of ``jaxdiff.models.backbones.BACKBONES``: no other module of the
+    package compares a backbone name to a string, and the fields that define a checkpoint's function
+    are derived from the registry."""
+    import os
+    import re
+
+    from jaxdiff.drivers import model_source
+    from jaxdiff.models.backbones import BACKBONES
+    from tests.conftest import ROOT
+
+    names = "|".join(BACKBONES)
+    compared = re.compile(rf"""(==|!=|\bin)\s*\(?\s*["']({names})["']|["']({names})["']\s*(==|!=)""")
+    for folder, _, files in os.walk(os.path.join(ROOT, "jaxdiff")):
+        for file in files:
+            path = os.path.join(folder, file)
+            if file.endswith(".py") and not path.endswith(os.path.join("models", "backbones.py")):
+                with open(path) as f:
+                    assert not compared.search(f.read()), path
+    assert compared.search('if cfg.model.backbone != "unet":') and compared.search('b = m.backbone in ("dit",)')
+    for name, backbone in BACKBONES.items():
+        assert all(f"{backbone.config_block}.{n}" in model_source.DEFINING for n in backbone.architecture_fields)
+        config = with_values({"model.backbone": name})
+        config_checks.validate(config)
+        assert isinstance(model_config.build_model(config, 1, 10), backbone.module)

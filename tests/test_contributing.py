@@ -8,19 +8,24 @@ from __future__ import annotations
 import importlib
 import pathlib
 import re
+import sys
+import types
 
 import jax
 import numpy as np
 import pytest
 
 from configs import default
+from jaxdiff import data
 from jaxdiff.core import families, processes
 from jaxdiff.core.sampler import run_sampler
 from jaxdiff.core.sampler_registry import SAMPLERS, make_sampler
-from jaxdiff.drivers import config_checks
+from jaxdiff.drivers import config_checks, data_config, sampling_config
 from jaxdiff.drivers.diffusion_config import family_from_config
+from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.sampling_config import sampler_from_config
 from tests import gaussian, test_registries
+from tests.conftest import set_fields, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEXT = (ROOT / "CONTRIBUTING.md").read_text()
@@ -39,7 +44,8 @@ def sections() -> dict:
 
 def registry_rows():
     """``(registry name, module path)`` of the table's "registered in" column."""
-    return re.findall(r"`([A-Z_]+)` in `(jaxdiff/[\w/]+)\.py`", TEXT)
+    table = "\n".join(line for line in TEXT.splitlines() if line.startswith("|"))
+    return re.findall(r"`([A-Z_]+)` in `(jaxdiff/[\w/]+)\.py`", table)
 
 
 @pytest.fixture
@@ -54,12 +60,17 @@ def registries():
 
 
 def run_example(heading: str) -> dict:
+    """The code of ``## heading`` run as a module of its own (as a contributor's file would be)."""
     blocks = sections()[heading]
     assert blocks, f"CONTRIBUTING.md has no code under ## {heading}"
-    namespace = {"__name__": "contributing_example"}
-    for block in blocks:
-        exec(compile(block, f"CONTRIBUTING.md ({heading})", "exec"), namespace)  # noqa: S102 (our own docs)
-    return namespace
+    module = types.ModuleType("contributing_example")
+    sys.modules[module.__name__] = module  # dataclasses (Flax modules) look their module up
+    try:
+        for block in blocks:
+            exec(compile(block, f"CONTRIBUTING.md ({heading})", "exec"), module.__dict__)  # noqa: S102 (our docs)
+    finally:
+        del sys.modules[module.__name__]
+    return module.__dict__
 
 
 def test_every_path_and_registry_it_names_exists():
@@ -103,3 +114,44 @@ def test_the_family_example(registries):
     config.sampling.num_steps, config.sampling.clip_x0 = 200, False  # Euler: first order
     mean, var = moments_of(family, sampler_from_config(family, config.sampling), processes.linear_interpolant())
     assert abs(mean - MU) < 0.03 and abs(var / S ** 2 - 1) < 0.05, (mean, var)
+
+
+def test_the_backbone_example(registries):
+    namespace = run_example("A backbone")
+    config = tiny_config(**{"model.backbone": "conv", "model.ch": 8, "diffusion.family": "flow"})
+    config_checks.validate(config)
+    experiment = Experiment(config, channels=1, num_classes=10)
+    assert isinstance(experiment.model, namespace["ConvDenoiser"])
+    stream = data.batch_stream(data_config.load_source(config.data), config.seed, 0, config.training.batch_size)
+    state, losses = experiment.init(), []
+    for _ in range(40):
+        state, metrics = experiment.step(state, next(stream))
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8]), losses
+    config.sampling.num_steps = 4
+    out = sampling_config.generate_from_config(experiment.apply_fn, state.ema_params, experiment.family,
+                                               config.sampling, (4, *experiment.image_shape), jax.random.PRNGKey(0),
+                                               num_classes=experiment.model.num_classes)
+    assert np.all(np.isfinite(out.samples)) and out.samples.shape == (4, *experiment.image_shape)
+    with pytest.raises(config_checks.ConfigError, match="model.backbone='conv'"):
+        config_checks.validate(set_fields(tiny_config(**{"model.backbone": "conv"}), {"model.init_from": "."}))
+
+
+def test_the_dataset_reader_example(registries):
+    run_example("A dataset reader")
+    config = tiny_config(**{"data.dataset": "stripes", "data.image_size": 8, "data.random_flip": False})
+    config_checks.validate(config, ("data",))
+    source = data_config.load_source(config.data, "train")
+    assert source.image_shape == (8, 8, 1) and source.num_classes == 2 and len(source) == 256
+    images, labels = source[np.arange(4)]
+    assert images.dtype == np.uint8 and set(np.unique(images)) <= {0, 255}
+
+
+def test_the_mode_example(registries, trained_tiny):
+    run_example("A command-line mode")
+    from jaxdiff.drivers.modes import MODES
+
+    workdir, _ = trained_tiny
+    line = MODES["count_params"].run(tiny_config(), str(workdir), ())
+    count = int(re.match(r"([\d,]+) parameters in checkpoint", line).group(1).replace(",", ""))
+    assert count > 1000, line

@@ -24,6 +24,7 @@ from jaxdiff import data
 from jaxdiff.data import __main__ as data_cli, tfds_source
 from jaxdiff.data.testing import write_tfds_dataset
 from jaxdiff.drivers import config_checks
+from jaxdiff.drivers import data_config as data_block
 from tests.conftest import RunsCode
 
 FASHION = data.DEBIAN_FASHION_MNIST
@@ -118,7 +119,7 @@ def test_load_idx_handmade(tmp_path, kwargs):
 
 def test_load_idx_resizes_and_converts(tmp_path):
     make_idx_dir(str(tmp_path))
-    src = data.load_source(data_config(dataset="idx", data_dir=str(tmp_path), image_size=12, channels=3))
+    src = data_block.load_source(data_config(dataset="idx", data_dir=str(tmp_path), image_size=12, channels=3))
     assert src.image_shape == (12, 12, 3)
     np.testing.assert_array_equal(src.images[..., 0], src.images[..., 2])  # gray repeated into RGB
 
@@ -142,7 +143,7 @@ def fashion():
     assert os.path.isfile(os.path.join(FASHION, "train-images-idx3-ubyte.gz")), (
         f"Fashion-MNIST idx files missing from {FASHION}: `apt-get install dataset-fashion-mnist`")
     config = fashion_mnist.get_config()
-    return {split: data.load_source(config.data, split) for split in ("train", "test")}
+    return {split: data_block.load_source(config.data, split) for split in ("train", "test")}
 
 
 def test_real_fashion_mnist(fashion):
@@ -182,7 +183,7 @@ def test_image_folder_flat_crops_and_resizes(tmp_path):
     save(str(tmp_path / "a.png"), wide)
     save(str(tmp_path / "b.jpg"), np.full((16, 16, 3), 50, np.uint8))
     (tmp_path / "notes.txt").write_text("not an image")
-    src = data.load_source(data_config(dataset="image_folder", data_dir=str(tmp_path), image_size=4))
+    src = data_block.load_source(data_config(dataset="image_folder", data_dir=str(tmp_path), image_size=4))
     assert len(src) == 2 and src.num_classes == 0 and src.image_shape == (4, 4, 3)
     images, labels = src[np.arange(2)]
     np.testing.assert_array_equal(images[0], np.full((4, 4, 3), 200, np.uint8))  # centre crop, no resize
@@ -194,12 +195,12 @@ def test_image_folder_classes_gray_and_lazy(tmp_path):
         for i in range(3):
             save(str(tmp_path / cls / f"{i}.png"), np.full((10, 10), 40 * k + i, np.uint8))
     config = data_config(dataset="image_folder", data_dir=str(tmp_path), image_size=10, cache_max_mb=0)
-    src = data.load_source(config)
+    src = data_block.load_source(config)
     assert isinstance(src, data.LazySource) and src.image_shape == (10, 10, 1)
     assert src.num_classes == 2 and src.class_names == ("cat", "dog")
     images, labels = src[np.array([0, 4])]
     assert labels.tolist() == [0, 1] and images[0].max() == 0 and images[1].max() == 41
-    cached = data.load_source(data_config(**{**config.to_dict(), "cache_max_mb": 1}))
+    cached = data_block.load_source(data_config(**{**config.to_dict(), "cache_max_mb": 1}))
     assert isinstance(cached, data.ArraySource)
     np.testing.assert_array_equal(cached.images, src[np.arange(len(src))][0])
 
@@ -255,13 +256,13 @@ def make_cifar(root, as_tar=False, hundred=False):
 @pytest.mark.parametrize("as_tar", [False, True])
 def test_cifar_python(tmp_path, as_tar, hundred):
     batches = make_cifar(str(tmp_path), as_tar, hundred)
-    src = data.load_source(data_config(dataset="cifar_python", data_dir=str(tmp_path), image_size=32), "test")
+    src = data_block.load_source(data_config(dataset="cifar_python", data_dir=str(tmp_path), image_size=32), "test")
     test = batches["test" if hundred else "test_batch"]
     assert len(src) == 4 and src.num_classes == (100 if hundred else 10) and src.class_names[3] == "c3"
     assert list(src.labels) == test[b"fine_labels" if hundred else b"labels"]
     row = test[b"data"][2]  # 1024 red, 1024 green, 1024 blue, row-major 32x32
     np.testing.assert_array_equal(src.images[2, 1, 5], [row[32 + 5], row[1024 + 32 + 5], row[2048 + 32 + 5]])
-    train = data.load_source(data_config(dataset="cifar_python", data_dir=str(tmp_path), image_size=64))
+    train = data_block.load_source(data_config(dataset="cifar_python", data_dir=str(tmp_path), image_size=64))
     assert len(train) == (4 if hundred else 20) and train.image_shape == (64, 64, 3)
 
 
@@ -293,21 +294,21 @@ def test_cifar_python_missing(tmp_path):
 
 def test_tfds_mock_mnist_and_cifar_64(tmp_path):
     with tfds.testing.mock_data(num_examples=24):
-        src = data.load_source(data_config(dataset="mnist", image_size=28, data_dir=str(tmp_path)))
+        src = data_block.load_source(data_config(dataset="mnist", image_size=28, data_dir=str(tmp_path)))
         assert len(src) == 24 and src.image_shape == (28, 28, 1) and src.num_classes == 10
         assert src.class_names[:2] == ("0", "1") and src.labels.max() < 10
-        lazy = data.load_source(data_config(dataset="cifar10", image_size=64, data_dir=str(tmp_path),
+        lazy = data_block.load_source(data_config(dataset="cifar10", image_size=64, data_dir=str(tmp_path),
                                             random_flip=True, cache_max_mb=0), "test")
         assert isinstance(lazy, data.LazySource) and lazy.image_shape == (64, 64, 3)
         images, labels = lazy[np.array([0, 5])]
         assert images.shape == (2, 64, 64, 3) and images.dtype == np.uint8 and labels.dtype == np.int32
-        gray = data.load_source(data_config(dataset="cifar10", image_size=16, channels=1, data_dir=str(tmp_path)))
+        gray = data_block.load_source(data_config(dataset="cifar10", image_size=16, channels=1, data_dir=str(tmp_path)))
         assert gray.image_shape == (16, 16, 1)
 
 
 def test_tfds_mock_variable_size_images_and_stream(tmp_path):
     with tfds.testing.mock_data(num_examples=16):  # oxford_flowers102: images of many shapes
-        src = data.load_source(data_config(dataset="oxford_flowers102", image_size=8, data_dir=str(tmp_path)))
+        src = data_block.load_source(data_config(dataset="oxford_flowers102", image_size=8, data_dir=str(tmp_path)))
     assert src.image_shape == (8, 8, 3) and src.num_classes == 102
     batch = next(data.batch_stream(src, seed=0, start_step=0, batch_size=8))
     assert batch["image"].shape == (8, 8, 8, 3)
@@ -328,13 +329,13 @@ def test_tfds_real_array_record_by_name(real_tfds_dir):
     root, splits = real_tfds_dir
     config = data_config(dataset="jaxdiff_tiny", data_dir=root, image_size=6, cache_max_mb=0)
     for split in ("train", "test"):
-        src = data.load_source(config, split)
+        src = data_block.load_source(config, split)
         assert isinstance(src, data.LazySource) and len(src) == len(splits[split][1]) and src.num_classes == 24
         images, labels = src[np.arange(len(src))]
         assert sorted(labels.tolist()) == list(range(len(src)))  # every record once (TFDS shuffles on write)
         np.testing.assert_array_equal(images, splits[split][0][labels][:, :, 2:8])  # exact PNG round trip + crop
     with pytest.raises(data.DataError, match="cannot read split 'validation' .*available: train, test"):
-        data.load_source(config, "validation")
+        data_block.load_source(config, "validation")
 
 
 def test_tfds_without_random_access_says_how_to_convert(real_tfds_dir, tmp_path):
@@ -350,29 +351,29 @@ def test_tfds_without_random_access_says_how_to_convert(real_tfds_dir, tmp_path)
         json.dump(info, f)
     config = data_config(dataset="jaxdiff_tiny", data_dir=root, image_size=6, cache_max_mb=0)
     with pytest.raises(data.DataError, match="is stored as tfrecord, which has no random access.*convert_format"):
-        data.load_source(config)
+        data_block.load_source(config)
 
 
 def test_tfds_bad_names(tmp_path):
     with pytest.raises(data.DataError, match="did you mean 'mnist'"):
-        data.load_source(data_config(dataset="mnsit", image_size=28))
+        data_block.load_source(data_config(dataset="mnsit", image_size=28))
     with pytest.raises(data.DataError, match="has no image feature 'image'.*not an image dataset"):
-        data.check_data_config(data_config(dataset="imdb_reviews", image_size=28))
+        data_block.check_source(data_config(dataset="imdb_reviews", image_size=28))
 
 
 def test_tfds_not_prepared_offline(tmp_path, monkeypatch):
     config = data_config(dataset="mnist", image_size=28, data_dir=str(tmp_path), download=False)
     with pytest.raises(data.DataError, match="not prepared in .*python -m jaxdiff.data prepare mnist.*dataset=idx"):
-        data.load_source(config)
+        data_block.load_source(config)
     config.download = True
     monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: False)
     with pytest.raises(data.DataError, match="needs TensorFlow"):
-        data.load_source(config)
+        data_block.load_source(config)
     monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: True)
     monkeypatch.setattr(tfds_source, "_network_available", lambda: False)
     config.dataset = "fashion_mnist"
     with pytest.raises(data.DataError, match="no internet.*dataset-fashion-mnist"):
-        data.load_source(config)
+        data_block.load_source(config)
 
 
 # --- config checks ----------------------------------------------------------------------------------
@@ -388,23 +389,41 @@ def test_tfds_not_prepared_offline(tmp_path, monkeypatch):
     (dict(dataset=""), "data.dataset is empty"),
     (dict(num_workers=0), "num_workers must be a positive"),
 ])
-def test_check_data_config_rejects(overrides, message):
+def test_check_source_rejects(overrides, message):
     with pytest.raises(data.DataError, match=message):
-        data.check_data_config(data_config(**overrides))
+        data_block.check_source(data_config(**overrides))
 
 
 @pytest.mark.parametrize("module", [default, digits, mnist, cifar10, cifar10_64, fashion_mnist, fashion_mnist_cpu])
 def test_shipped_configs_pass_the_data_check(module):
-    data.check_data_config(module.get_config().data)
+    data_block.check_source(module.get_config().data)
 
 
 def test_cpu_recipes_are_valid_and_mnist_asks_for_its_folder(tmp_path):
     config_checks.validate(fashion_mnist_cpu.get_config())
     with pytest.raises(data.DataError, match="set --config.data.data_dir"):
-        data.check_data_config(mnist_cpu.get_config().data)
+        data_block.check_source(mnist_cpu.get_config().data)
     config = mnist_cpu.get_config()
     config.data.data_dir = str(tmp_path)
     config_checks.validate(config)
+
+
+def test_load_source_takes_plain_arguments_and_the_old_block_form_warns(tmp_path):
+    """The library's load_source takes a dataset name and keyword arguments (no config block); the old
+    call form with a config.data block still works for one release, with a DeprecationWarning."""
+    make_idx_dir(str(tmp_path))
+    block = data_config(dataset="idx", data_dir=str(tmp_path), image_size=6)
+    plain = data.load_source("idx", "test", data_dir=str(tmp_path), image_size=6)
+    with pytest.warns(DeprecationWarning, match="load_source"):
+        old = data.load_source(block, "test")
+    driver = data_block.load_source(block, "test")
+    for src in (old, driver):
+        np.testing.assert_array_equal(src[np.arange(len(src))][0], plain[np.arange(len(plain))][0])
+    with pytest.warns(DeprecationWarning), pytest.raises(data.DataError, match="random_flip=True on 'digits'"):
+        data.load_source(data_config(random_flip=True))
+    with pytest.raises(data.DataError, match="set --config.data.data_dir"):
+        data.load_source("cifar_python", image_size=32)
+    assert set(data.LOCAL_READERS) == set(data.LOCAL_DATASETS) and not data.LOCAL_READERS["digits"].needs_data_dir
 
 
 def test_batch_larger_than_dataset():
@@ -474,7 +493,8 @@ def test_stream_images_match_labels():
 def test_reader_errors_reach_the_consumer(tmp_path):
     for i in range(4):
         save(str(tmp_path / f"{i}.png"), np.zeros((4, 4), np.uint8))
-    src = data.load_source(data_config(dataset="image_folder", data_dir=str(tmp_path), image_size=4, cache_max_mb=0))
+    src = data_block.load_source(data_config(dataset="image_folder", data_dir=str(tmp_path), image_size=4,
+                                             cache_max_mb=0))
     (tmp_path / "2.png").write_bytes((tmp_path / "2.png").read_bytes()[:40])  # truncated after the check
     with pytest.raises(data.DataError, match="2.png cannot be decoded"):
         take(data.batch_stream(src, seed=0, start_step=0, batch_size=4), 1)

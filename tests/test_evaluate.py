@@ -17,6 +17,7 @@ from configs import default as default_config
 from jaxdiff.common import plotting
 from jaxdiff.core import likelihood
 from jaxdiff.drivers import config_checks, eval_features, eval_mode, sample_mode, train_loop
+from jaxdiff.drivers import eval_config as eval_block
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.evaluation import accuracy, features, fid, inception
 from jaxdiff.evaluation import classifier as classifier_lib
@@ -392,23 +393,23 @@ def test_inception_comparable_with_papers_only_for_pytorch_fids_file(tmp_path):
 
 def test_validate_eval_rejects_bad_input(tmp_path):
     config = default_config.get_config()
-    config_checks.validate_eval(config)
+    eval_block.validate_eval(config)
     config.eval.num_samples = 100  # below the classifier's 128 features
     with pytest.raises(config_checks.ConfigError, match="FID is undefined"):
-        config_checks.validate_eval(config)
+        eval_block.validate_eval(config)
     config = default_config.get_config()
     config.eval.feature_extractor = "inception"
     config.eval.inception_weights = str(tmp_path / "nope.npz")
     with pytest.raises(config_checks.ConfigError, match="does not exist"):
-        config_checks.validate_eval(config)
+        eval_block.validate_eval(config)
     config.eval.feature_extractor = "lenet"
     with pytest.raises(config_checks.ConfigError, match="feature_extractor"):
-        config_checks.validate_eval(config)
+        eval_block.validate_eval(config)
     config = default_config.get_config()
     config.training.eval_every = 100
     config.eval.train_fid_samples = 64
     with pytest.raises(config_checks.ConfigError, match="train_fid_samples"):
-        config_checks.validate_eval(config)
+        eval_block.validate_eval(config)
 
 
 # ----------------------------------------------------------------------------- --mode=eval end to end

@@ -8,9 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdiff.data import load_source
-from jaxdiff.drivers import (config_checks, edit_mode, eval_mode, export_mode, latent, model_source, restore,
-                             sample_mode, train_loop)
+from jaxdiff.drivers import (config_checks, data_config, edit_mode, eval_mode, export_mode, latent, model_source,
+                             restore, sample_mode, train_loop)
 from tests.conftest import FAST_MODES, ae_config, tiny_config
 
 NETS = {"model.ch_mult": (1,), "model.attn_resolutions": (), "model.dit.depth": 2, "model.dit.hidden_size": 32,
@@ -61,7 +60,8 @@ def test_latent_diffusion_trains_on_unit_std_latents_and_every_mode_runs(autoenc
     is refused in one line. (The pixel-space models' modes: tests/test_modes.py.)"""
     workdir = tmp_path / "ldm"
     config = latent_config(autoencoder, backbone, **{**FAST_MODES, "eval.classifier_dir": str(classifier_dir)})
-    _, space, data = latent.encode_training_set(config, load_source(config.data, "train"), None, lambda *_: None)
+    source = data_config.load_source(config.data, "train")
+    _, space, data = latent.encode_training_set(config, source, None, lambda *_: None)
     assert data.image_shape == (4, 4, 4) and abs(float(np.std(data.images)) - 1.0) < 1e-3  # measured scale
     state = train_loop.train(config, str(workdir), progress=False)
     losses = [r["loss"] for r in rows(workdir)]

@@ -22,8 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdiff import data
 from jaxdiff.common import parallel, preemption
-from jaxdiff.drivers import config_checks as config_lib, train_loop
-from jaxdiff.drivers import experiment as experiment_lib
+from jaxdiff.drivers import config_checks as config_lib, data_config, model_config, train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint
 from tests.conftest import ROOT
@@ -151,7 +150,7 @@ def test_batch_that_does_not_divide_is_a_clear_error(eight):
 
 def _train_steps(trainer, state, steps):
     config = trainer.config
-    stream = data.batch_stream(data.load_source(config.data), config.seed, 0, config.training.batch_size)
+    stream = data.batch_stream(data_config.load_source(config.data), config.seed, 0, config.training.batch_size)
     losses = []
     for _ in range(steps):
         state, metrics = trainer.step(state, parallel.global_batch(next(stream), trainer.mesh))
@@ -165,9 +164,9 @@ def test_remat_is_applied_and_keeps_less_for_backward():
     from jax._src.ad_checkpoint import saved_residuals
 
     config = scale_config()
-    plain = experiment_lib.build_model(config, 1, 10)
+    plain = model_config.build_model(config, 1, 10)
     config.model.remat = True
-    remat = experiment_lib.build_model(config, 1, 10)
+    remat = model_config.build_model(config, 1, 10)
     x, t = jnp.zeros((4, 8, 8, 1)), jnp.array([0, 10, 20, 49])
     shapes = jax.eval_shape(lambda: plain.init(jax.random.key(0), x, t, t)["params"])
     params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # only traced, never run
@@ -187,7 +186,7 @@ def test_bfloat16_trains_with_float32_state():
     state = trainer.init()
     assert {x.dtype for x in jax.tree.leaves((state.params, state.ema_params, state.opt_state))} <= {
         jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}
-    batch = parallel.global_batch(next(data.batch_stream(data.load_source(trainer.config.data), 0, 0, 16)),
+    batch = parallel.global_batch(next(data.batch_stream(data_config.load_source(trainer.config.data), 0, 0, 16)),
                                   trainer.mesh)
     hlo = trainer.step.lower(state, batch).as_text()
     assert "bf16" in hlo and "convolution" in hlo

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxdiff import data
-from jaxdiff.drivers import train_loop
+from jaxdiff.drivers import data_config, train_loop
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.training import checkpoint, optim
 from tests.conftest import tiny_config
@@ -24,7 +24,7 @@ def trainer():
 def train_losses(trainer, num_steps: int = 60):
     """``(state, losses)`` after ``num_steps`` steps of ``trainer`` on its digits from a fresh state."""
     config = trainer.config
-    stream = data.batch_stream(data.load_source(config.data), config.seed, 0, config.training.batch_size)
+    stream = data.batch_stream(data_config.load_source(config.data), config.seed, 0, config.training.batch_size)
     state, losses = trainer.init(), []
     for _ in range(num_steps):
         state, metrics = trainer.step(state, next(stream))

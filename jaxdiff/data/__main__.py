@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-import ml_collections
 import numpy as np
 
 from jaxdiff.data.loading import load_source
@@ -16,6 +15,8 @@ from jaxdiff.data.tfds_source import prepare_tfds
 INFO_DEFAULTS = {"dataset": "digits", "image_size": 8, "channels": 0, "data_dir": "", "download": False,
                  "image_key": "image", "label_key": "label", "random_flip": False, "cache_max_mb": 1024,
                  "num_workers": 2, "prefetch": 4}
+LOAD_ARGUMENTS = ("image_size", "data_dir", "channels", "download", "image_key", "label_key", "cache_max_mb",
+                  "num_workers")  # the fields load_source takes
 NATIVE_SIZES = {"digits": 8, "idx": 28, "cifar_python": 32}
 
 
@@ -36,9 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "prepare":
             print(prepare_tfds(args.name, args.data_dir))
             return 0
-        d = ml_collections.ConfigDict(dict(INFO_DEFAULTS, dataset=args.dataset, data_dir=args.data_dir,
-                                           image_size=args.image_size or NATIVE_SIZES.get(args.dataset, 64)))
-        src = load_source(d, args.split)
+        d = dict(INFO_DEFAULTS, data_dir=args.data_dir,
+                 image_size=args.image_size or NATIVE_SIZES.get(args.dataset, 64))
+        src = load_source(args.dataset, args.split, **{k: d[k] for k in LOAD_ARGUMENTS})
         counts = np.bincount(np.asarray(src[np.arange(len(src))][1]), minlength=max(src.num_classes, 1))
         print(f"{src.name} [{args.split}]: {len(src)} images of shape {src.image_shape}, "
               f"{src.num_classes} classes, per class {counts.tolist()}")

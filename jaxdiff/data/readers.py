@@ -1,7 +1,7 @@
 """Readers of labelled digit arrays into sources: scikit-learn's embedded digits and MNIST-format idx
-files; and the names of the datasets read from local files (:data:`LOCAL_DATASETS`), whose other
-readers are :mod:`jaxdiff.data.image_files` (a folder of images) and :mod:`jaxdiff.data.cifar_python`
-(CIFAR's "python version" batches).
+files. The other local readers are :mod:`jaxdiff.data.image_files` (a folder of images) and
+:mod:`jaxdiff.data.cifar_python` (CIFAR's "python version" batches); :mod:`jaxdiff.data.local_sources`
+registers them all by name.
 
 Every failure a user can cause (missing folder, empty or corrupt file, wrong layout) is a
 :class:`~jaxdiff.data.sources.DataError` whose one line says what is wrong and how to fix it.
@@ -21,7 +21,6 @@ import numpy as np
 from jaxdiff.common.errors import one_line
 from jaxdiff.data.sources import ArraySource, DataError, resize_uint8
 
-LOCAL_DATASETS = ("digits", "idx", "image_folder", "cifar_python")
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 

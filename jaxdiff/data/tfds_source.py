@@ -12,7 +12,8 @@ import importlib.util
 import os
 import socket
 
-from jaxdiff.data.readers import DEBIAN_FASHION_MNIST, LOCAL_DATASETS
+from jaxdiff.data.local_sources import LOCAL_DATASETS
+from jaxdiff.data.readers import DEBIAN_FASHION_MNIST
 from jaxdiff.data.sources import DataError, LazySource, fit_image
 
 
@@ -97,17 +98,20 @@ def prepare_tfds(name: str, data_dir: str = "") -> str:
     return str(builder.data_path)
 
 
-def load_tfds(data_config, split: str = "train", builder=None) -> LazySource:
-    """TFDS dataset ``data.dataset`` read with ``tfds.data_source`` (ArrayRecord, random access).
+def load_tfds(name: str, split: str = "train", *, image_size: int, data_dir: str = "", channels: int = 0,
+              download: bool = False, image_key: str = "image", label_key: str = "label", builder=None) -> LazySource:
+    """TFDS dataset ``name``'s ``split`` read with ``tfds.data_source`` (ArrayRecord, random access), its
+    images (feature ``image_key``; labels ``label_key`` when it has them) fitted to ``image_size`` and
+    ``channels`` (0: their own).
 
-    A dataset that is not prepared in ``data.data_dir`` is downloaded when ``data.download`` (see
+    A dataset that is not prepared in ``data_dir`` is downloaded when ``download`` (see
     :func:`prepare_tfds`), otherwise a :class:`DataError` says how to get it offline. ``builder`` is
     the one :func:`check_tfds_features` returned, if the caller has it (it is made otherwise).
     """
     tfds = _import_tfds()
 
-    name, data_dir, size = data_config.dataset, data_config.data_dir, data_config.image_size
-    builder = builder or check_tfds_features(data_config)
+    size = image_size
+    builder = builder or check_tfds_features(name, data_dir, image_key)
 
     def open_source():
         return tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
@@ -117,7 +121,7 @@ def load_tfds(data_config, split: str = "train", builder=None) -> LazySource:
     except Exception as e:  # TFDS raises many types here; diagnose from the builder's state
         version_dir = str(builder.data_path)
         if not builder.is_prepared():
-            if not data_config.download:
+            if not download:
                 raise DataError(
                     f"TFDS dataset {name!r} is not prepared in {os.path.dirname(os.path.dirname(version_dir))}; set "
                     f"--config.data.download=True (needs internet and TensorFlow), or {_offline_route(name)}"
@@ -136,35 +140,36 @@ def load_tfds(data_config, split: str = "train", builder=None) -> LazySource:
                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
     features = ds.dataset_info.features
-    image_feature = features[data_config.image_key]
-    label_feature = features[data_config.label_key] if data_config.label_key in features else None
+    image_feature = features[image_key]
+    label_feature = features[label_key] if label_key in features else None
     num_classes = int(getattr(label_feature, "num_classes", 0) or 0)
     class_names = tuple(getattr(label_feature, "names", ()) or ()) if num_classes else ()
     own_channels = image_feature.shape[-1] if image_feature.shape and image_feature.shape[-1] else 3
-    c = data_config.channels or own_channels
+    c = channels or own_channels
     if len(ds) == 0:
         raise DataError(f"TFDS dataset {name!r} split {split!r} is empty")
 
     def read_one(i):
         ex = ds[i]
-        label = int(ex[data_config.label_key]) if num_classes else 0
-        return fit_image(ex[data_config.image_key], size, c), label
+        label = int(ex[label_key]) if num_classes else 0
+        return fit_image(ex[image_key], size, c), label
 
     return LazySource(read_one, len(ds), num_classes, name, (size, size, c), class_names)
 
 
-def check_tfds_features(data_config):
-    """The TFDS builder for ``data.dataset``, after checking it has an image feature ``data.image_key``."""
+def check_tfds_features(name: str, data_dir: str = "", image_key: str = "image"):
+    """The TFDS builder of dataset ``name`` (prepared in ``data_dir``, or TFDS's default), after checking
+    it has an image feature ``image_key``."""
     tfds = _import_tfds()
 
-    builder = _tfds_builder(data_config.dataset, data_config.data_dir)
+    builder = _tfds_builder(name, data_dir)
     features = builder.info.features
     keys = list(features.keys()) if hasattr(features, "keys") else []
-    feature = features[data_config.image_key] if data_config.image_key in keys else None
+    feature = features[image_key] if image_key in keys else None
     if not isinstance(feature, tfds.features.Image):
         images = [k for k in keys if isinstance(features[k], tfds.features.Image)]
         fix = (f"set --config.data.image_key={images[0]}" if images else
                "it is not an image dataset")
-        raise DataError(f"TFDS dataset {data_config.dataset!r} has no image feature {data_config.image_key!r} "
+        raise DataError(f"TFDS dataset {name!r} has no image feature {image_key!r} "
                         f"(features: {', '.join(keys)}); {fix}")
     return builder

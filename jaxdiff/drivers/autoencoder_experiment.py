@@ -16,23 +16,15 @@ import numpy as np
 
 from jaxdiff.common import parallel, paths, plotting
 from jaxdiff.data import preprocess
-from jaxdiff.drivers.experiment import learning_rate_from_config, optimizer_from_config
-from jaxdiff.models.autoencoder import AutoencoderKL, autoencoder_apply, init_autoencoder
+from jaxdiff.drivers.autoencoder_config import autoencoder_from_config
+from jaxdiff.drivers.training_config import learning_rate_from_config, optimizer_from_config
+from jaxdiff.models.autoencoder import autoencoder_apply, init_autoencoder
 from jaxdiff.training.autoencoder_step import make_autoencoder_train_step
 from jaxdiff.training.keys import INIT_STREAM, stream_key
 from jaxdiff.training.state import init_train_state
 
 KIND = "autoencoder"  # what the checkpoints of this mode record as their "kind"
 GRID_IMAGES = 16  # training images shown (input row above reconstruction row) in each grid
-
-
-def autoencoder_from_config(ae_config, channels: int, dtype=jnp.float32) -> AutoencoderKL:
-    """The :class:`~jaxdiff.models.autoencoder.AutoencoderKL` of a ``config.autoencoder`` block for
-    images of ``channels`` channels."""
-    a = ae_config
-    return AutoencoderKL(in_channels=channels, out_channels=channels, block_out_channels=tuple(a.block_out_channels),
-                         layers_per_block=a.layers_per_block, latent_channels=a.latent_channels,
-                         norm_num_groups=a.norm_num_groups, mid_block_add_attention=a.mid_attention, dtype=dtype)
 
 
 def training_config(config):

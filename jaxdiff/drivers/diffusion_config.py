@@ -1,10 +1,11 @@
-"""A config's ``diffusion`` block turned into a :class:`~jaxdiff.core.families.Family`: the block is a
-process record (:class:`~jaxdiff.core.families.FamilySpec`), so this is
-:func:`jaxdiff.core.families.from_record` with the config's own names."""
+"""The ``diffusion`` block: its checks (:func:`check`) and the :class:`~jaxdiff.core.families.Family` it
+describes. The block is a process record (:class:`~jaxdiff.core.families.FamilySpec`), so the family is
+:func:`jaxdiff.core.families.from_record` of it."""
 
 from __future__ import annotations
 
-from jaxdiff.core import families
+from jaxdiff.core import diffusion, families, schedules
+from jaxdiff.drivers.checks import ConfigError, boolean, choice, number, positive
 
 TARGET_CHOICES = ("auto", *dict.fromkeys(t for spec in families.FAMILIES.values() for t in spec.targets))
 
@@ -19,3 +20,32 @@ def resolve_target(diffusion_config) -> str:
 def family_from_config(diffusion_config) -> families.Family:
     """The family of a ``config.diffusion`` block (``ValueError``, one line, on a bad value)."""
     return families.from_record(diffusion_config)
+
+
+def check(config) -> None:
+    """Raise :class:`ConfigError` for the first invalid ``diffusion.*`` value (the fields, then the
+    family they describe)."""
+    f = config.diffusion
+    number(f.beta_start, "diffusion.beta_start", 0.0, 1.0, low_open=True, high_open=True)
+    number(f.beta_end, "diffusion.beta_end", f.beta_start, 1.0, high_open=True)
+    number(f.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, low_open=True)
+    boolean(f.scale_betas_to_t, "diffusion.scale_betas_to_t")
+    boolean(f.zero_terminal_snr, "diffusion.zero_terminal_snr")
+    e, fl = f.edm, f.flow
+    for field in ("sigma_data", "sigma_min", "rho", "p_std"):
+        number(e[field], f"diffusion.edm.{field}", 0.0, low_open=True)
+    number(e.sigma_max, "diffusion.edm.sigma_max", e.sigma_min, low_open=True)
+    number(e.p_mean, "diffusion.edm.p_mean")
+    number(fl.loc, "diffusion.flow.loc")
+    number(fl.scale, "diffusion.flow.scale", 0.0, low_open=True)
+    number(fl.shift, "diffusion.flow.shift", 0.0, low_open=True)
+    choice(fl.t_sampling, families.T_SAMPLINGS, "diffusion.flow.t_sampling")
+    positive(f.num_timesteps, "diffusion.num_timesteps")
+    choice(f.schedule, schedules.SCHEDULES, "diffusion.schedule")
+    choice(f.family, families.FAMILIES, "diffusion.family")
+    choice(f.target, TARGET_CHOICES, "diffusion.target")
+    choice(f.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
+    try:
+        family_from_config(f)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

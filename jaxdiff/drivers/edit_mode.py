@@ -27,13 +27,14 @@ from jaxdiff.core import editing, operators, restoration, sampler_registry
 from jaxdiff.core.generation import network_time_interval, prior_noise
 from jaxdiff.core.guidance import guided_denoise_fn
 from jaxdiff.core.sampler import run_sampler
-from jaxdiff.drivers import restore
+from jaxdiff.drivers import config_checks, restore
 from jaxdiff.drivers.config_checks import ConfigError, check_workdir
 from jaxdiff.drivers.edit_inputs import edit_labels, known_mask, read_input
 from jaxdiff.drivers.edit_tasks import EditRun, edit_images, interpolate_images, invert_images
 from jaxdiff.drivers.sampling_config import check_sampling_config, resolve_sampler, sampler_options
 from jaxdiff.training.keys import EDIT_STREAM, stream_key
 
+BLOCKS = (*config_checks.DIFFUSION_BLOCKS, "edit")  # the config blocks --mode=edit reads
 PIXEL_SPACE_TASKS = ("inpaint", "restore")  # their masks and operators act on pixels, not latents
 REPAINT_SAMPLER = "euler_ancestral"  # RePaint resampling with sampling.sampler=auto where that is multistep (vp)
 
@@ -165,7 +166,7 @@ def run_edit_mode(config, workdir, overrides=()) -> dict:
     """Restore the latest checkpoint in ``workdir`` (else ``model.init_from``), run ``config.edit``'s
     task on its inputs and write the files of the module docstring. Returns the metadata (what
     ``edit.json`` holds). SIGTERM or Ctrl-C stops it between chunks, before anything is written."""
-    opened = restore.open_latest(config, workdir, "edit", overrides=overrides)  # validates the config and edit block
+    opened = restore.open_latest(config, workdir, "edit", overrides=overrides, blocks=BLOCKS)  # validates the config and edit block
     experiment, step, ec, sc = opened.experiment, opened.step, config.edit, config.sampling
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     if experiment.latent is not None and ec.task in PIXEL_SPACE_TASKS:

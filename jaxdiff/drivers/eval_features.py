@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxdiff.common import paths
-from jaxdiff.data import ArraySource, load_source
+from jaxdiff.data import ArraySource
+from jaxdiff.drivers.data_config import load_source
 from jaxdiff.drivers import config_checks
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.evaluation import classifier as classifier_lib

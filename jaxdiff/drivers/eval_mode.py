@@ -43,6 +43,8 @@ from jaxdiff.evaluation.features import extract_features, fid_kid, reference_sta
 from jaxdiff.evaluation.fid import feature_stats, frechet_distance
 from jaxdiff.training.keys import EVAL_STREAM
 
+BLOCKS = (*config_checks.DIFFUSION_BLOCKS, "eval")  # the config blocks --mode=eval reads
+
 
 def make_image_generator(experiment, sampling_config, guidance_scale: float = 1.0, batch_size: int = 256):
     """A compiled ``generate(params, key, labels [batch_size], should_stop=None) -> images [batch_size,
@@ -220,7 +222,7 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None, 
     shapes), then the presence of a checkpoint. SIGTERM or Ctrl-C stops it between two chunks
     (:class:`~jaxdiff.common.preemption.Interrupted`) before any metric is written."""
     config_checks.validate_eval(config, check_weights=True)
-    opened = restore.open_latest(config, workdir, "eval", log, overrides)
+    opened = restore.open_latest(config, workdir, "eval", log, overrides, BLOCKS)
     config_checks.check_workdir(opened.workdir)
     ema_std = config.sampling.ema_std
     params = restore.load_params(opened, True, ema_std)

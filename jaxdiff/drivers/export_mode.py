@@ -37,9 +37,12 @@ import jax
 
 from jaxdiff.common import parallel, paths
 from jaxdiff.drivers import restore
-from jaxdiff.drivers.config_checks import check_workdir
+from jaxdiff.drivers.checks import check_workdir
 from jaxdiff.drivers.diffusion_config import resolve_target
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet, process_file
+from jaxdiff.models.backbones import BACKBONES
+
+BLOCKS = ("data", "model", "diffusion", "training", "sampling")  # the config blocks --mode=export reads
 
 
 def export_name(sampling_config, step: int, source: str = "") -> str:
@@ -55,14 +58,15 @@ def run_export(config, workdir, log=print, overrides=()) -> str:
     to ``<workdir>/<export_name>`` and return that path. The network and process are the checkpoint's
     (``overrides``: the fields set by ``--config`` flags, see
     :func:`~jaxdiff.drivers.restore.open_latest`)."""
-    opened = restore.open_latest(config, workdir, "export", log, overrides)
+    opened = restore.open_latest(config, workdir, "export", log, overrides, BLOCKS)
     experiment = opened.experiment
     cfg = experiment.config
     out = opened.workdir / export_name(cfg.sampling, opened.step, opened.source.path if opened.source else "")
     unet, size = experiment.model, cfg.data.image_size
-    if cfg.model.backbone != "unet" or experiment.latent is not None:
+    backbone = BACKBONES[cfg.model.backbone]
+    if not backbone.diffusers_export or experiment.latent is not None:
         raise ValueError("--mode=export writes pixel-space U-Nets (diffusers UNet2DModel); this model is "
-                         + ("a DiT" if cfg.model.backbone != "unet" else "a latent diffusion model"))
+                         + (backbone.what if not backbone.diffusers_export else "a latent diffusion model"))
     # what cannot be written fails here, before any work
     diffusers_unet.config_from_unet(unet, size)
     diffusion = {**cfg.diffusion.to_dict(), "target": resolve_target(cfg.diffusion)}

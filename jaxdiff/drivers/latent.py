@@ -20,7 +20,7 @@ from jaxdiff.common.chunks import map_chunks
 from jaxdiff.data import ArraySource, preprocess
 from jaxdiff.drivers import model_source
 from jaxdiff.drivers.autoencoder_experiment import KIND, AutoencoderExperiment
-from jaxdiff.drivers.config_checks import ConfigError
+from jaxdiff.drivers.checks import ConfigError
 from jaxdiff.training import checkpoint
 
 ENCODE_BATCH = 256  # images per compiled encoder call

@@ -6,7 +6,7 @@ field, as jaxdiff < 0.4 trained). Otherwise ``model.init_from`` names a network 
 mode) or to use (sample and eval mode): a diffusers ``UNet2DModel`` folder or another jaxdiff work
 directory; its architecture and diffusion process replace the config's (each changed field said in one
 line), and its EMA weights are the parameters. Every mismatch is a one-line
-:class:`~jaxdiff.drivers.config_checks.ConfigError` before anything is compiled.
+:class:`~jaxdiff.drivers.checks.ConfigError` before anything is compiled.
 """
 
 from __future__ import annotations
@@ -18,25 +18,31 @@ import jax
 import ml_collections
 
 from jaxdiff.common import parallel
-from jaxdiff.drivers.config_checks import ConfigError
+from jaxdiff.drivers.checks import ConfigError
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet
-from jaxdiff.models.dit import ARCHITECTURE_FIELDS as DIT_FIELDS
-from jaxdiff.models.unet import ARCHITECTURE_FIELDS, architecture
+from jaxdiff.models import backbones
+from jaxdiff.models.backbones import BACKBONES
+from jaxdiff.models.unet import architecture
 from jaxdiff.training import checkpoint
 
-# The config.model fields that describe the U-Net (what a source sets; dropout, remat and init_from are
-# how it is trained, and stay the config's), the DiT's, and the config.diffusion fields of the process.
-ARCHITECTURE = (*ARCHITECTURE_FIELDS, "class_conditional")
-DIT_ARCHITECTURE = ("size", *DIT_FIELDS)  # model.dit.size names the paper's depth, width and heads
+# The config.model fields that describe the networks a model.init_from source builds (U-Nets: what a
+# source sets; dropout, remat and init_from are how it is trained, and stay the config's), and the
+# config.diffusion fields of the process.
+ARCHITECTURE = (*dict.fromkeys(n for b in BACKBONES.values() if b.init_from for n in b.architecture_fields),
+                "class_conditional")
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
            "target", "edm", "flow")
+# Every backbone's architecture fields (BACKBONES: under model, or a block of its own such as model.dit).
+_BACKBONE_FIELDS = tuple(dict.fromkeys(f"{b.config_block}.{n}" for b in BACKBONES.values()
+                                       for n in b.architecture_fields))
 # What defines the function a checkpoint computes: every later run of its work directory (resume,
 # sample, eval, edit, export) takes these from the checkpoint's recorded config (blocks: every field).
-DEFINING = ("model.backbone", *(f"model.{n}" for n in ARCHITECTURE), *(f"model.dit.{n}" for n in DIT_ARCHITECTURE),
-            *(f"diffusion.{n}" for n in PROCESS), "data.image_size", "latent.autoencoder")
+DEFINING = ("model.backbone", *(f for f in _BACKBONE_FIELDS if f.count(".") == 1), "model.class_conditional",
+            *(f for f in _BACKBONE_FIELDS if f.count(".") > 1), *(f"diffusion.{n}" for n in PROCESS),
+            "data.image_size", "latent.autoencoder")
 # Fields that checkpoints of older jaxdiff versions predate, with the value those versions trained with.
-PREDATED = {"model.downsample_padding": "symmetric", "model.backbone": "unet"}
+PREDATED = {"model.downsample_padding": "symmetric", "model.backbone": backbones.ORIGINAL}
 _ABSENT = object()
 
 

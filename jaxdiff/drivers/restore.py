@@ -30,8 +30,10 @@ class OpenModel(NamedTuple):
         return f"model.init_from={self.source.path} ({self.source.kind})"
 
 
-def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenModel:
-    """Validate ``config`` and open the network of ``--mode=mode`` in ``workdir``.
+def open_latest(config, workdir, mode: str, log=print, overrides=(),
+                blocks=config_checks.DIFFUSION_BLOCKS) -> OpenModel:
+    """Validate the ``blocks`` of ``config`` that ``--mode=mode`` reads (the mode module's ``BLOCKS``) and
+    open its network in ``workdir``.
 
     The checkpoint's recorded network and process replace the config's (a replaced field said in one
     ``log`` line; one of ``overrides``, the fields set by ``--config.FIELD`` flags, is an error: see
@@ -43,7 +45,7 @@ def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenMode
     ``model.init_from``, and
     :class:`~jaxdiff.training.checkpoint.CheckpointError` when there is neither a checkpoint nor an
     ``init_from`` (saying how to make one) or the checkpoint's metadata cannot be read."""
-    config_checks.validate(config)
+    config_checks.validate(config, blocks)
     if not workdir:
         raise config_checks.ConfigError("--workdir is required")
     latest = model_source.latest_checkpoint(workdir)
@@ -56,7 +58,7 @@ def open_latest(config, workdir, mode: str, log=print, overrides=()) -> OpenMode
     workdir = paths.as_path(workdir)
     try:
         config = model_source.configure(config, source, latest.meta["config"] if latest else None, log, overrides)
-        config_checks.validate(config)
+        config_checks.validate(config, blocks)
     except config_checks.ConfigError:
         if latest is not None:
             latest.manager.close()

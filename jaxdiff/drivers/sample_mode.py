@@ -11,13 +11,15 @@ from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core.families import family_spec
 from jaxdiff.core.sampler import SampleOutput
-from jaxdiff.drivers import restore
-from jaxdiff.drivers.config_checks import check_workdir
+from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers.checks import check_workdir
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling_config import (check_sampling_config, generate_from_config, grid_sampling, parse_labels,
                                       resolve_sampler)
 from jaxdiff.training.keys import SAMPLE_STREAM, stream_key
+
+BLOCKS = config_checks.DIFFUSION_BLOCKS  # the config blocks --mode=sample reads
 
 
 def trajectory_stride(num_steps: int, trajectory_every: int, min_frames: int = 10) -> int:

@@ -1,4 +1,5 @@
-"""The ``sampling`` block: its checks, and the library's sampler and generation arguments it gives.
+"""The ``sampling`` block: its checks (:func:`check`: each field, then the samplers it asks for against the
+family of ``config.diffusion``), and the library's sampler and generation arguments it gives.
 
 Pure NumPy/Python checks run before anything is compiled; :func:`generate_from_config` then calls
 :func:`jaxdiff.core.generation.generate`.
@@ -10,10 +11,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdiff.core import generation
+from jaxdiff.core import diffusion, generation
 from jaxdiff.core.families import Family, family_spec
 from jaxdiff.core.sampler import SampleOutput, Sampler
 from jaxdiff.core.sampler_registry import SAMPLERS, make_sampler, resolve_spacing
+from jaxdiff.drivers.checks import ConfigError, boolean, choice, number, positive
+from jaxdiff.drivers.diffusion_config import family_from_config
+from jaxdiff.training.posthoc_ema import MAX_STD
 
 FAST_SAMPLER = "dpm_solver++"  # what sampling.grid_sampler=auto and eval.sampler=auto run, in every family
 
@@ -189,3 +193,37 @@ def generate_from_config(apply_fn, params, family: Family, sampling_config, shap
                               guidance_interval=tuple(sc.guidance_interval) or None, cache=cache,
                               progress=progress, should_stop=should_stop)
     return out._replace(metadata={**out.metadata, **sampling_metadata(sc, family)})
+
+
+def check_sampler_fits(config, field: str, block) -> None:
+    """Raise :class:`ConfigError` unless the sampling ``block`` that ``field`` (``sampling.grid_sampler``,
+    ``eval.sampler``) makes of ``config.sampling`` fits the family of ``config.diffusion`` and the
+    model's conditioning (``None``, or ``config.sampling`` itself: nothing more to check)."""
+    if block is None or block is config.sampling:
+        return
+    try:
+        check_sampling_config(block, family_from_config(config.diffusion), bool(config.model.class_conditional))
+    except ValueError as e:
+        raise ConfigError(f"{field}={block.sampler!r} with {block.num_steps} steps: {e}") from None
+
+
+def check(config) -> None:
+    """Raise :class:`ConfigError` for the first invalid ``sampling.*`` value (the fields, then the
+    samplers they ask for against the process)."""
+    s = config.sampling
+    for field in ("clip_x0", "set_alpha_to_one", "use_ema"):
+        boolean(s[field], f"sampling.{field}")
+    number(s.ema_std, "sampling.ema_std", 0.0, MAX_STD)  # that the checkpoint has snapshots: when it is opened
+    choice(s.variance, diffusion.VARIANCES, "sampling.variance")
+    positive(s.num_samples, "sampling.num_samples")
+    positive(s.batch_size, "sampling.batch_size")
+    positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
+    boolean(s.save_pngs, "sampling.save_pngs")
+    choice(s.grid_sampler, ("auto", "same", *SAMPLERS), "sampling.grid_sampler")
+    positive(s.grid_num_steps, "sampling.grid_num_steps")
+    try:
+        family = family_from_config(config.diffusion)
+        check_sampling_config(s, family, bool(config.model.class_conditional))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    check_sampler_fits(config, "sampling.grid_sampler", grid_sampling(config, family))

@@ -29,14 +29,18 @@ from tqdm.auto import tqdm
 from jaxdiff.common import parallel, paths, plotting, preemption
 from jaxdiff.common.run_lock import RunLock
 from jaxdiff.common.tensorboard import TensorBoard
-from jaxdiff.data import batch_stream, check_batch_size, load_source
+from jaxdiff.data import batch_stream, check_batch_size
 from jaxdiff.drivers import config_checks, eval_mode, latent, model_source, sample_mode
 from jaxdiff.drivers.autoencoder_experiment import KIND, AutoencoderExperiment, write_reconstructions
+from jaxdiff.drivers.data_config import load_source
 from jaxdiff.drivers.sampling_config import parse_labels
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.training import checkpoint
 from jaxdiff.training.state import TrainState
+
+BLOCKS = config_checks.ALL_BLOCKS  # --mode=train reads every block
+AUTOENCODER_BLOCKS = ("data", "autoencoder", "training")  # --mode=train_autoencoder
 
 
 class Preempted(Exception):
@@ -154,7 +158,7 @@ def train(config, workdir, progress: bool = True, overrides=()) -> TrainState:
     writes. SIGTERM or SIGINT saves a checkpoint at the next step boundary (all processes agree on
     the step) and raises :class:`Preempted`.
     """
-    config_checks.validate(config)
+    config_checks.validate(config, BLOCKS)
     latest = model_source.latest_checkpoint(workdir)
     model_source.check_kind(latest, "diffusion", workdir)
     if latest is not None:
@@ -163,7 +167,7 @@ def train(config, workdir, progress: bool = True, overrides=()) -> TrainState:
     say = print if progress and paths.is_writer() else lambda *_: None
     recorded = latest.meta["config"] if latest else None
     config = model_source.configure(config, init, recorded, say, overrides)
-    config_checks.validate(config)  # the sampling choices against the recorded process
+    config_checks.validate(config, BLOCKS)  # sampling against the recorded process
     model_source.check_ema_stds(config, recorded)
     source = load_source(config.data, "train")
     model_source.check_source_fits(init, source.image_shape[-1], source.num_classes)
@@ -192,7 +196,7 @@ def train_autoencoder(config, workdir, progress: bool = True) -> TrainState:
     ``config.autoencoder`` on ``config.data`` in ``workdir``, with :func:`train`'s loop (checkpoints,
     ``metrics.jsonl`` with the reconstruction error, KL and PSNR, TensorBoard, preemption, divergence)
     and ``reconstructions_<step>.png`` grids. Its work directory is what ``latent.autoencoder`` names."""
-    config_checks.validate(config)
+    config_checks.validate(config, AUTOENCODER_BLOCKS)
     source = load_source(config.data, "train")
     latest = model_source.latest_checkpoint(workdir)
     model_source.check_kind(latest, KIND, workdir)

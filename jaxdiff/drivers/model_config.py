@@ -1,0 +1,110 @@
+"""The ``model`` block (``model.backbone`` and its fields: the U-Net's directly under ``model``, the
+DiT's under ``model.dit``): its checks and the network it describes, both through the backbone
+registry (:data:`jaxdiff.models.backbones.BACKBONES`)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxdiff.common import paths
+from jaxdiff.drivers.checks import (ConfigError, boolean, choice, library_check, number, path_string, positive,
+                                    positive_ints)
+from jaxdiff.models.backbones import BACKBONES, Backbone
+from jaxdiff.models.dit import DIT_SIZES
+from jaxdiff.models.unet import DOWNSAMPLE_PADDINGS
+
+
+def _shown(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def backbone_block(model_config, backbone: Backbone):
+    """The block of ``model_config`` (a ``config.model``) that holds ``backbone``'s fields."""
+    node = model_config
+    for part in backbone.config_block.split(".")[1:]:
+        node = node[part]
+    return node
+
+
+def backbone_fields(model_config, backbone: Backbone) -> dict:
+    """``{field: value}`` of ``backbone``'s fields in ``model_config`` (``downsample_padding=auto``,
+    a new model's, is ``same``: :func:`jaxdiff.drivers.model_source.configure` resolves it for a checkpoint)."""
+    block = backbone_block(model_config, backbone)
+    fields = {name: _shown(block[name]) for name in backbone.fields}
+    if fields.get("downsample_padding") == "auto":
+        fields["downsample_padding"] = "same"
+    return fields
+
+
+def _named(backbone: Backbone, fields: dict, names) -> str:
+    return ", ".join(f"{backbone.config_block}.{n}={fields[n]!r}" for n in names)
+
+
+def check_fields(config) -> None:
+    """The ``model.*`` fields of every backbone, each on its own."""
+    m = config.model
+    positive_ints(m.ch_mult, "model.ch_mult")
+    positive_ints(m.attn_resolutions, "model.attn_resolutions", allow_empty=True)
+    positive(m.num_heads, "model.num_heads")
+    positive(m.groups, "model.groups")
+    boolean(m.class_conditional, "model.class_conditional")
+    boolean(m.remat, "model.remat")
+    choice(m.downsample_padding, ("auto", *DOWNSAMPLE_PADDINGS), "model.downsample_padding")
+    number(m.norm_eps, "model.norm_eps", 0.0, low_open=True)
+    positive(m.head_dim, "model.head_dim", allow_zero=True)
+    boolean(m.flip_sin_to_cos, "model.flip_sin_to_cos")
+    number(m.freq_shift, "model.freq_shift")
+    path_string(m.init_from, "model.init_from")
+    if m.init_from and not paths.as_path(m.init_from).exists():
+        raise ConfigError(f"model.init_from={m.init_from!r} does not exist (a diffusers folder or a jaxdiff workdir)")
+
+
+def check_backbone(config) -> None:
+    """``model.backbone`` and its fields; the image size each backbone needs (for latent diffusion the
+    latent size is known only from the autoencoder's checkpoint: the network checks it when built)."""
+    d, m = config.data, config.model
+    choice(m.backbone, tuple(BACKBONES), "model.backbone")
+    dit = m.dit
+    choice(dit.size, ("", *DIT_SIZES), "model.dit.size")
+    for field in ("depth", "hidden_size", "num_heads", "patch_size"):
+        positive(dit[field], f"model.dit.{field}")
+    number(dit.mlp_ratio, "model.dit.mlp_ratio", 0.0, low_open=True)
+    boolean(dit.learn_sigma, "model.dit.learn_sigma")
+    choice(dit.attention, ("", "xla", "cudnn"), "model.dit.attention")
+    backbone = BACKBONES[m.backbone]
+    fields = backbone_fields(m, backbone)
+    named = backbone.architecture_check_fields(fields)
+    if named:
+        library_check(_named(backbone, fields, named), backbone.check_architecture, fields)
+    if not config.latent.autoencoder:
+        library_check(f"data.image_size={d.image_size}, {_named(backbone, fields, backbone.image_size_fields)}",
+                      backbone.check_image_size, d.image_size, fields)
+    if m.init_from and not backbone.init_from:
+        raise ConfigError("model.init_from loads U-Nets (diffusers UNet2DModel or jaxdiff workdirs); "
+                          f"model.backbone={m.backbone!r} has no such source")
+
+
+def check(config) -> None:
+    """Raise :class:`ConfigError` for the first invalid ``model.*`` value."""
+    m = config.model
+    check_fields(config)
+    check_backbone(config)
+    positive(m.ch, "model.ch")
+    positive(m.num_res_blocks, "model.num_res_blocks")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+
+
+def model_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32):
+    """The network of a ``config.model`` block (its ``backbone``'s module, built from its fields) with
+    ``out_ch`` output channels, conditional on ``num_classes`` labels (0: unconditional)."""
+    backbone = BACKBONES[model_config.backbone]
+    return backbone.build(backbone_fields(model_config, backbone), out_ch, num_classes, dtype, model_config.remat)
+
+
+def build_model(config, channels: int, num_classes: int):
+    """The denoiser of ``config.model`` (its ``backbone``) for images (or latents) with ``channels``
+    channels; conditional on ``num_classes`` labels when ``model.class_conditional``."""
+    return model_from_config(config.model, out_ch=channels,
+                             num_classes=num_classes if config.model.class_conditional else 0,
+                             dtype=jnp.dtype(config.training.dtype))
