@@ -4,9 +4,10 @@ The library is five layers, each importing only from the ones below it (``tests/
 keeps it so)::
 
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
-    core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow),
-                samplers (protocol, DDPM chain, grid samplers, registry), guidance, generation, likelihood, measurement operators, editing
-                (SDEdit, RePaint, inversion, slerp) and restoration (DDNM, DPS)
+    core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow; the
+                registry), samplers (protocol, DDPM chain, grid samplers, the registry), guidance,
+                generation, likelihood, measurement operators, editing (SDEdit, RePaint, inversion,
+                slerp) and restoration (DDNM, DPS)
     models      layers, the U-Net, DiT, the KL autoencoder,   data         sources, stream, preprocessing
                 the denoiser calling convention
     training    train state, optimiser, EMA, keys, the steps, evaluation   FID/KID, features, accuracy
@@ -66,7 +67,8 @@ __all__ = [
     "Grid", "LinearOperator", "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet",
     "batch_stream", "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddnm_family", "ddpm_sampler",
     "denoiser_apply", "diffusion_loss", "dit_from_name", "dpm_solver_pp_sampler", "dps_sampler", "editing",
-    "edm_preconditioning", "edm_stochastic_sampler", "ema_update", "euler_ancestral_sampler", "families", "frechet_distance", "generate",
+    "edm_preconditioning", "edm_stochastic_sampler", "ema_update", "euler_ancestral_sampler", "families",
+    "frechet_distance", "generate",
     "grid_and_sampler", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
     "interpolation_path", "invert", "karras_sigmas", "kid", "learning_rate_schedule", "load_source",
     "loss_given_noise", "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer",

@@ -1,15 +1,8 @@
 """Diffusion families: one formulation each of how data is noised, what the network sees and predicts,
 how training draws noise levels and weights them, and where a sampler evaluates it.
 
-A :class:`Family` is a NamedTuple of pure functions (the pattern of optax's ``GradientTransformation``):
-
-  ``draw(key, x0) -> (time [B], noise)``           the training randomness of one (global) batch
-  ``loss(net, x0, time, noise) -> (mean, per_ex)``  the weighted regression loss
-  ``predict(net, x, time, alpha, sigma) -> (x0_hat, eps_hat)``   the network as a denoiser
-  ``grid(num_steps, spacing, set_alpha_to_one) -> Grid``           a sampler's noise levels
-
-``net(x_in, t_in)`` is the raw network (guidance composes in front of it); each family decides what
-``x_in`` and ``t_in`` are. The members:
+Each is a :class:`~jaxdiff.core.family.Family` (the protocol: :mod:`jaxdiff.core.family`), registered
+by name in :data:`FAMILIES` with its defaults. The members:
 
   ddpm   the discrete T-step chain of :mod:`jaxdiff.core.schedules` exactly as in DDPM (time = table
          index ``0..T-1``, ``t ~ U{0..T-1}``, eps / x0 / v target, optional min-SNR weighting).
@@ -19,11 +12,6 @@ A :class:`Family` is a NamedTuple of pure functions (the pattern of optax's ``Gr
          ``D = c_skip x + c_out F(c_in x; ln(sigma) / 4)``, loss ``lambda(sigma) |D - x0|^2``.
   flow   flow matching / rectified flow: ``x_t = (1 - t) x0 + t eps``, ``t`` uniform or logit-normal
          (with SD3's shift), velocity target ``eps - x0``, network time ``1000 t``.
-
-Samplers (:mod:`jaxdiff.core.grid_samplers`) step in ``(x0_hat, eps_hat)`` form; second-order ones
-integrate an ODE in the family's coordinates ``ode_space``: ``sigma`` (``y = x / alpha`` against
-``s = sigma / alpha``, ``dy/ds = eps``: EDM's choice, used for ddpm, vp and edm) or ``t``
-(``y = x`` against ``t``, ``dy/dt = eps - x0``: the flow ODE, which starts at ``alpha = 0``).
 """
 
 from __future__ import annotations
@@ -35,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.core import diffusion, processes
+from jaxdiff.core.family import (Family, Grid, batch_of, check_prediction, check_spacing, check_steps,
+                                 check_weighting, grid_from_logsnr, per_example_mean)
 from jaxdiff.core.schedules import DiffusionTables, schedule_tables
 from jaxdiff.core.spacing import SPACINGS, spaced_timesteps
 
@@ -46,61 +36,6 @@ VP_SAMPLE_T_MIN = 1e-3  # vp: the last evaluated time of a sampler grid (score_s
 NETWORK_TIME_SCALE = 1000.0  # vp and flow feed the network 1000 t (the range of DDPM's integer steps)
 
 
-class Grid(NamedTuple):
-    """A sampler's noise levels, float64 NumPy: ``time [N + 1]`` (the family's time of each level:
-    table index, ``t`` or ``sigma``; entry ``N`` is where the last step ends and is never evaluated),
-    ``alpha [N + 1]`` and ``sigma [N + 1]``; ``x_T = prior_scale * N(0, I)``."""
-
-    time: np.ndarray
-    alpha: np.ndarray
-    sigma: np.ndarray
-    prior_scale: float = 1.0
-
-    @property
-    def num_steps(self) -> int:
-        return len(self.time) - 1
-
-
-class Family(NamedTuple):
-    """See the module docstring. ``prediction`` names what the network outputs; ``spacings`` the
-    grids ``grid`` accepts; ``level(s) -> (time, alpha, sigma)`` the noise level at solver coordinate
-    ``s`` (continuous families; ``None`` for ddpm, whose levels are table rows);
-    ``sigma_to_input(sigma_ratio)`` the network time at ``sigma / alpha`` (NumPy, increasing: used
-    to map a guidance interval); ``tables`` the discrete tables (ddpm only)."""
-
-    name: str
-    prediction: str
-    draw: Callable
-    loss: Callable
-    predict: Callable
-    grid: Callable
-    spacings: tuple
-    ode_space: str
-    level: Callable | None
-    sigma_to_input: Callable
-    tables: DiffusionTables | None = None
-
-
-def _full(x, value, dtype=jnp.float32):
-    return jnp.full((x.shape[0],), value, dtype)
-
-
-def _per_example_mean(err):
-    return jnp.mean(err, axis=tuple(range(1, err.ndim)))
-
-
-def _check_weighting(weighting):
-    if weighting not in diffusion.WEIGHTINGS:
-        raise ValueError(f"unknown loss weighting {weighting!r}; choose one of "
-                         f"{', '.join(diffusion.WEIGHTINGS)}")
-
-
-def _check_prediction(prediction, allowed, family):
-    if prediction not in allowed:
-        raise ValueError(f"target={prediction!r} does not fit the {family!r} family; "
-                         f"choose one of {', '.join(allowed)}")
-
-
 # --------------------------------------------------------------------------- ddpm (discrete)
 
 def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
@@ -108,8 +43,8 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
     """The discrete DDPM chain of ``tables``: training is exactly
     :func:`jaxdiff.core.diffusion.diffusion_loss`; sampler grids are table rows chosen by a spacing of
     :data:`jaxdiff.core.spacing.SPACINGS`, ending at ``abar = 1`` (``set_alpha_to_one``) or ``abar_0``."""
-    _check_prediction(target, diffusion.TARGETS, "ddpm")
-    _check_weighting(weighting)
+    check_prediction(target, diffusion.TARGETS, "ddpm")
+    check_weighting(weighting)
     if target == "eps" and tables.alphas_cumprod[-1] == 0:
         raise ValueError("tables of zero terminal SNR (alphas_cumprod[-1] = 0) need target=v or x0: an eps "
                          "model cannot predict x0 at SNR 0 (Lin et al. 2024)")
@@ -123,7 +58,7 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
         return diffusion.loss_given_noise(net, tables, x0, t, noise, target, weighting, min_snr_gamma)
 
     def predict(net, x, time, alpha, sigma):
-        return processes.x0_eps_from_prediction(target, x, net(x, _full(x, time, jnp.int32)), alpha, sigma)
+        return processes.x0_eps_from_prediction(target, x, net(x, batch_of(x, time, jnp.int32)), alpha, sigma)
 
     def grid(num_steps, spacing="logsnr", set_alpha_to_one=True):
         t = spaced_timesteps(T, num_steps or T, spacing, abar).astype(np.float64)
@@ -138,26 +73,6 @@ def ddpm(tables: DiffusionTables, target: str = "eps", weighting: str = "none",
 
 # --------------------------------------------------------------------------- continuous families
 
-def _grid_from_logsnr(process, logsnr):
-    """A grid at the times of ``logsnr [N]`` (decreasing noise) that ends at the data
-    (``t = 0``, ``alpha = 1``, ``sigma = 0``), starting from ``x_T = sigma_0 N(0, I)``."""
-    t = process.time_from_logsnr(logsnr)
-    alpha, sigma = process.alpha_sigma(t, np)
-    time, alpha, sigma = (np.append(v, e) for v, e in zip((t, alpha, sigma), (0.0, 1.0, 0.0)))
-    return Grid(time, alpha, sigma, float(sigma[0]))
-
-
-def _check_spacing(spacing, spacings, family):
-    if spacing not in spacings:
-        raise ValueError(f"spacing={spacing!r} does not fit the {family!r} family; choose one "
-                         f"of auto, {', '.join(spacings)}")
-
-
-def _check_steps(num_steps):
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps={num_steps!r} must be a positive number of steps for a "
-                         "continuous-time family")
-
 
 def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
        min_snr_gamma: float = 5.0) -> Family:
@@ -170,8 +85,8 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
     if schedule not in VP_PROCESSES:
         raise ValueError(f"schedule={schedule!r} has no continuous-time form; for the vp family "
                          f"choose one of {', '.join(VP_PROCESSES)}")
-    _check_prediction(target, diffusion.TARGETS, "vp")
-    _check_weighting(weighting)
+    check_prediction(target, diffusion.TARGETS, "vp")
+    check_weighting(weighting)
     process = processes.vp_linear() if schedule == "linear" else processes.vp_cosine()
 
     def draw(key, x0):
@@ -183,20 +98,20 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
         alpha, sigma = process.alpha_sigma(t, jnp)
         a, s = processes.expand_to(alpha, x0), processes.expand_to(sigma, x0)
         out = net(a * x0 + s * noise, NETWORK_TIME_SCALE * t).astype(jnp.float32)
-        err = _per_example_mean(jnp.square(out - processes.prediction_from_x0_eps(target, x0, noise, alpha, sigma)))
+        err = per_example_mean(jnp.square(out - processes.prediction_from_x0_eps(target, x0, noise, alpha, sigma)))
         per_example = diffusion.snr_loss_weight(jnp.square(alpha / sigma), target, weighting, min_snr_gamma) * err
         return jnp.mean(per_example), per_example
 
     def predict(net, x, time, alpha, sigma):
-        out = net(x, _full(x, NETWORK_TIME_SCALE * time))
+        out = net(x, batch_of(x, NETWORK_TIME_SCALE * time))
         return processes.x0_eps_from_prediction(target, x, out, alpha, sigma)
 
     hi, lo = process.logsnr(np.float64(VP_SAMPLE_T_MIN)), process.logsnr(np.float64(1.0))
 
     def grid(num_steps, spacing="logsnr", set_alpha_to_one=True):
         del set_alpha_to_one  # the continuous chain always ends at the data
-        _check_steps(num_steps)
-        _check_spacing(spacing, VP_SPACINGS, "vp")
+        check_steps(num_steps)
+        check_spacing(spacing, VP_SPACINGS, "vp")
         if spacing == "uniform":
             t = np.linspace(1.0, VP_SAMPLE_T_MIN, num_steps)
             logsnr = process.logsnr(t)
@@ -204,7 +119,7 @@ def vp(schedule: str = "linear", target: str = "eps", weighting: str = "none",
             logsnr = np.linspace(lo, hi, num_steps)
         else:
             logsnr = -2.0 * np.log(processes.karras_sigmas(num_steps, np.exp(-0.5 * hi), np.exp(-0.5 * lo))[:-1])
-        return _grid_from_logsnr(process, logsnr)
+        return grid_from_logsnr(process, logsnr)
 
     def level(sigma_ratio):
         t = process.time_from_logsnr(-2.0 * np.log(sigma_ratio))
@@ -237,7 +152,7 @@ def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma
 
     def loss(net, x0, sigma, noise):
         d = denoise(net, x0 + processes.expand_to(sigma, x0) * noise, sigma)
-        per_example = processes.edm_loss_weight(sigma, sigma_data) * _per_example_mean(jnp.square(d - x0))
+        per_example = processes.edm_loss_weight(sigma, sigma_data) * per_example_mean(jnp.square(d - x0))
         return jnp.mean(per_example), per_example
 
     def predict(net, x, time, alpha, sigma):
@@ -247,8 +162,8 @@ def edm(sigma_data: float = 0.5, p_mean: float = -1.2, p_std: float = 1.2, sigma
 
     def grid(num_steps, spacing="karras", set_alpha_to_one=True):
         del set_alpha_to_one
-        _check_steps(num_steps)
-        _check_spacing(spacing, EDM_SPACINGS, "edm")
+        check_steps(num_steps)
+        check_spacing(spacing, EDM_SPACINGS, "edm")
         if spacing == "karras":
             sigmas = processes.karras_sigmas(num_steps, sigma_min, sigma_max, rho)
         else:
@@ -286,17 +201,17 @@ def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0,
     def loss(net, x0, t, noise):
         tt = processes.expand_to(t, x0)
         out = net((1.0 - tt) * x0 + tt * noise, NETWORK_TIME_SCALE * t).astype(jnp.float32)
-        per_example = _per_example_mean(jnp.square(out - (noise - x0)))
+        per_example = per_example_mean(jnp.square(out - (noise - x0)))
         return jnp.mean(per_example), per_example
 
     def predict(net, x, time, alpha, sigma):
-        out = net(x, _full(x, NETWORK_TIME_SCALE * time))
+        out = net(x, batch_of(x, NETWORK_TIME_SCALE * time))
         return processes.x0_eps_from_prediction("flow", x, out, alpha, sigma)
 
     def grid(num_steps, spacing="uniform", set_alpha_to_one=True):
         del set_alpha_to_one
-        _check_steps(num_steps)
-        _check_spacing(spacing, FLOW_SPACINGS, "flow")
+        check_steps(num_steps)
+        check_spacing(spacing, FLOW_SPACINGS, "flow")
         t = processes.shift_time(np.linspace(1.0, 0.0, num_steps + 1), shift)
         return Grid(t, 1.0 - t, t, 1.0)
 

@@ -8,11 +8,15 @@ The samplers of every family (``euler_ancestral_sampler``, ``heun_sampler``, ``m
 
 import warnings
 
-from jaxdiff.core.grid_samplers import (denoiser, dpm_solver_pp_coefficients, dpm_solver_pp_sampler,  # noqa: F401
+from jaxdiff.core.grid_samplers import (denoiser, dpm_solver_pp_coefficients, dpm_solver_pp_sampler,
                                         edm_stochastic_sampler, euler_ancestral_sampler, heun_sampler,
                                         midpoint_sampler, ode_coordinates)
-from jaxdiff.core.sampler_registry import (SAMPLERS, SamplerSpec, check_sampler_fits, make_sampler,  # noqa: F401
+from jaxdiff.core.sampler_registry import (SAMPLERS, SamplerSpec, check_sampler_fits, make_sampler,
                                            resolve_spacing, sampler_on_grid)
+
+__all__ = ["SAMPLERS", "SamplerSpec", "check_sampler_fits", "denoiser", "dpm_solver_pp_coefficients",
+           "dpm_solver_pp_sampler", "edm_stochastic_sampler", "euler_ancestral_sampler", "heun_sampler",
+           "make_sampler", "midpoint_sampler", "ode_coordinates", "resolve_spacing", "sampler_on_grid"]
 
 warnings.warn("jaxdiff.core.solvers is deprecated: import from jaxdiff.core.grid_samplers or "
               "jaxdiff.core.sampler_registry (or the top-level jaxdiff names)", DeprecationWarning, stacklevel=2)

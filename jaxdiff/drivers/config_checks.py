@@ -12,7 +12,8 @@ from jaxdiff.drivers import (autoencoder_config, data_config, diffusion_config, 
 from jaxdiff.drivers.checks import ConfigError, check_workdir, positive
 from jaxdiff.drivers.eval_config import validate_eval  # eval_mode's name for it
 
-__all__ = ["ALL_BLOCKS", "BLOCK_CHECKS", "ConfigError", "DIFFUSION_BLOCKS", "check_workdir", "validate", "validate_eval"]
+__all__ = ["ALL_BLOCKS", "BLOCK_CHECKS", "ConfigError", "DIFFUSION_BLOCKS", "check_workdir", "validate",
+           "validate_eval"]
 
 # Block name -> its check, in the order validate runs them (so a config's first error is always the same).
 BLOCK_CHECKS = {

@@ -166,7 +166,8 @@ def run_edit_mode(config, workdir, overrides=()) -> dict:
     """Restore the latest checkpoint in ``workdir`` (else ``model.init_from``), run ``config.edit``'s
     task on its inputs and write the files of the module docstring. Returns the metadata (what
     ``edit.json`` holds). SIGTERM or Ctrl-C stops it between chunks, before anything is written."""
-    opened = restore.open_latest(config, workdir, "edit", overrides=overrides, blocks=BLOCKS)  # validates the config and edit block
+    # validates the config, the edit block included
+    opened = restore.open_latest(config, workdir, "edit", overrides=overrides, blocks=BLOCKS)
     experiment, step, ec, sc = opened.experiment, opened.step, config.edit, config.sampling
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     if experiment.latent is not None and ec.task in PIXEL_SPACE_TASKS:

@@ -101,18 +101,19 @@ def evaluate_params(config, workdir, params, experiment, step: int, log=print,
     reference statistics, and for conditional models ``conditional_accuracy_<tag>.{json,md,png}``, where
     ``<tag>`` is ``<step>_<digest>`` (:func:`eval_tag`). Returns the metrics.
 
-    Samples come from ``eval.sampler`` (:func:`~jaxdiff.drivers.sampling_config.eval_sampling`: DPM-Solver++
-    over 20 steps unless ``same``, which is ``config.sampling``); ``make_generate(w) ->
-    generate(params, key, labels) -> images in [-1, 1]`` may replace it (:func:`make_image_generator`). ``stop_check()`` runs after every chunk of
-    work (:meth:`~jaxdiff.common.preemption.PreemptionGuard.stop_check`); when it raises, nothing of
-    this evaluation has been written."""
+    Samples come from ``eval.sampler`` (:func:`~jaxdiff.drivers.sampling_config.eval_sampling`:
+    DPM-Solver++ over 20 steps unless ``same``, which is ``config.sampling``); ``make_generate(w) ->
+    generate(params, key, labels) -> images in [-1, 1]`` may replace it (:func:`make_image_generator`).
+    ``stop_check()`` runs after every chunk of work
+    (:meth:`~jaxdiff.common.preemption.PreemptionGuard.stop_check`); when it raises, nothing of this
+    evaluation has been written."""
 
     def progress_bar(total: int, desc: str):
         return GuardedBar(total, desc, stop_check, leave=False)
 
     ev = config.eval
     model, family = experiment.model, experiment.family
-    sampling = eval_sampling(config, family)  # eval.sampler: dpm_solver++ over 20 steps unless same (the paper protocol)
+    sampling = eval_sampling(config, family)  # eval.sampler: dpm_solver++ over 20 steps unless same (paper)
     t0 = time.perf_counter()
     train, test, split_note = load_splits(config.data)
     image_shape = tuple(train.image_shape)
