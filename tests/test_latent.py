@@ -2,6 +2,7 @@
 resume), latent diffusion on its latents with either backbone (scale measured to unit std, recorded,
 decoded samples in sample, eval and edit mode), and the mismatches as one-line errors."""
 
+import copy
 import json
 
 import jax
@@ -61,7 +62,7 @@ def test_latent_diffusion_trains_on_unit_std_latents_and_every_mode_runs(autoenc
     workdir = tmp_path / "ldm"
     config = latent_config(autoencoder, backbone, **{**FAST_MODES, "eval.classifier_dir": str(classifier_dir)})
     source = data_config.load_source(config.data, "train")
-    _, space, data = latent.encode_training_set(config, source, None, lambda *_: None)
+    space, data = latent.encode_training_set(copy.deepcopy(config), source, lambda *_: None)
     assert data.image_shape == (4, 4, 4) and abs(float(np.std(data.images)) - 1.0) < 1e-3  # measured scale
     state = train_loop.train(config, str(workdir), progress=False)
     losses = [r["loss"] for r in rows(workdir)]

@@ -10,7 +10,6 @@ are divided by the scale and decoded, so grids, sample mode and eval mode see im
 
 from __future__ import annotations
 
-import copy
 from typing import Callable, NamedTuple
 
 import jax
@@ -55,8 +54,7 @@ class LatentSpace(NamedTuple):
 def recorded_autoencoder_config(config, recorded: dict):
     """``config`` with the autoencoder, training and image-size fields of an autoencoder checkpoint's
     recorded config, so that its train state restores."""
-    return model_source.overlay_recorded(config, recorded, {"autoencoder": None, "training": None,
-                                                            "data": ("image_size",)})
+    return model_source.overlay_recorded(config, recorded, ("autoencoder", "training", "data.image_size"))
 
 
 def open_latent_space(config, scale: float, log=print) -> LatentSpace:
@@ -103,12 +101,13 @@ def _encode(encode: Callable, source) -> tuple[np.ndarray, np.ndarray]:
     return latents.astype(np.float32), labels.astype(np.int32)
 
 
-def encode_training_set(config, source, recorded: dict | None, log=print):
-    """``(config, space, latent_source)`` for training on the latents of ``source``: ``config`` with
-    ``latent.scale_factor`` resolved (the checkpoint's when resuming, else the config's, else measured:
-    ``1 / std`` of the unscaled latents), the :class:`LatentSpace`, and an in-memory source of the
-    scaled latents with the images' labels."""
-    scale = float((recorded or {}).get("latent", {}).get("scale_factor") or config.latent.scale_factor or 0.0)
+def encode_training_set(config, source, log=print):
+    """``(space, latent_source)`` for training on the latents of ``source``: the :class:`LatentSpace` and
+    an in-memory source of the scaled latents with the images' labels. The scale is ``config``'s
+    ``latent.scale_factor`` (a resumed run's: the checkpoint's, :func:`~jaxdiff.drivers.model_source.resolve`),
+    else measured, ``1 / std`` of the unscaled latents, and then set on ``config`` (the run's resolved
+    config, which the checkpoint records)."""
+    scale = float(config.latent.scale_factor or 0.0)
     space = open_latent_space(config, scale or 1.0, log if scale else lambda *_: None)
     if source.image_shape[-1] != space.image_shape[-1]:
         raise ConfigError(f"the autoencoder in {config.latent.autoencoder} takes {space.image_shape[-1]}-channel "
@@ -120,9 +119,7 @@ def encode_training_set(config, source, recorded: dict | None, log=print):
         space = space.rescaled(scale)
         log(f"latent diffusion: the {'x'.join(map(str, space.shape))} latents of the autoencoder in "
             f"{config.latent.autoencoder}, scale factor {scale:.5g} measured (1 / std of {latents.size:,} values)")
-    out = copy.deepcopy(config)
-    out.latent.scale_factor = scale
+        config.latent.scale_factor = scale
     data = ArraySource(latents, labels, source.num_classes, f"{source.name} latents",
                        getattr(source, "class_names", ()))
-    return out, space, data
-
+    return space, data

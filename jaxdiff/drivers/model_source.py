@@ -112,26 +112,18 @@ def _diffusers_source(path: str) -> ModelSource:
                        model.unet.num_classes, lambda use_ema: model.params)
 
 
-def overlay_recorded(config, recorded: dict, fields: dict) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with the values a checkpoint's recorded config (``meta["config"]``, JSON)
-    has for ``fields`` (``{block: names}``; ``None`` = every field of the block the config has), JSON
-    lists as tuples and objects as ConfigDicts."""
-    out = copy.deepcopy(config)
-    for block, names in fields.items():
-        values = recorded.get(block, {})
-        for name in (names if names is not None else [n for n in values if n in out[block]]):
-            if name in values:
-                value = values[name]
-                out[block][name] = ml_collections.ConfigDict(value) if isinstance(value, dict) else (
-                    tuple(value) if isinstance(value, list) else value)
-    return out
+def overlay_recorded(config, recorded: dict, paths) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with the values a checkpoint's recorded config (``meta["config"]``, JSON) has at
+    ``paths`` (dotted fields; a block: every field of it the config has), said nowhere: the config of a
+    checkpoint read to restore it (an ``init_from`` work directory, a latent space's autoencoder)."""
+    return take_values(config, recorded_values(recorded, paths), "the checkpoint", log=lambda *_: None)
 
 
 def with_checkpoint_config(config, recorded: dict) -> ml_collections.ConfigDict:
     """``config`` with the fields a checkpoint's recorded config (``meta["config"]``) has for the
     network, its process and its optimiser (so its train state restores), and the data's image size."""
-    out = overlay_recorded(config, recorded, {"model": ARCHITECTURE, "diffusion": PROCESS, "training": None,
-                                              "data": ("image_size",)})
+    out = overlay_recorded(config, recorded, (*(f"model.{n}" for n in ARCHITECTURE),
+                                              *(f"diffusion.{n}" for n in PROCESS), "training", "data.image_size"))
     out.model.downsample_padding = recorded.get("model", {}).get("downsample_padding", "symmetric")
     return out
 
@@ -190,19 +182,24 @@ def _leaves(path: str, value):
         yield path, _plain(value)
 
 
-def defining_values(recorded: dict) -> dict:
-    """``{dotted field: value}`` for every :data:`DEFINING` field a recorded config (``meta["config"]``,
-    JSON) has, blocks flattened to their fields; a field older checkpoints predate takes the value
-    they were trained with (:data:`PREDATED`)."""
+def recorded_values(recorded: dict, paths, predated: dict | None = None) -> dict:
+    """``{dotted field: value}`` of a recorded config (``meta["config"]``, JSON) at ``paths``, blocks
+    flattened to their fields, lists as tuples; a path it lacks takes ``predated[path]`` when given."""
     out = {}
-    for path in DEFINING:
+    for path in paths:
         node = recorded
         for part in path.split("."):
             node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
-        node = PREDATED.get(path, _ABSENT) if node is _ABSENT else node
+        node = (predated or {}).get(path, _ABSENT) if node is _ABSENT else node
         if node is not _ABSENT:
             out.update(_leaves(path, node))
     return out
+
+
+def defining_values(recorded: dict) -> dict:
+    """``{dotted field: value}`` for every :data:`DEFINING` field a recorded config has; a field older
+    checkpoints predate takes the value they were trained with (:data:`PREDATED`)."""
+    return recorded_values(recorded, DEFINING, PREDATED)
 
 
 def source_values(source: ModelSource) -> dict:
@@ -271,11 +268,28 @@ def recorded_ema_stds(recorded: dict | None) -> tuple:
     return tuple((recorded or {}).get("training", {}).get("ema_stds", ()))
 
 
-def check_ema_stds(config, recorded: dict | None) -> None:
-    """Raise :class:`ConfigError` when resuming a checkpoint whose ``training.ema_stds`` are not ``config``'s."""
-    if recorded is not None and tuple(config.training.ema_stds) != recorded_ema_stds(recorded):
-        raise ConfigError(f"training.ema_stds={tuple(config.training.ema_stds)} but the checkpoint tracks "
-                          f"{recorded_ema_stds(recorded)}: resume with those, or use a new --workdir")
+def resolve(config, latest: LatestCheckpoint | None, source: ModelSource | None, log=print, overrides=(),
+            training: bool = False) -> ml_collections.ConfigDict:
+    """The config a run computes with, built once (one copy of ``config``; every mode uses it from here on).
+
+    :func:`configure` (the checkpoint's :data:`DEFINING` fields, or ``model.init_from``'s network and
+    process), then from the checkpoint's metadata: its EMA profiles (what its state holds; a resumed
+    training run must ask for the same ones, :class:`ConfigError` otherwise) and, for a latent model, the
+    autoencoder and scale factor it was trained with. A new latent model's scale factor, measured from the
+    data, is set on this copy later (:func:`jaxdiff.drivers.latent.encode_training_set`)."""
+    recorded = latest.meta["config"] if latest is not None else None
+    out = configure(config, source, recorded, log, overrides)
+    if recorded is None:
+        return out
+    stds = recorded_ema_stds(recorded)
+    if training and tuple(out.training.ema_stds) != stds:
+        raise ConfigError(f"training.ema_stds={tuple(out.training.ema_stds)} but the checkpoint tracks {stds}: "
+                          "resume with those, or use a new --workdir")
+    out.training.ema_stds = stds
+    if latest.meta.get("latent"):  # a latent diffusion model: the autoencoder and scale it was trained with
+        out.latent.autoencoder = latest.meta["latent"]["autoencoder"]
+        out.latent.scale_factor = latest.meta["latent"]["scale_factor"]
+    return out
 
 
 def check_source_fits(source: ModelSource | None, channels: int, num_classes: int) -> None:

@@ -37,7 +37,8 @@ def open_latest(config, workdir, mode: str, log=print, overrides=(),
 
     The checkpoint's recorded network and process replace the config's (a replaced field said in one
     ``log`` line; one of ``overrides``, the fields set by ``--config.FIELD`` flags, is an error: see
-    :func:`~jaxdiff.drivers.model_source.configure`), and the config is validated again with them, so
+    :func:`~jaxdiff.drivers.model_source.resolve`, the one copy of the config the mode uses), and the
+    config is validated again with them, so
     the sampling choices are checked against the process the checkpoint was trained on. Nothing is
     written: the mode checks its own inputs, then :func:`~jaxdiff.drivers.config_checks.check_workdir`.
 
@@ -57,7 +58,7 @@ def open_latest(config, workdir, mode: str, log=print, overrides=(),
             f"--config and --workdir, or name a model with --config.model.init_from, then run --mode={mode}")
     workdir = paths.as_path(workdir)
     try:
-        config = model_source.configure(config, source, latest.meta["config"] if latest else None, log, overrides)
+        config = model_source.resolve(config, latest, source, log, overrides)
         config_checks.validate(config, blocks)
     except config_checks.ConfigError:
         if latest is not None:
@@ -65,12 +66,8 @@ def open_latest(config, workdir, mode: str, log=print, overrides=(),
         raise
     if latest is None:
         return OpenModel(workdir, 0, Experiment(config, source.channels, source.num_classes), None, source)
-    # the state's structure: one EMA profile per tracked std, whatever the config says
-    config.training.ema_stds = model_source.recorded_ema_stds(latest.meta["config"])
     space = None
     if latest.meta.get("latent"):  # a latent diffusion model: decode with the autoencoder it trained on
-        config.latent.autoencoder = latest.meta["latent"]["autoencoder"]
-        config.latent.scale_factor = latest.meta["latent"]["scale_factor"]
         space = latent.open_latent_space(config, config.latent.scale_factor, log)
     experiment = Experiment(config, latest.meta["channels"], latest.meta["num_classes"], latent=space)
     return OpenModel(workdir, latest.step, experiment, latest, None)

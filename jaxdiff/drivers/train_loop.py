@@ -150,7 +150,7 @@ def train(config, workdir, progress: bool = True, overrides=()) -> TrainState:
     ``samples_<step>.png``, ``loss.png``, and with ``training.eval_every`` a cheap FID in
     ``eval/train_fid.jsonl`` (:func:`jaxdiff.drivers.eval_mode.make_train_fid_hook`). Re-running with
     the same workdir resumes at the latest checkpoint, with the network and process that checkpoint
-    recorded (:func:`jaxdiff.drivers.model_source.configure`: a field the config file gives another
+    recorded (:func:`jaxdiff.drivers.model_source.resolve`: a field the config file gives another
     value is replaced, saying so; one of ``overrides``, the fields set by ``--config.FIELD`` flags, is a
     :class:`ConfigError`). Every check (config, data, checkpoint, batch size) comes before anything is
     written. With several processes every process runs
@@ -165,16 +165,14 @@ def train(config, workdir, progress: bool = True, overrides=()) -> TrainState:
         latest.manager.close()
     init = model_source.open_source(config) if latest is None else None
     say = print if progress and paths.is_writer() else lambda *_: None
-    recorded = latest.meta["config"] if latest else None
-    config = model_source.configure(config, init, recorded, say, overrides)
+    config = model_source.resolve(config, latest, init, say, overrides, training=True)
     config_checks.validate(config, BLOCKS)  # sampling against the recorded process
-    model_source.check_ema_stds(config, recorded)
     source = load_source(config.data, "train")
     model_source.check_source_fits(init, source.image_shape[-1], source.num_classes)
     check_batch_size(config.training.batch_size, len(source), jax.process_count())
     space, data = None, source
     if config.latent.autoencoder:  # encode the training set once; its latents are what the model learns
-        config, space, data = latent.encode_training_set(config, source, recorded, say)
+        space, data = latent.encode_training_set(config, source, say)
     if latest is not None:
         model_source.check_data_fits(latest.meta, config, data.image_shape[-1], source.num_classes)
     experiment = Experiment(config, data.image_shape[-1], source.num_classes, latent=space)  # compiles nothing
