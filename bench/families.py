@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from configs import digits  # noqa: E402
 from jaxdiff.common import cpu_tuning  # noqa: E402
-from jaxdiff.drivers import eval_features, eval_mode, restore, train_loop  # noqa: E402
+from jaxdiff.drivers import eval_features, eval_mode, train_loop, trained_model  # noqa: E402
 from jaxdiff.drivers.sampling_config import sampler_from_config  # noqa: E402
 from jaxdiff.evaluation.accuracy import balanced_labels, generate_uint8  # noqa: E402
 from jaxdiff.evaluation.features import fid_kid, reference_statistics  # noqa: E402
@@ -79,9 +79,9 @@ def main():
         train_s = time.perf_counter() - t0
         rates = [json.loads(line).get("steps_per_sec") for line in open(os.path.join(workdir, "metrics.jsonl"))]
         rates = [r for r in rates if r]
-        opened = restore.open_latest(config, workdir, "eval")
+        opened = trained_model.open_trained(config, workdir, "eval")
         experiment = opened.experiment
-        params = restore.load_params(opened)
+        params = trained_model.load_params(opened)
         if extractor is None:
             train, test, _ = eval_features.load_splits(config.data)
             extractor, clf = eval_features.build_extractor(config, args.out, train, test)

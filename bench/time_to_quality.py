@@ -57,7 +57,7 @@ import numpy as np  # noqa: E402
 
 from configs import fashion_mnist_cpu  # noqa: E402
 from jaxdiff.common import cpu_tuning, plotting  # noqa: E402
-from jaxdiff.drivers import eval_features, eval_mode, restore, train_loop  # noqa: E402
+from jaxdiff.drivers import eval_features, eval_mode, train_loop, trained_model  # noqa: E402
 from jaxdiff.evaluation import classifier as classifier_lib  # noqa: E402
 from jaxdiff.evaluation.accuracy import balanced_labels, generate_uint8  # noqa: E402
 from jaxdiff.evaluation.features import fid_kid, reference_statistics  # noqa: E402
@@ -77,9 +77,9 @@ def draw(config, workdir, samples: int, step: int | None = None):
     """``(images uint8 [samples, 28, 28, 1], labels, seconds, step)`` from ``workdir``'s checkpoint ``step``
     (the latest by default): class-balanced labels for a class-conditional model, keys from ``PRNGKey(0)``; the
     seconds include the sampler's compile (what a user waits for)."""
-    opened = restore.open_latest(config, workdir, "eval", log=lambda *_: None)
+    opened = trained_model.open_trained(config, workdir, "eval", log=lambda *_: None)
     opened = opened if step is None else opened._replace(step=step)
-    params = restore.load_params(opened, use_ema=bool(config.sampling.use_ema),
+    params = trained_model.load_params(opened, use_ema=bool(config.sampling.use_ema),
                                  ema_std=config.sampling.ema_std)
     generate = eval_mode.make_image_generator(opened.experiment, config.sampling,
                                               config.sampling.guidance_scale, CHUNK)

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from jaxdiff import data  # noqa: E402
 from jaxdiff.common import parallel  # noqa: E402
 from jaxdiff.core import diffusion  # noqa: E402
-from jaxdiff.drivers import data_config, edit_mode, restore, sample_mode  # noqa: E402
+from jaxdiff.drivers import data_config, edit_mode, sample_mode, trained_model  # noqa: E402
 from jaxdiff.drivers.autoencoder_experiment import AutoencoderExperiment  # noqa: E402
 from jaxdiff.drivers.experiment import Experiment  # noqa: E402
 from jaxdiff.training import checkpoint, keys  # noqa: E402
@@ -119,11 +119,11 @@ def main():
 
     # A diffusers network (model.init_from) placed FSDP-sharded on 8 devices computes what it does unsharded.
     general = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "diffusers", "general")
-    opened = restore.open_latest(scale_config(**{"data.image_size": 16, "model.init_from": general,
+    opened = trained_model.open_trained(scale_config(**{"data.image_size": 16, "model.init_from": general,
                                                  "parallel.num_devices": 8, "parallel.shard_params": True,
                                                  "parallel.shard_min_size": 64}), tempfile.mkdtemp(),
                                  "sample", log=lambda *_: None)
-    params = restore.load_params(opened)
+    params = trained_model.load_params(opened)
     leaves = jax.tree.leaves(params)
     results["init_from_sharded_leaves"] = sum(not x.sharding.is_fully_replicated for x in leaves)
     ref = np.load(os.path.join(general, "reference.npz"))

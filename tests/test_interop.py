@@ -18,7 +18,7 @@ from jaxdiff.core import ddpm_chain, families, schedules
 from jaxdiff.core.spacing import spaced_timesteps
 
 from jaxdiff.core.sampler import run_sampler
-from jaxdiff.drivers import config_checks, export_mode, model_source, restore, sample_mode, train_loop
+from jaxdiff.drivers import config_checks, export_mode, model_source, sample_mode, train_loop, trained_model
 from jaxdiff.drivers.diffusion_config import resolve_target
 from jaxdiff.interop import __main__ as interop_cli
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet, process_file, safetensors_file
@@ -351,7 +351,7 @@ def test_fine_tuning_starts_from_the_diffusers_weights_then_exports(tmp_path):
     # resuming (here: already complete) rebuilds the same network from the checkpoint
     train_loop.train(config, workdir, progress=False)
     # and another run can start from this work directory
-    opened = restore.open_latest(general_config(**{"model.init_from": workdir}), str(tmp_path / "next"), "sample",
+    opened = trained_model.open_trained(general_config(**{"model.init_from": workdir}), str(tmp_path / "next"), "sample",
                                  log=lambda *_: None)
     assert opened.source.kind == "workdir" and opened.experiment.model == exported.unet.clone(
         dropout=config.model.dropout, dtype=opened.experiment.model.dtype)
@@ -362,12 +362,12 @@ def test_checkpoints_keep_the_padding_they_were_trained_with(tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(os.path.join(ROOT, "tests", "fixtures", "main_v0.1"), workdir)
     config = tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20})
-    opened = restore.open_latest(config, str(workdir), "sample")
+    opened = trained_model.open_trained(config, str(workdir), "sample")
     assert opened.experiment.model.downsample_padding == "symmetric"
     opened.latest.manager.close()
     # a config file's other padding is replaced by the recorded one; a --config flag's is an error
     lines = []
-    opened = restore.open_latest(tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20,
+    opened = trained_model.open_trained(tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20,
                                                 "model.downsample_padding": "same"}), str(workdir), "sample",
                                  log=lines.append)
     assert opened.experiment.model.downsample_padding == "symmetric"
@@ -375,7 +375,7 @@ def test_checkpoints_keep_the_padding_they_were_trained_with(tmp_path):
     opened.latest.manager.close()
     with pytest.raises(config_checks.ConfigError, match="model.downsample_padding='same' but the checkpoint has "
                                                         "model.downsample_padding='symmetric'"):
-        restore.open_latest(tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20,
+        trained_model.open_trained(tiny_config(**{"model.class_conditional": True, "diffusion.num_timesteps": 20,
                                            "model.downsample_padding": "same"}), str(workdir), "sample",
                             overrides=("model.downsample_padding",))
 
@@ -413,8 +413,8 @@ def _tiny_network(tmp_path) -> str:
 def _process_and_samples(config, workdir):
     """The ``config.diffusion`` process a sample run of ``config`` uses (``target`` resolved), and its
     samples (float, key 0)."""
-    opened = restore.open_latest(config, workdir, "sample", log=lambda *_: None)
-    out = sample_mode.sample_images(opened.experiment, restore.load_params(opened), jax.random.key(0), 2)
+    opened = trained_model.open_trained(config, workdir, "sample", log=lambda *_: None)
+    out = sample_mode.sample_images(opened.experiment, trained_model.load_params(opened), jax.random.key(0), 2)
     diffusion = opened.experiment.config.diffusion
     process = {name: diffusion[name] for name in model_source.PROCESS}
     return {**process, "target": resolve_target(diffusion)}, np.asarray(out.samples)

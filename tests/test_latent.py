@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdiff.drivers import (config_checks, data_config, edit_mode, eval_mode, export_mode, latent, model_source,
-                             restore, sample_mode, train_loop)
+                             sample_mode, train_loop, trained_model)
 from tests.conftest import FAST_MODES, ae_config, tiny_config
 
 NETS = {"model.ch_mult": (1,), "model.attn_resolutions": (), "model.dit.depth": 2, "model.dit.hidden_size": 32,
@@ -109,7 +109,7 @@ def test_mismatched_autoencoders_are_one_line_errors(autoencoder, tmp_path):
     with pytest.raises(config_checks.ConfigError, match="holds an autoencoder checkpoint"):
         train_loop.train(tiny_config(), str(autoencoder), progress=False)
     with pytest.raises(config_checks.ConfigError, match="holds an autoencoder: init_from takes pixel-space"):
-        restore.open_latest(tiny_config(**{"model.init_from": str(autoencoder)}), str(tmp_path / "x"), "sample")
+        trained_model.open_trained(tiny_config(**{"model.init_from": str(autoencoder)}), str(tmp_path / "x"), "sample")
     with pytest.raises(ValueError, match="this model is a latent diffusion model"):
         export_mode.run_export(latent_config(autoencoder), str(diffusion_run), log=lambda *_: None)
     assert not (tmp_path / "ldm" / "checkpoints").exists()

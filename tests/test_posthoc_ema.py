@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxdiff.core import families
-from jaxdiff.drivers import config_checks, restore, train_loop
+from jaxdiff.drivers import config_checks, train_loop, trained_model
 from jaxdiff.training import checkpoint, posthoc_ema
 from jaxdiff.training.state import init_train_state
 from jaxdiff.training.step import make_train_step
@@ -140,13 +140,13 @@ def test_snapshots_reconstruct_through_the_sample_path(tmp_path):
     state = train_loop.train(config, workdir, progress=False)
     assert sorted(os.listdir(os.path.join(workdir, "ema_snapshots"))) == ["12", "4", "8"]
     # a config without ema_stds opens it: the checkpoint's record decides the state's structure
-    opened = restore.open_latest(tiny_config(**{"sampling.ema_std": 0.05}), workdir, "sample", log=lambda *_: None)
+    opened = trained_model.open_trained(tiny_config(**{"sampling.ema_std": 0.05}), workdir, "sample", log=lambda *_: None)
     assert tuple(opened.experiment.config.training.ema_stds) == stds
-    tracked = restore.load_params(opened, True, 0.05)  # an input profile: itself
+    tracked = trained_model.load_params(opened, True, 0.05)  # an input profile: itself
     for a, b in zip(jax.tree.leaves(tracked), jax.tree.leaves(state.ema_profiles[0])):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
-    opened = restore.open_latest(tiny_config(), workdir, "sample", log=lambda *_: None)
-    posthoc = restore.load_params(opened, True, 0.08)
+    opened = trained_model.open_trained(tiny_config(), workdir, "sample", log=lambda *_: None)
+    posthoc = trained_model.load_params(opened, True, 0.08)
     mngr = checkpoint.snapshot_manager(workdir, read_only=True)
     abstract = opened.experiment.abstract_state().ema_profiles
     snaps = [p for s in (4, 8, 12) for p in checkpoint.restore(mngr, abstract, s)[0]] + list(state.ema_profiles)
@@ -161,9 +161,9 @@ def test_snapshots_reconstruct_through_the_sample_path(tmp_path):
     plain = str(tmp_path / "plain")
     train_loop.train(tiny_config(**{"training.num_train_steps": 2, "training.checkpoint_every": 2}), plain,
                      progress=False)
-    opened = restore.open_latest(tiny_config(), plain, "sample", log=lambda *_: None)
+    opened = trained_model.open_trained(tiny_config(), plain, "sample", log=lambda *_: None)
     with pytest.raises(config_checks.ConfigError, match="tracked no EMA profiles"):
-        restore.load_params(opened, True, 0.1)
+        trained_model.load_params(opened, True, 0.1)
     with pytest.raises(config_checks.ConfigError, match="training.ema_stds"):
         config_checks.validate(tiny_config(**{"training.ema_stds": (0.05, 0.4)}))
 

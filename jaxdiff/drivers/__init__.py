@@ -16,13 +16,12 @@ One module per config block checks that block and turns it into library argument
 =========================== ===========================================================================
 
 ``checks`` holds :class:`~jaxdiff.drivers.checks.ConfigError`, the shared field checks and
-``check_workdir``; ``config_checks.validate(config, blocks)`` composes the block checks and
-``config_checks.MODE_BLOCKS`` says which blocks each mode uses.
+``check_workdir``; ``config_checks.validate(config, blocks)`` composes the block checks.
 
 Built on those: ``experiment`` (the compiled pieces of a diffusion config), ``autoencoder_experiment``,
-``model_source`` (a checkpoint's or ``model.init_from``'s network), ``restore`` (the one restore path),
-``latent`` (latent spaces), ``progress``, ``eval_features`` (splits, feature extractor, reference
-statistics), ``edit_inputs`` and ``edit_tasks`` (what edit mode reads and runs), and the modes:
-``train_loop`` (``train`` and ``train_autoencoder``), ``sample_mode``, ``eval_mode``, ``edit_mode``,
-``export_mode``. ``main.py`` is a
-thin absl wrapper around these."""
+``model_source`` (a checkpoint's or ``model.init_from``'s network, and the run's resolved config),
+``trained_model`` (the network a mode opens), ``latent`` (latent spaces), ``progress``,
+``eval_features`` (splits, feature extractor, reference statistics), ``edit_inputs`` and ``edit_tasks``
+(what edit mode reads and runs), and the modes, each naming the config blocks it reads (``BLOCKS``) and
+registered in ``modes.MODES``: ``train_loop`` (``train`` and ``train_autoencoder``), ``sample_mode``,
+``eval_mode``, ``edit_mode``, ``export_mode``. ``main.py`` is a thin absl wrapper around ``MODES``."""

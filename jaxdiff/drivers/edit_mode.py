@@ -27,7 +27,7 @@ from jaxdiff.core import editing, operators, restoration, sampler_registry
 from jaxdiff.core.generation import network_time_interval, prior_noise
 from jaxdiff.core.guidance import guided_denoise_fn
 from jaxdiff.core.sampler import run_sampler
-from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers import config_checks, trained_model
 from jaxdiff.drivers.config_checks import ConfigError, check_workdir
 from jaxdiff.drivers.edit_inputs import edit_labels, known_mask, read_input
 from jaxdiff.drivers.edit_tasks import EditRun, edit_images, interpolate_images, invert_images
@@ -167,7 +167,7 @@ def run_edit_mode(config, workdir, overrides=()) -> dict:
     task on its inputs and write the files of the module docstring. Returns the metadata (what
     ``edit.json`` holds). SIGTERM or Ctrl-C stops it between chunks, before anything is written."""
     # validates the config, the edit block included
-    opened = restore.open_latest(config, workdir, "edit", overrides=overrides, blocks=BLOCKS)
+    opened = trained_model.open_trained(config, workdir, "edit", overrides=overrides, blocks=BLOCKS)
     experiment, step, ec, sc = opened.experiment, opened.step, config.edit, config.sampling
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     if experiment.latent is not None and ec.task in PIXEL_SPACE_TASKS:
@@ -183,7 +183,7 @@ def run_edit_mode(config, workdir, overrides=()) -> dict:
     num = int(ec.num_images)
     labels = edit_labels(ec, sc, input_labels, num, experiment.model.num_classes)
     out_root = check_workdir(opened.workdir)
-    params = restore.load_params(opened, sc.use_ema, sc.ema_std)
+    params = trained_model.load_params(opened, sc.use_ema, sc.ema_std)
     devices = experiment.mesh.devices.size
     chunk = -(-min(int(sc.batch_size), num * int(ec.samples_per_image)) // devices) * devices
     task_fn = {"invert": invert_images, "interpolate": interpolate_images}.get(ec.task, edit_images)

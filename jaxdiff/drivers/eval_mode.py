@@ -33,7 +33,7 @@ import numpy as np
 from jaxdiff.common import paths, preemption
 from jaxdiff.core import likelihood
 from jaxdiff.core.generation import SEGMENT_STEPS, make_chunk_generator, network_time_interval
-from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers import config_checks, trained_model
 from jaxdiff.drivers.eval_features import build_extractor, load_splits, reference_path
 from jaxdiff.drivers.progress import GuardedBar
 from jaxdiff.drivers.sampling_config import eval_sampling, resolve_sampler, sampler_from_config
@@ -223,10 +223,10 @@ def run_eval(config, workdir, log=print, make_generate: Callable | None = None, 
     shapes), then the presence of a checkpoint. SIGTERM or Ctrl-C stops it between two chunks
     (:class:`~jaxdiff.common.preemption.Interrupted`) before any metric is written."""
     config_checks.validate_eval(config, check_weights=True)
-    opened = restore.open_latest(config, workdir, "eval", log, overrides, BLOCKS)
+    opened = trained_model.open_trained(config, workdir, "eval", log, overrides, BLOCKS)
     config_checks.check_workdir(opened.workdir)
     ema_std = config.sampling.ema_std
-    params = restore.load_params(opened, True, ema_std)
+    params = trained_model.load_params(opened, True, ema_std)
     log(f"eval: {opened.describe()} (" + (f"post-hoc EMA, relative std {ema_std:g})" if ema_std else "EMA parameters)"))
     with preemption.PreemptionGuard() as guard:
         return evaluate_params(opened.experiment.config, opened.workdir, params, opened.experiment, opened.step, log,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import jax
 
 from jaxdiff.common import parallel, paths
-from jaxdiff.drivers import restore
+from jaxdiff.drivers import trained_model
 from jaxdiff.drivers.checks import check_workdir
 from jaxdiff.drivers.diffusion_config import resolve_target
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet, process_file
@@ -57,8 +57,8 @@ def run_export(config, workdir, log=print, overrides=()) -> str:
     """Write the network of ``workdir``'s latest checkpoint (or of ``model.init_from``) and its process
     to ``<workdir>/<export_name>`` and return that path. The network and process are the checkpoint's
     (``overrides``: the fields set by ``--config`` flags, see
-    :func:`~jaxdiff.drivers.restore.open_latest`)."""
-    opened = restore.open_latest(config, workdir, "export", log, overrides, BLOCKS)
+    :func:`~jaxdiff.drivers.trained_model.open_trained`)."""
+    opened = trained_model.open_trained(config, workdir, "export", log, overrides, BLOCKS)
     experiment = opened.experiment
     cfg = experiment.config
     out = opened.workdir / export_name(cfg.sampling, opened.step, opened.source.path if opened.source else "")
@@ -75,7 +75,8 @@ def run_export(config, workdir, log=print, overrides=()) -> str:
     if cfg.diffusion.family in diffusers_scheduler.SCHEDULERS:
         scheduler = diffusers_scheduler.scheduler_config(diffusion, cfg.sampling, diffusers_unet.DIFFUSERS_VERSION)
     check_workdir(opened.workdir)
-    params = jax.tree.map(parallel.to_host, restore.load_params(opened, cfg.sampling.use_ema, cfg.sampling.ema_std))
+    params = trained_model.load_params(opened, cfg.sampling.use_ema, cfg.sampling.ema_std)
+    params = jax.tree.map(parallel.to_host, params)
     if paths.is_writer():
         diffusers_unet.write_folder(str(out), unet, params, size, scheduler, diffusion)
     log(f"export: {opened.describe()} -> {out}"

@@ -11,7 +11,7 @@ from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.common.chunks import map_chunks
 from jaxdiff.core.families import family_spec
 from jaxdiff.core.sampler import SampleOutput
-from jaxdiff.drivers import config_checks, restore
+from jaxdiff.drivers import config_checks, trained_model
 from jaxdiff.drivers.checks import check_workdir
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
@@ -88,19 +88,19 @@ def run_sample_mode(config, workdir, overrides=()) -> dict:
     ``sampling.save_pngs`` a folder ``sample_<tag>/`` of one PNG per sample, and ``sample_<tag>.npz``
     (``images`` uint8 ``[N, H, W, C]``, ``labels`` int32, -1 when unconditional, ``meta`` a JSON
     string). Returns the metadata.
-    The network and process are the checkpoint's (:func:`~jaxdiff.drivers.restore.open_latest`;
+    The network and process are the checkpoint's (:func:`~jaxdiff.drivers.trained_model.open_trained`;
     ``overrides`` are the fields set by ``--config`` flags), the sampling choices the config's.
     Keys: ``stream_key(seed, SAMPLE_STREAM, checkpoint step)``, chunk ``c`` folds in ``c``. SIGTERM
     or Ctrl-C stops it between two chunks with :class:`~jaxdiff.common.preemption.Interrupted`,
     before anything is written."""
-    opened = restore.open_latest(config, workdir, "sample", overrides=overrides)
+    opened = trained_model.open_trained(config, workdir, "sample", overrides=overrides)
     experiment, step = opened.experiment, opened.step
     sc = config.sampling
     # Labels and guidance against the checkpoint's class count, before restoring or compiling.
     check_sampling_config(sc, experiment.family, experiment.model.num_classes > 0)
     parse_labels(sc.labels, sc.num_samples, experiment.model.num_classes)
     out_dir = check_workdir(opened.workdir)
-    params = restore.load_params(opened, sc.use_ema, sc.ema_std)
+    params = trained_model.load_params(opened, sc.use_ema, sc.ema_std)
     with preemption.PreemptionGuard() as guard, GuardedBar(sc.num_samples, "sample",
                                                            guard.stop_check("sampling")) as bar:
         out = sample_images(experiment, params, stream_key(config.seed, SAMPLE_STREAM, step), sc.num_samples,

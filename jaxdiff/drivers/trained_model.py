@@ -1,5 +1,5 @@
-"""The one restore path of sample mode and eval mode: check the config, find the network (the work
-directory's latest checkpoint, else ``model.init_from``), build the
+"""The trained network a mode uses, opened one way for sample, eval, edit and export: check the config,
+find the network (the work directory's latest checkpoint, else ``model.init_from``), build the
 :class:`~jaxdiff.drivers.experiment.Experiment` its config and data shape need, then load, in that
 order, so every mistake is a one-line error before anything is compiled."""
 
@@ -30,7 +30,7 @@ class OpenModel(NamedTuple):
         return f"model.init_from={self.source.path} ({self.source.kind})"
 
 
-def open_latest(config, workdir, mode: str, log=print, overrides=(),
+def open_trained(config, workdir, mode: str, log=print, overrides=(),
                 blocks=config_checks.DIFFUSION_BLOCKS) -> OpenModel:
     """Validate the ``blocks`` of ``config`` that ``--mode=mode`` reads (the mode module's ``BLOCKS``) and
     open its network in ``workdir``.
