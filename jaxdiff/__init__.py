@@ -60,7 +60,7 @@ from jaxdiff.training.optim import ema_update, learning_rate_schedule, make_opti
 from jaxdiff.training.state import TrainState, init_train_state
 from jaxdiff.training.step import make_train_step
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 __all__ = [
     "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiT", "DiffusionTables", "FAMILIES", "Family",
