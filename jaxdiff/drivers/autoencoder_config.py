@@ -12,19 +12,19 @@ from jaxdiff.training.autoencoder_step import RECONSTRUCTIONS
 
 def check(config) -> None:
     """Raise :class:`ConfigError` for the first invalid ``autoencoder.*`` value."""
-    a = config.autoencoder
-    positive_ints(a.block_out_channels, "autoencoder.block_out_channels")
-    positive(a.layers_per_block, "autoencoder.layers_per_block")
-    positive(a.latent_channels, "autoencoder.latent_channels")
-    positive(a.norm_num_groups, "autoencoder.norm_num_groups")
-    if any(c % a.norm_num_groups for c in a.block_out_channels):
-        raise ConfigError(f"autoencoder.norm_num_groups={a.norm_num_groups} does not divide every entry of "
-                          f"autoencoder.block_out_channels={tuple(a.block_out_channels)}")
-    boolean(a.mid_attention, "autoencoder.mid_attention")
-    choice(a.reconstruction, RECONSTRUCTIONS, "autoencoder.reconstruction")
-    number(a.kl_weight, "autoencoder.kl_weight", 0.0)
-    positive(a.num_train_steps, "autoencoder.num_train_steps")
-    number(a.learning_rate, "autoencoder.learning_rate", 0.0, low_open=True)
+    ac = config.autoencoder
+    positive_ints(ac.block_out_channels, "autoencoder.block_out_channels")
+    positive(ac.layers_per_block, "autoencoder.layers_per_block")
+    positive(ac.latent_channels, "autoencoder.latent_channels")
+    positive(ac.norm_num_groups, "autoencoder.norm_num_groups")
+    if any(c % ac.norm_num_groups for c in ac.block_out_channels):
+        raise ConfigError(f"autoencoder.norm_num_groups={ac.norm_num_groups} does not divide every entry of "
+                          f"autoencoder.block_out_channels={tuple(ac.block_out_channels)}")
+    boolean(ac.mid_attention, "autoencoder.mid_attention")
+    choice(ac.reconstruction, RECONSTRUCTIONS, "autoencoder.reconstruction")
+    number(ac.kl_weight, "autoencoder.kl_weight", 0.0)
+    positive(ac.num_train_steps, "autoencoder.num_train_steps")
+    number(ac.learning_rate, "autoencoder.learning_rate", 0.0, low_open=True)
 
 
 def autoencoder_from_config(ae_config, channels: int, dtype=jnp.float32) -> AutoencoderKL:

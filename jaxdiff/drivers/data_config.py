@@ -26,15 +26,15 @@ def check_source(data_config):
 
 def check(config) -> None:
     """Raise :class:`ConfigError` for the first invalid ``data.*`` value."""
-    d = config.data
-    positive(d.image_size, "data.image_size")
-    boolean(d.download, "data.download")
-    boolean(d.random_flip, "data.random_flip")
-    name(d.image_key, "data.image_key")
-    name(d.label_key, "data.label_key")
-    path_string(d.data_dir, "data.data_dir")
+    dc = config.data
+    positive(dc.image_size, "data.image_size")
+    boolean(dc.download, "data.download")
+    boolean(dc.random_flip, "data.random_flip")
+    name(dc.image_key, "data.image_key")
+    name(dc.label_key, "data.label_key")
+    path_string(dc.data_dir, "data.data_dir")
     try:
-        check_source(d)
+        check_source(dc)
     except DataError as e:
         raise ConfigError(str(e)) from None
 

@@ -25,27 +25,27 @@ def family_from_config(diffusion_config) -> families.Family:
 def check(config) -> None:
     """Raise :class:`ConfigError` for the first invalid ``diffusion.*`` value (the fields, then the
     family they describe)."""
-    f = config.diffusion
-    number(f.beta_start, "diffusion.beta_start", 0.0, 1.0, low_open=True, high_open=True)
-    number(f.beta_end, "diffusion.beta_end", f.beta_start, 1.0, high_open=True)
-    number(f.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, low_open=True)
-    boolean(f.scale_betas_to_t, "diffusion.scale_betas_to_t")
-    boolean(f.zero_terminal_snr, "diffusion.zero_terminal_snr")
-    e, fl = f.edm, f.flow
+    dc = config.diffusion
+    number(dc.beta_start, "diffusion.beta_start", 0.0, 1.0, low_open=True, high_open=True)
+    number(dc.beta_end, "diffusion.beta_end", dc.beta_start, 1.0, high_open=True)
+    number(dc.min_snr_gamma, "diffusion.min_snr_gamma", 0.0, low_open=True)
+    boolean(dc.scale_betas_to_t, "diffusion.scale_betas_to_t")
+    boolean(dc.zero_terminal_snr, "diffusion.zero_terminal_snr")
+    edm, flow = dc.edm, dc.flow
     for field in ("sigma_data", "sigma_min", "rho", "p_std"):
-        number(e[field], f"diffusion.edm.{field}", 0.0, low_open=True)
-    number(e.sigma_max, "diffusion.edm.sigma_max", e.sigma_min, low_open=True)
-    number(e.p_mean, "diffusion.edm.p_mean")
-    number(fl.loc, "diffusion.flow.loc")
-    number(fl.scale, "diffusion.flow.scale", 0.0, low_open=True)
-    number(fl.shift, "diffusion.flow.shift", 0.0, low_open=True)
-    choice(fl.t_sampling, families.T_SAMPLINGS, "diffusion.flow.t_sampling")
-    positive(f.num_timesteps, "diffusion.num_timesteps")
-    choice(f.schedule, schedules.SCHEDULES, "diffusion.schedule")
-    choice(f.family, families.FAMILIES, "diffusion.family")
-    choice(f.target, TARGET_CHOICES, "diffusion.target")
-    choice(f.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
+        number(edm[field], f"diffusion.edm.{field}", 0.0, low_open=True)
+    number(edm.sigma_max, "diffusion.edm.sigma_max", edm.sigma_min, low_open=True)
+    number(edm.p_mean, "diffusion.edm.p_mean")
+    number(flow.loc, "diffusion.flow.loc")
+    number(flow.scale, "diffusion.flow.scale", 0.0, low_open=True)
+    number(flow.shift, "diffusion.flow.shift", 0.0, low_open=True)
+    choice(flow.t_sampling, families.T_SAMPLINGS, "diffusion.flow.t_sampling")
+    positive(dc.num_timesteps, "diffusion.num_timesteps")
+    choice(dc.schedule, schedules.SCHEDULES, "diffusion.schedule")
+    choice(dc.family, families.FAMILIES, "diffusion.family")
+    choice(dc.target, TARGET_CHOICES, "diffusion.target")
+    choice(dc.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
     try:
-        family_from_config(f)
+        family_from_config(dc)
     except ValueError as e:
         raise ConfigError(str(e)) from None

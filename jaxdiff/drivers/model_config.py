@@ -42,57 +42,57 @@ def _named(backbone: Backbone, fields: dict, names) -> str:
 
 def check_fields(config) -> None:
     """The ``model.*`` fields of every backbone, each on its own."""
-    m = config.model
-    positive_ints(m.ch_mult, "model.ch_mult")
-    positive_ints(m.attn_resolutions, "model.attn_resolutions", allow_empty=True)
-    positive(m.num_heads, "model.num_heads")
-    positive(m.groups, "model.groups")
-    boolean(m.class_conditional, "model.class_conditional")
-    boolean(m.remat, "model.remat")
-    choice(m.downsample_padding, ("auto", *DOWNSAMPLE_PADDINGS), "model.downsample_padding")
-    number(m.norm_eps, "model.norm_eps", 0.0, low_open=True)
-    positive(m.head_dim, "model.head_dim", allow_zero=True)
-    boolean(m.flip_sin_to_cos, "model.flip_sin_to_cos")
-    number(m.freq_shift, "model.freq_shift")
-    path_string(m.init_from, "model.init_from")
-    if m.init_from and not paths.as_path(m.init_from).exists():
-        raise ConfigError(f"model.init_from={m.init_from!r} does not exist (a diffusers folder or a jaxdiff workdir)")
+    mc = config.model
+    positive_ints(mc.ch_mult, "model.ch_mult")
+    positive_ints(mc.attn_resolutions, "model.attn_resolutions", allow_empty=True)
+    positive(mc.num_heads, "model.num_heads")
+    positive(mc.groups, "model.groups")
+    boolean(mc.class_conditional, "model.class_conditional")
+    boolean(mc.remat, "model.remat")
+    choice(mc.downsample_padding, ("auto", *DOWNSAMPLE_PADDINGS), "model.downsample_padding")
+    number(mc.norm_eps, "model.norm_eps", 0.0, low_open=True)
+    positive(mc.head_dim, "model.head_dim", allow_zero=True)
+    boolean(mc.flip_sin_to_cos, "model.flip_sin_to_cos")
+    number(mc.freq_shift, "model.freq_shift")
+    path_string(mc.init_from, "model.init_from")
+    if mc.init_from and not paths.as_path(mc.init_from).exists():
+        raise ConfigError(f"model.init_from={mc.init_from!r} does not exist (a diffusers folder or a jaxdiff workdir)")
 
 
 def check_backbone(config) -> None:
     """``model.backbone`` and its fields; the image size each backbone needs (for latent diffusion the
     latent size is known only from the autoencoder's checkpoint: the network checks it when built)."""
-    d, m = config.data, config.model
-    choice(m.backbone, tuple(BACKBONES), "model.backbone")
-    dit = m.dit
+    dc, mc = config.data, config.model
+    choice(mc.backbone, tuple(BACKBONES), "model.backbone")
+    dit = mc.dit
     choice(dit.size, ("", *DIT_SIZES), "model.dit.size")
     for field in ("depth", "hidden_size", "num_heads", "patch_size"):
         positive(dit[field], f"model.dit.{field}")
     number(dit.mlp_ratio, "model.dit.mlp_ratio", 0.0, low_open=True)
     boolean(dit.learn_sigma, "model.dit.learn_sigma")
     choice(dit.attention, ("", "xla", "cudnn"), "model.dit.attention")
-    backbone = BACKBONES[m.backbone]
-    fields = backbone_fields(m, backbone)
+    backbone = BACKBONES[mc.backbone]
+    fields = backbone_fields(mc, backbone)
     named = backbone.architecture_check_fields(fields)
     if named:
         library_check(_named(backbone, fields, named), backbone.check_architecture, fields)
     if not config.latent.autoencoder:
-        library_check(f"data.image_size={d.image_size}, {_named(backbone, fields, backbone.image_size_fields)}",
-                      backbone.check_image_size, d.image_size, fields)
-    if m.init_from and not backbone.init_from:
+        library_check(f"data.image_size={dc.image_size}, {_named(backbone, fields, backbone.image_size_fields)}",
+                      backbone.check_image_size, dc.image_size, fields)
+    if mc.init_from and not backbone.init_from:
         raise ConfigError("model.init_from loads U-Nets (diffusers UNet2DModel or jaxdiff workdirs); "
-                          f"model.backbone={m.backbone!r} has no such source")
+                          f"model.backbone={mc.backbone!r} has no such source")
 
 
 def check(config) -> None:
     """Raise :class:`ConfigError` for the first invalid ``model.*`` value."""
-    m = config.model
+    mc = config.model
     check_fields(config)
     check_backbone(config)
-    positive(m.ch, "model.ch")
-    positive(m.num_res_blocks, "model.num_res_blocks")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    positive(mc.ch, "model.ch")
+    positive(mc.num_res_blocks, "model.num_res_blocks")
+    if not 0.0 <= mc.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {mc.dropout}")
 
 
 def model_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32):

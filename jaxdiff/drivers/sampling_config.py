@@ -210,20 +210,20 @@ def check_sampler_fits(config, field: str, block) -> None:
 def check(config) -> None:
     """Raise :class:`ConfigError` for the first invalid ``sampling.*`` value (the fields, then the
     samplers they ask for against the process)."""
-    s = config.sampling
+    sc = config.sampling
     for field in ("clip_x0", "set_alpha_to_one", "use_ema"):
-        boolean(s[field], f"sampling.{field}")
-    number(s.ema_std, "sampling.ema_std", 0.0, MAX_STD)  # that the checkpoint has snapshots: when it is opened
-    choice(s.variance, diffusion.VARIANCES, "sampling.variance")
-    positive(s.num_samples, "sampling.num_samples")
-    positive(s.batch_size, "sampling.batch_size")
-    positive(s.trajectory_every, "sampling.trajectory_every", allow_zero=True)
-    boolean(s.save_pngs, "sampling.save_pngs")
-    choice(s.grid_sampler, ("auto", "same", *SAMPLERS), "sampling.grid_sampler")
-    positive(s.grid_num_steps, "sampling.grid_num_steps")
+        boolean(sc[field], f"sampling.{field}")
+    number(sc.ema_std, "sampling.ema_std", 0.0, MAX_STD)  # that the checkpoint has snapshots: when it is opened
+    choice(sc.variance, diffusion.VARIANCES, "sampling.variance")
+    positive(sc.num_samples, "sampling.num_samples")
+    positive(sc.batch_size, "sampling.batch_size")
+    positive(sc.trajectory_every, "sampling.trajectory_every", allow_zero=True)
+    boolean(sc.save_pngs, "sampling.save_pngs")
+    choice(sc.grid_sampler, ("auto", "same", *SAMPLERS), "sampling.grid_sampler")
+    positive(sc.grid_num_steps, "sampling.grid_num_steps")
     try:
         family = family_from_config(config.diffusion)
-        check_sampling_config(s, family, bool(config.model.class_conditional))
+        check_sampling_config(sc, family, bool(config.model.class_conditional))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     check_sampler_fits(config, "sampling.grid_sampler", grid_sampling(config, family))

@@ -27,42 +27,42 @@ def check_posthoc_ema(training_config) -> None:
 
 def check(config) -> None:
     """Raise :class:`ConfigError` for the first invalid ``training.*`` or ``parallel.*`` value."""
-    t, p = config.training, config.parallel
-    number(t.adam_b1, "training.adam_b1", 0.0, 1.0, high_open=True)
-    number(t.adam_b2, "training.adam_b2", 0.0, 1.0, high_open=True)
-    number(t.adam_eps, "training.adam_eps", 0.0, low_open=True)
-    number(t.weight_decay, "training.weight_decay", 0.0)
-    number(t.grad_clip_norm, "training.grad_clip_norm", 0.0)
-    boolean(t.ema_warmup, "training.ema_warmup")
-    boolean(p.shard_params, "parallel.shard_params")
-    positive(t.batch_size, "training.batch_size")
-    positive(t.num_train_steps, "training.num_train_steps")
-    number(t.max_minutes, "training.max_minutes", low=0.0)
-    positive(t.log_every, "training.log_every")
-    positive(t.checkpoint_every, "training.checkpoint_every")
-    positive(t.sample_every, "training.sample_every", allow_zero=True)
-    positive(t.keep_checkpoints, "training.keep_checkpoints")
-    positive(t.warmup_steps, "training.warmup_steps", allow_zero=True)
-    choice(t.optimizer, OPTIMIZERS, "training.optimizer")
-    if not t.learning_rate > 0:
-        raise ConfigError(f"training.learning_rate must be positive, got {t.learning_rate}")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise ConfigError(f"training.ema_decay must be in [0, 1), got {t.ema_decay}")
-    choice(t.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
-    positive(t.lr_decay_steps, "training.lr_decay_steps", allow_zero=True)
-    if t.lr_schedule == "inverse_sqrt" and not t.lr_decay_steps:
+    tc, pc = config.training, config.parallel
+    number(tc.adam_b1, "training.adam_b1", 0.0, 1.0, high_open=True)
+    number(tc.adam_b2, "training.adam_b2", 0.0, 1.0, high_open=True)
+    number(tc.adam_eps, "training.adam_eps", 0.0, low_open=True)
+    number(tc.weight_decay, "training.weight_decay", 0.0)
+    number(tc.grad_clip_norm, "training.grad_clip_norm", 0.0)
+    boolean(tc.ema_warmup, "training.ema_warmup")
+    boolean(pc.shard_params, "parallel.shard_params")
+    positive(tc.batch_size, "training.batch_size")
+    positive(tc.num_train_steps, "training.num_train_steps")
+    number(tc.max_minutes, "training.max_minutes", low=0.0)
+    positive(tc.log_every, "training.log_every")
+    positive(tc.checkpoint_every, "training.checkpoint_every")
+    positive(tc.sample_every, "training.sample_every", allow_zero=True)
+    positive(tc.keep_checkpoints, "training.keep_checkpoints")
+    positive(tc.warmup_steps, "training.warmup_steps", allow_zero=True)
+    choice(tc.optimizer, OPTIMIZERS, "training.optimizer")
+    if not tc.learning_rate > 0:
+        raise ConfigError(f"training.learning_rate must be positive, got {tc.learning_rate}")
+    if not 0.0 <= tc.ema_decay < 1.0:
+        raise ConfigError(f"training.ema_decay must be in [0, 1), got {tc.ema_decay}")
+    choice(tc.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
+    positive(tc.lr_decay_steps, "training.lr_decay_steps", allow_zero=True)
+    if tc.lr_schedule == "inverse_sqrt" and not tc.lr_decay_steps:
         raise ConfigError("training.lr_schedule='inverse_sqrt' needs training.lr_decay_steps > 0 (the step where the "
                           "decay starts)")
-    check_posthoc_ema(t)
-    if not 0.0 <= t.label_dropout < 1.0:
-        raise ConfigError(f"training.label_dropout must be in [0, 1), got {t.label_dropout}")
-    positive(t.grad_accum_steps, "training.grad_accum_steps")
-    choice(t.dtype, ("float32", "bfloat16"), "training.dtype")
-    if t.batch_size % t.grad_accum_steps:
-        raise ConfigError(f"training.batch_size={t.batch_size} does not split into "
-                          f"training.grad_accum_steps={t.grad_accum_steps} equal micro-batches")
-    positive(p.num_devices, "parallel.num_devices", allow_zero=True)
-    positive(p.shard_min_size, "parallel.shard_min_size", allow_zero=True)
+    check_posthoc_ema(tc)
+    if not 0.0 <= tc.label_dropout < 1.0:
+        raise ConfigError(f"training.label_dropout must be in [0, 1), got {tc.label_dropout}")
+    positive(tc.grad_accum_steps, "training.grad_accum_steps")
+    choice(tc.dtype, ("float32", "bfloat16"), "training.dtype")
+    if tc.batch_size % tc.grad_accum_steps:
+        raise ConfigError(f"training.batch_size={tc.batch_size} does not split into "
+                          f"training.grad_accum_steps={tc.grad_accum_steps} equal micro-batches")
+    positive(pc.num_devices, "parallel.num_devices", allow_zero=True)
+    positive(pc.shard_min_size, "parallel.shard_min_size", allow_zero=True)
 
 
 def learning_rate_from_config(training_config) -> optax.Schedule:
