@@ -76,8 +76,11 @@ def test_divergence_on_the_command_line_is_one_line_and_exit_3(tmp_path):
 
 
 @contextlib.contextmanager
-def small_filesystem(path, size="3m"):
-    """A tmpfs of ``size`` at ``path`` (needs root, as in CI); yields whether it could be mounted."""
+def small_filesystem(path, size="5m"):
+    """A tmpfs of ``size`` at ``path`` (needs root, as in CI); yields whether it could be mounted. The tiny
+    configs' checkpoints take 1.0-1.4 MB each: 5 MB holds the first two or three with room for a save's
+    transient files (3 MB, two checkpoints, once failed at the first save), and the 12 checkpoints of a
+    60-step run do not fit."""
     path.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
                              capture_output=True).returncode == 0
@@ -89,7 +92,7 @@ def small_filesystem(path, size="3m"):
 
 
 def test_full_disk_is_one_error_at_that_save_and_the_previous_checkpoint_restores(tmp_path, monkeypatch):
-    config = tiny_config(**{"training.num_train_steps": 30, "training.checkpoint_every": 5,
+    config = tiny_config(**{"training.num_train_steps": 60, "training.checkpoint_every": 5,
                             "training.keep_checkpoints": 30})
     with small_filesystem(tmp_path / "disk") as mounted:
         workdir = tmp_path / "disk" / "run"
@@ -190,7 +193,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def test_full_disk_on_the_command_line_is_one_line_without_tracebacks(tmp_path):
     """What a user sees: one ``error:`` line and exit 2, not Orbax's and TensorStore's tracebacks."""
-    flags = [*TINY, "--config.training.num_train_steps=30", "--config.training.checkpoint_every=5",
+    flags = [*TINY, "--config.training.num_train_steps=60", "--config.training.checkpoint_every=5",
              "--config.training.keep_checkpoints=30"]
     with small_filesystem(tmp_path / "disk") as mounted:
         workdir = tmp_path / "disk" / "run"
