@@ -93,7 +93,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.diffusion = diffusion = ml_collections.ConfigDict()
     # ddpm: the discrete T-step chain (DDPM) | vp: continuous-time variance preserving (schedule linear |
-    # cosine) | edm: Karras et al. 2022 | flow: flow matching / rectified flow (the SD3 interpolant)
+    # cosine) | edm: Karras et al. 2022 | flow: flow matching / rectified flow (the SD3 interpolant) |
+    # meanflow: MeanFlow's average velocity, 1-4 step sampling (sampler jump; a network of two times)
     diffusion.family = "ddpm"
     diffusion.num_timesteps = 1000  # T (ddpm)
     diffusion.schedule = "linear"  # ddpm: linear | cosine | sigmoid_abar | sigmoid_geodiff; vp: linear | cosine
@@ -116,6 +117,12 @@ def get_config() -> ml_collections.ConfigDict:
     flow.loc = 0.0
     flow.scale = 1.0
     flow.shift = 1.0  # t' = shift t / (1 + (shift - 1) t) in training and sampling (SD3: 3 at 1024px)
+    diffusion.meanflow = meanflow = ml_collections.ConfigDict()  # family=meanflow (Geng et al. 2025, ImageNet values)
+    meanflow.p_mean = -0.4  # training times t, r = sigmoid(N(p_mean, p_std^2)), ordered r <= t
+    meanflow.p_std = 1.0
+    meanflow.equal_fraction = 0.75  # the fraction of each batch trained with r = t (plain flow matching)
+    meanflow.norm_p = 1.0  # adaptive loss weight 1 / (L + norm_eps)^norm_p (CIFAR-10: 0.75)
+    meanflow.norm_eps = 0.01
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # global batch, split over all devices (and processes)
@@ -158,13 +165,13 @@ def get_config() -> ml_collections.ConfigDict:
     parallel.shard_min_size = 16384  # ... only arrays with at least this many elements (others replicated)
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler) | ddpm (ancestral, respaced when
-    # num_steps < T) | ddim (both: ddpm family only) | euler | euler_ancestral | heun (EDM Alg. 1) |
-    # edm_stochastic (EDM Alg. 2: s_churn ...) | midpoint | dpm_solver++ (2M) | dpm_solver++_3m |
-    # dpm_solver++_sde (2M SDE)
+    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler; meanflow: jump) | ddpm (ancestral,
+    # respaced when num_steps < T) | ddim (both: ddpm family only) | euler | euler_ancestral | heun (EDM
+    # Alg. 1) | edm_stochastic (EDM Alg. 2: s_churn ...) | midpoint | dpm_solver++ (2M) | dpm_solver++_3m |
+    # dpm_solver++_sde (2M SDE) | jump (a few-step family's own jump: meanflow)
     sampling.sampler = "auto"
     sampling.num_steps = 0  # sampler steps; 0 = all diffusion.num_timesteps for the ddpm family, 50 for vp
-    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations). The source documents use ddim with 20.
+    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations), 1 for meanflow. The source documents use ddim with 20.
     sampling.spacing = "auto"  # ddpm family: leading | trailing | linspace | uniform | quad | logsnr (auto =
     #   linspace for ddpm, leading for ddim, logsnr otherwise); vp: uniform | logsnr | karras (auto logsnr);
     #   edm: karras | logsnr (auto karras); flow: uniform (auto; with diffusion.flow.shift)

@@ -12,6 +12,8 @@ by name in :data:`FAMILIES` with its defaults. The members:
          ``D = c_skip x + c_out F(c_in x; ln(sigma) / 4)``, loss ``lambda(sigma) |D - x0|^2``.
   flow   flow matching / rectified flow: ``x_t = (1 - t) x0 + t eps``, ``t`` uniform or logit-normal
          (with SD3's shift), velocity target ``eps - x0``, network time ``1000 t``.
+  meanflow  MeanFlow (:mod:`jaxdiff.core.meanflow`): the average velocity over ``[r, t]`` on flow
+         matching's interpolant, a network of two times, one- and few-step sampling by its ``jump``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.core import diffusion, processes
-from jaxdiff.core.family import (Family, Grid, batch_of, check_prediction, check_spacing, check_steps,
-                                 check_weighting, grid_from_logsnr, per_example_mean)
+from jaxdiff.core import meanflow as meanflow_lib
+from jaxdiff.core.family import (NETWORK_TIME_SCALE, Family, Grid, batch_of, check_prediction, check_spacing,
+                                 check_steps, check_weighting, grid_from_logsnr, interpolant_grid, interpolant_level,
+                                 interpolant_sigma_to_input, per_example_mean)
 from jaxdiff.core.schedules import DiffusionTables, schedule_tables
 from jaxdiff.core.spacing import SPACINGS, spaced_timesteps
 
@@ -33,7 +37,6 @@ T_SAMPLINGS = ("uniform", "logit_normal")
 VP_SPACINGS, EDM_SPACINGS, FLOW_SPACINGS = ("uniform", "logsnr", "karras"), ("karras", "logsnr"), ("uniform",)
 VP_TRAIN_T_MIN = 1e-5  # vp: training times t ~ U(1e-5, 1) (score_sde)
 VP_SAMPLE_T_MIN = 1e-3  # vp: the last evaluated time of a sampler grid (score_sde's sampling eps)
-NETWORK_TIME_SCALE = 1000.0  # vp and flow feed the network 1000 t (the range of DDPM's integer steps)
 
 
 # --------------------------------------------------------------------------- ddpm (discrete)
@@ -212,16 +215,10 @@ def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0,
         del set_alpha_to_one
         check_steps(num_steps)
         check_spacing(spacing, FLOW_SPACINGS, "flow")
-        t = processes.shift_time(np.linspace(1.0, 0.0, num_steps + 1), shift)
-        return Grid(t, 1.0 - t, t, 1.0)
+        return interpolant_grid(num_steps, shift)
 
-    def level(t):
-        return t, 1.0 - t, t
-
-    def sigma_to_input(sigma_ratio):
-        return NETWORK_TIME_SCALE * sigma_ratio / (1.0 + sigma_ratio)
-
-    return Family("flow", "flow", draw, loss, predict, grid, FLOW_SPACINGS, "t", level, sigma_to_input)
+    return Family("flow", "flow", draw, loss, predict, grid, FLOW_SPACINGS, "t", interpolant_level,
+                  interpolant_sigma_to_input)
 
 
 # --------------------------------------------------------------------------- by name
@@ -260,6 +257,12 @@ def _flow_from_record(r: Mapping) -> Family:
     return flow(f["t_sampling"], f["loc"], f["scale"], f["shift"])
 
 
+def _meanflow_from_record(r: Mapping) -> Family:
+    _refuse_fields(r, "meanflow", weighted=False)
+    m = r["meanflow"]
+    return meanflow_lib.meanflow(m["p_mean"], m["p_std"], m["equal_fraction"], m["norm_p"], m["norm_eps"])
+
+
 class FamilySpec(NamedTuple):
     """A family by name (an entry of :data:`FAMILIES`): how it is built and what it chooses by default.
 
@@ -293,6 +296,9 @@ FAMILIES: dict[str, FamilySpec] = {
                       False, "sigma", "Karras et al. 2022: x = x0 + sigma n, preconditioned"),
     "flow": FamilySpec(_flow_from_record, "euler", 50, "uniform", ("flow",), "the velocity eps - x0",
                        FLOW_SPACINGS, False, "t", "flow matching on the linear interpolant (rectified flow)"),
+    "meanflow": FamilySpec(_meanflow_from_record, "jump", 1, "uniform", ("flow",),
+                           "the average velocity u(z, r, t) (u(z, t, t): the velocity eps - x0)",
+                           meanflow_lib.SPACINGS, False, "t", "MeanFlow (Geng et al. 2025): flow matching in 1-4 jumps"),
 }
 
 

@@ -22,8 +22,10 @@ from typing import Callable, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.core import diffusion
+from jaxdiff.core import diffusion, processes
 from jaxdiff.core.schedules import DiffusionTables
+
+NETWORK_TIME_SCALE = 1000.0  # vp and flow feed the network 1000 t (the range of DDPM's integer steps)
 
 
 class Grid(NamedTuple):
@@ -46,7 +48,12 @@ class Family(NamedTuple):
     grids ``grid`` accepts; ``level(s) -> (time, alpha, sigma)`` the noise level at solver coordinate
     ``s`` (continuous families; ``None`` for ddpm, whose levels are table rows);
     ``sigma_to_input(sigma_ratio)`` the network time at ``sigma / alpha`` (NumPy, increasing: used
-    to map a guidance interval); ``tables`` the discrete tables (ddpm only)."""
+    to map a guidance interval); ``tables`` the discrete tables (ddpm only).
+
+    A few-step family's network takes a second time, the *span* of a jump (``net(x_in, t_in, span)``,
+    the networks' ``span_embedding``): ``two_times`` says so, and ``jump(net, x, t, r) -> (x_r, x0_hat)``
+    moves ``x`` from level ``t`` to level ``r < t`` in one evaluation (the ``jump`` sampler of
+    :mod:`jaxdiff.core.sampler_registry`; ``None`` for the other families)."""
 
     name: str
     prediction: str
@@ -59,6 +66,8 @@ class Family(NamedTuple):
     level: Callable | None
     sigma_to_input: Callable
     tables: DiffusionTables | None = None
+    jump: Callable | None = None
+    two_times: bool = False
 
 
 def batch_of(x, value, dtype=jnp.float32):
@@ -102,3 +111,20 @@ def check_steps(num_steps):
     if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
         raise ValueError(f"num_steps={num_steps!r} must be a positive number of steps for a "
                          "continuous-time family")
+
+
+def interpolant_grid(num_steps: int, shift: float = 1.0) -> Grid:
+    """The linear interpolant's grid (``alpha = 1 - t``, ``sigma = t``): ``t`` uniform from 1 to 0, then
+    ``t <- shift t / (1 + (shift - 1) t)``; ``x_1 = N(0, I)``."""
+    t = processes.shift_time(np.linspace(1.0, 0.0, num_steps + 1), shift)
+    return Grid(t, 1.0 - t, t, 1.0)
+
+
+def interpolant_level(t):
+    """``(time, alpha, sigma)`` of the linear interpolant at ``t``."""
+    return t, 1.0 - t, t
+
+
+def interpolant_sigma_to_input(sigma_ratio):
+    """The network time ``1000 t`` of the linear interpolant where ``sigma / alpha = t / (1 - t)``."""
+    return NETWORK_TIME_SCALE * sigma_ratio / (1.0 + sigma_ratio)

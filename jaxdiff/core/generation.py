@@ -9,6 +9,7 @@ sample grids during training and evaluation all go through it (the drivers turn 
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -62,6 +63,12 @@ def network_time_interval(sampler: Sampler, guidance_interval) -> tuple[float, f
             float(sampler.sigma_to_input(hi)) if np.isfinite(hi) else np.inf)
 
 
+def call_network(apply_fn, params, x, t, y, span=None):
+    """``apply_fn(params, x, t, y)``, with ``span=span`` only when a second time is given (an apply
+    function of a network without one, :func:`jaxdiff.models.denoiser_apply`, never sees it)."""
+    return apply_fn(params, x, t, y) if span is None else apply_fn(params, x, t, y, span=span)
+
+
 def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, guidance_scale: float,
                          null_label: int | None, trajectory_every: int = 0, trajectory_size: int = 16,
                          mesh=None, segment_steps: int = 0, guidance_interval=None):
@@ -87,7 +94,7 @@ def make_chunk_generator(apply_fn, sampler: Sampler, image_shape, width: int, gu
             key = jax.random.wrap_key_data(key)
         if batch_sharding is not None and y is not None:
             y = jax.lax.with_sharding_constraint(y, batch_sharding)
-        denoise = guided_denoise_fn(lambda x, t, yy: apply_fn(params, x, t, yy), y, guidance_scale, null_label,
+        denoise = guided_denoise_fn(functools.partial(call_network, apply_fn, params), y, guidance_scale, null_label,
                                     guidance_interval)
         return key, sampler_scan(sampler, denoise, jax.random.fold_in(key, 1), trajectory_every, trajectory_size)
 

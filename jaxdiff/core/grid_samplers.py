@@ -35,11 +35,12 @@ flow alike, including a start at ``alpha = 0``):
 from __future__ import annotations
 
 import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.core.families import Family, Grid
+from jaxdiff.core.family import Family, Grid
 from jaxdiff.core.sampler import Sampler
 
 
@@ -275,3 +276,19 @@ def dpm_solver_pp_sampler(family: Family, grid: Grid, order: int = 2, eta: float
         return x_next, x0, (x0, d1)
 
     return _sampler(family, grid, step, lambda x_T: (jnp.zeros_like(x_T), jnp.zeros_like(x_T)))
+
+
+def jump_sampler(family: Family, grid: Grid, clip_x0: bool = False) -> Sampler:
+    """A few-step family's own map from level to level, ``x' = family.jump(net, x, t, t')`` (MeanFlow:
+    ``z_r = z_t - (t - r) u(z_t, r, t)``): one evaluation per step; ``x0_hat`` is the data the jump
+    points at (clipped to [-1, 1] with ``clip_x0``, which leaves the steps as they are)."""
+    if family.jump is None:
+        raise ValueError(f"sampler 'jump' needs a few-step family (a jump between levels); the {family.name!r} "
+                         "family has none")
+    time = _f32(grid.time)
+
+    def step(net, x, i, key, state):
+        x_next, x0 = family.jump(net, x, time[i], time[i + 1])
+        return x_next, jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0, state
+
+    return _sampler(family, grid, step)

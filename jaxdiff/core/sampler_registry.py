@@ -16,7 +16,7 @@ import numpy as np
 from jaxdiff.core import ddpm_chain
 from jaxdiff.core.families import Family, Grid, family_spec
 from jaxdiff.core.grid_samplers import (dpm_solver_pp_sampler, edm_stochastic_sampler, euler_ancestral_sampler,
-                                        heun_sampler, midpoint_sampler)
+                                        heun_sampler, jump_sampler, midpoint_sampler)
 from jaxdiff.core.sampler import Sampler
 
 
@@ -65,6 +65,10 @@ def _midpoint(family, grid, *, clip_x0, **_):
     return midpoint_sampler(family, grid, clip_x0)
 
 
+def _jump(family, grid, *, clip_x0, **_):
+    return jump_sampler(family, grid, clip_x0)
+
+
 def _dpm_solver_pp(order: int, noisy: bool):
     def build(family, grid, *, sde_eta, clip_x0, **_):
         return dpm_solver_pp_sampler(family, grid, order, sde_eta if noisy else 0.0, clip_x0)
@@ -97,6 +101,8 @@ NEEDS = {  # requirement -> (does the family meet it, why a sampler is refused)
     "chain": (lambda f: f.tables is not None, _CHAIN_FIT),
     "continuous": (lambda f: f.level is not None,
                    "evaluates between table rows; it needs a continuous-time family (vp, edm, flow)"),
+    "jump": (lambda f: f.jump is not None,
+             "jumps between levels with a second time input; it needs a few-step family (meanflow)"),
     "sigma_noise": (lambda f: f.ode_space == "sigma",
                     "adds noise in sigma; it does not fit the {family!r} family (use heun, midpoint or "
                     "euler_ancestral)"),
@@ -136,6 +142,9 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpm_solver++_sde": SamplerSpec(
         _dpm_solver_pp(2, True), options=("sde_eta", *_ON_GRID), needs=(), evaluations="N", spacing="",
         summary="DPM-Solver++(2M) SDE (`sampling.sde_eta`)"),
+    "jump": SamplerSpec(
+        _jump, options=("clip_x0",), needs=("jump",), evaluations="N", spacing="",
+        summary="a few-step family's own jump between levels (MeanFlow: `z_r = z_t - (t - r) u(z_t, r, t)`)"),
 }
 
 

@@ -40,6 +40,12 @@ def check(config) -> None:
     number(flow.scale, "diffusion.flow.scale", 0.0, low_open=True)
     number(flow.shift, "diffusion.flow.shift", 0.0, low_open=True)
     choice(flow.t_sampling, families.T_SAMPLINGS, "diffusion.flow.t_sampling")
+    mf = dc.meanflow
+    number(mf.p_mean, "diffusion.meanflow.p_mean")
+    number(mf.p_std, "diffusion.meanflow.p_std", 0.0, low_open=True)
+    number(mf.equal_fraction, "diffusion.meanflow.equal_fraction", 0.0, 1.0)
+    number(mf.norm_p, "diffusion.meanflow.norm_p", 0.0)
+    number(mf.norm_eps, "diffusion.meanflow.norm_eps", 0.0, low_open=True)
     positive(dc.num_timesteps, "diffusion.num_timesteps")
     choice(dc.schedule, schedules.SCHEDULES, "diffusion.schedule")
     choice(dc.family, families.FAMILIES, "diffusion.family")

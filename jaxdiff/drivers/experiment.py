@@ -44,9 +44,9 @@ class Experiment:
         self.num_classes = num_classes
         self.latent = latent
         self.image_shape = tuple(latent.shape) if latent else (config.data.image_size, config.data.image_size, channels)
-        self.model = build_model(config, channels, num_classes)
-        self.apply_fn = denoiser_apply(self.model)
         self.family = family_from_config(config.diffusion)
+        self.model = build_model(config, channels, num_classes, span_embedding=self.family.two_times)
+        self.apply_fn = denoiser_apply(self.model)
         self.tables = self.family.tables
         self.tx = optimizer_from_config(config.training)
         init = lambda key: init_train_state(init_denoiser(self.model, key, self.image_shape), self.tx,  # noqa: E731

@@ -95,16 +95,20 @@ def check(config) -> None:
         raise ConfigError(f"model.dropout must be in [0, 1), got {mc.dropout}")
 
 
-def model_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32):
+def model_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32,
+                      span_embedding: bool = False):
     """The network of a ``config.model`` block (its ``backbone``'s module, built from its fields) with
-    ``out_ch`` output channels, conditional on ``num_classes`` labels (0: unconditional)."""
+    ``out_ch`` output channels, conditional on ``num_classes`` labels (0: unconditional), with a second
+    time input when ``span_embedding`` (a few-step family's)."""
     backbone = BACKBONES[model_config.backbone]
-    return backbone.build(backbone_fields(model_config, backbone), out_ch, num_classes, dtype, model_config.remat)
+    return backbone.build(backbone_fields(model_config, backbone), out_ch, num_classes, dtype, model_config.remat,
+                          span_embedding=span_embedding)
 
 
-def build_model(config, channels: int, num_classes: int):
+def build_model(config, channels: int, num_classes: int, span_embedding: bool = False):
     """The denoiser of ``config.model`` (its ``backbone``) for images (or latents) with ``channels``
-    channels; conditional on ``num_classes`` labels when ``model.class_conditional``."""
+    channels; conditional on ``num_classes`` labels when ``model.class_conditional``; with a second time
+    input (``span_embedding``) for a few-step family."""
     return model_from_config(config.model, out_ch=channels,
                              num_classes=num_classes if config.model.class_conditional else 0,
-                             dtype=jnp.dtype(config.training.dtype))
+                             dtype=jnp.dtype(config.training.dtype), span_embedding=span_embedding)

@@ -32,7 +32,7 @@ from jaxdiff.training import checkpoint
 ARCHITECTURE = (*dict.fromkeys(n for b in BACKBONES.values() if b.init_from for n in b.architecture_fields),
                 "class_conditional")
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
-           "target", "edm", "flow")
+           "target", "edm", "flow")  # diffusion.meanflow is how a MeanFlow model is trained, not what it computes
 # Every backbone's architecture fields (BACKBONES: under model, or a block of its own such as model.dit).
 _BACKBONE_FIELDS = tuple(dict.fromkeys(f"{b.config_block}.{n}" for b in BACKBONES.values()
                                        for n in b.architecture_fields))

@@ -159,8 +159,10 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
         def loss_fn(params, inputs, dropout_key):
             x0, t, noise, labels = inputs
 
-            def net(x_in, t_in):
-                return check_denoiser_output(apply_fn(params, x_in, t_in, labels, dropout_key), x_in)
+            def net(x_in, t_in, span=None):  # span: a few-step family's second time
+                out = (apply_fn(params, x_in, t_in, labels, dropout_key) if span is None
+                       else apply_fn(params, x_in, t_in, labels, dropout_key, span=span))
+                return check_denoiser_output(out, x_in)
 
             return family.loss(net, x0, t, noise)[0]
 

@@ -1,0 +1,133 @@
+"""MeanFlow against the closed forms of Gaussian data (GUIDE section 14.5).
+
+For ``x0 ~ N(mu, s^2 I)`` on the interpolant ``x_t = (1 - t) x0 + t eps`` the flow map and the average
+velocity are linear in ``x``: with ``sigma_t^2 = (1 - t)^2 s^2 + t^2``,
+``Phi_{t->r}(x) = (1 - r) mu + (sigma_r / sigma_t)(x - (1 - t) mu)`` and
+``u(x, r, t) = (x - Phi_{t->r}(x)) / (t - r) = -mu + (x - (1 - t) mu) ((t + r) - s^2 (2 - t - r)) /
+(sigma_t (sigma_t + sigma_r))``, which at ``r = t`` is the velocity ``v``. The exact ``u`` satisfies the
+MeanFlow identity, zeroes the loss's expected gradient, and samples the data exactly in any number of
+jumps; each test fails on a wrong formula."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiff.core import families, meanflow, processes
+from jaxdiff.core.family import NETWORK_TIME_SCALE as S
+from jaxdiff.core.sampler import run_sampler
+from jaxdiff.core.sampler_registry import make_sampler
+
+MU, STD = 0.3, 0.5
+SHAPE = (2, 2, 1)
+
+
+def sigma(t):
+    return jnp.sqrt((1.0 - t) ** 2 * STD ** 2 + t ** 2)
+
+
+def exact_u(x, r, t):
+    """The exact average velocity over ``[r, t]`` at ``x`` (``r``, ``t``: ``[B]``), without dividing by ``t - r``."""
+    b = lambda v: processes.expand_to(v, x)  # noqa: E731
+    slope = ((t + r) - STD ** 2 * (2.0 - t - r)) / (sigma(t) * (sigma(t) + sigma(r)))
+    return -MU + (x - b(1.0 - t) * MU) * b(slope)
+
+
+def exact_net(x, t_in, span):
+    """The network that outputs the exact ``u``: ``net(z, 1000 t, 1000 (t - r))``."""
+    t = t_in / S
+    return exact_u(x, t - span / S, t)
+
+
+def flow_map(x, r, t):
+    return (1.0 - r) * MU + sigma(r) / sigma(t) * (x - (1.0 - t) * MU)
+
+
+def test_the_closed_form_is_the_average_of_the_velocity():
+    """``u`` computed without dividing by ``t - r`` is ``(x - Phi) / (t - r)``, and tends to ``v`` at ``r = t``."""
+    x = jnp.linspace(-2.0, 2.0, 8).reshape(8, 1, 1, 1)
+    t, r = jnp.full((8,), 0.8), jnp.full((8,), 0.3)
+    np.testing.assert_allclose(exact_u(x, r, t), (x - flow_map(x, 0.3, 0.8)) / 0.5, rtol=1e-5, atol=1e-6)
+    v = exact_u(x, t, t)
+    near = exact_u(x, t - 1e-3, t)
+    np.testing.assert_allclose(near, v, atol=2e-3)
+
+
+def test_the_identity_holds_for_the_exact_average_velocity():
+    """``u = v - (t - r)(v d_z u + d_t u)`` with the exact velocity as tangent: the library's target equals
+    the exact ``u`` to float32 precision, and a target without the derivative term does not."""
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(key, (64, *SHAPE))
+    t = jax.random.uniform(jax.random.fold_in(key, 1), (64,), minval=0.05, maxval=1.0)
+    r = t * jax.random.uniform(jax.random.fold_in(key, 2), (64,))
+    v = exact_u(x, t, t)
+    u, target = meanflow.average_velocity_target(lambda z, tt: exact_u(z, r, tt), x, t, r, v)
+    np.testing.assert_allclose(target, u, atol=2e-5)
+    assert float(jnp.max(jnp.abs(v - u))) > 0.05  # the derivative term is what closes the gap
+
+
+def test_the_loss_gradient_vanishes_at_the_exact_average_velocity():
+    """``d loss / d theta`` at ``theta = 0`` for ``net_theta = u + theta z`` is zero in expectation (the
+    target's conditional velocity ``eps - x0`` averages to ``v``); a sign error in the derivative term
+    makes it plainly non-zero."""
+    family = meanflow.meanflow(equal_fraction=0.25, norm_p=0.0)
+    key = jax.random.PRNGKey(1)
+    n = 200_000
+    x0 = MU + STD * jax.random.normal(key, (n, *SHAPE))
+    time, noise = family.draw(jax.random.fold_in(key, 1), x0)
+
+    def loss_of(theta, sign=1.0):
+        def net(z, t_in, span):
+            return exact_net(z, t_in, span) + theta * z
+
+        if sign == 1.0:
+            return family.loss(net, x0, time, noise)[0]
+        t, r = time[:, 0], time[:, 1]
+        tt = processes.expand_to(t, x0)
+        z, v = (1 - tt) * x0 + tt * noise, noise - x0
+        u, du = jax.jvp(lambda z_, t_: net(z_, S * t_, S * (t_ - r)), (z, t), (v, jnp.ones_like(t)))
+        wrong = v + processes.expand_to(t - r, z) * du
+        return jnp.mean(jnp.sum((u - jax.lax.stop_gradient(wrong)) ** 2, axis=(1, 2, 3)))
+
+    grad = float(jax.grad(loss_of)(0.0))
+    wrong = float(jax.grad(lambda th: loss_of(th, -1.0))(0.0))
+    assert abs(grad) < 0.02 and abs(wrong) > 20 * abs(grad) + 0.1, (grad, wrong)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_jumps_with_the_exact_average_velocity_sample_the_data(steps):
+    family = meanflow.meanflow()
+    sampler = make_sampler(family, "jump", steps, clip_x0=False)
+    assert sampler.evaluations == steps
+    key = jax.random.PRNGKey(steps)
+    x_T = jax.random.normal(key, (20_000, *SHAPE))
+    out = np.asarray(run_sampler(sampler, exact_net, x_T, jax.random.fold_in(key, 1)).samples)
+    np.testing.assert_allclose(out, flow_map(x_T, 0.0, 1.0), atol=1e-5)  # the exact flow map of each x_T
+    assert abs(out.mean() - MU) < 0.01 and abs(out.std() / STD - 1) < 0.01
+
+
+def test_training_times_are_ordered_and_a_fraction_are_equal():
+    t, r = meanflow.draw_times(jax.random.PRNGKey(0), 1000, equal_fraction=0.75)
+    assert bool(jnp.all(r <= t)) and bool(jnp.all((t > 0) & (t < 1)))
+    assert bool(jnp.all(r[:750] == t[:750])) and float(jnp.mean(r[750:] < t[750:])) > 0.99
+    # logit t is the larger of two N(-0.4, 1) draws: its median is -0.4 + Phi^-1(sqrt(1/2)) = -0.4 + 0.5449
+    assert abs(float(jnp.median(jnp.log(t[:750] / (1 - t[:750])))) - (-0.4 + 0.5449)) < 0.15
+
+
+def test_flow_samplers_run_the_meanflow_velocity_and_chain_samplers_are_refused():
+    """``predict`` is ``u(z, t, t)``, the velocity, so Euler with the exact network integrates the ODE;
+    the discrete chain's samplers, EDM's churn and ``jump`` on a family without jumps are refused."""
+    family = meanflow.meanflow()
+    x_T = jax.random.normal(jax.random.PRNGKey(3), (4096, *SHAPE))
+    errors = []
+    for steps in (20, 40):  # Heun converges to the exact flow map at second order
+        out = run_sampler(make_sampler(family, "heun", steps, clip_x0=False), exact_net, x_T, jax.random.PRNGKey(4))
+        errors.append(float(np.max(np.abs(np.asarray(out.samples) - flow_map(x_T, 0.0, 1.0)))))
+    assert errors[1] < 3e-3 and errors[1] < errors[0] / 3, errors
+    for name in ("ddim", "ddpm", "edm_stochastic"):
+        with pytest.raises(ValueError, match=name):
+            make_sampler(family, name, 4)
+    with pytest.raises(ValueError, match="few-step family"):
+        make_sampler(families.flow(), "jump", 4)
