@@ -94,7 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.diffusion = diffusion = ml_collections.ConfigDict()
     # ddpm: the discrete T-step chain (DDPM) | vp: continuous-time variance preserving (schedule linear |
     # cosine) | edm: Karras et al. 2022 | flow: flow matching / rectified flow (the SD3 interpolant) |
-    # meanflow: MeanFlow's average velocity, 1-4 step sampling (sampler jump; a network of two times)
+    # meanflow: MeanFlow's average velocity, 1-4 step sampling (sampler jump; a network of two times) |
+    # shortcut: shortcut models, the same network trained on its own jumps' self-consistency
     diffusion.family = "ddpm"
     diffusion.num_timesteps = 1000  # T (ddpm)
     diffusion.schedule = "linear"  # ddpm: linear | cosine | sigmoid_abar | sigmoid_geodiff; vp: linear | cosine
@@ -123,6 +124,9 @@ def get_config() -> ml_collections.ConfigDict:
     meanflow.equal_fraction = 0.75  # the fraction of each batch trained with r = t (plain flow matching)
     meanflow.norm_p = 1.0  # adaptive loss weight 1 / (L + norm_eps)^norm_p (CIFAR-10: 0.75)
     meanflow.norm_eps = 0.01
+    diffusion.shortcut = shortcut = ml_collections.ConfigDict()  # family=shortcut (Frans et al. 2024)
+    shortcut.levels = 7  # bootstrap jumps of span 2^-k, k < levels (the paper's 128 steps: 7)
+    shortcut.bootstrap_every = 8  # one row in this many trains self-consistency, the rest flow matching
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # global batch, split over all devices (and processes)
@@ -165,13 +169,13 @@ def get_config() -> ml_collections.ConfigDict:
     parallel.shard_min_size = 16384  # ... only arrays with at least this many elements (others replicated)
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler; meanflow: jump) | ddpm (ancestral,
+    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler; meanflow, shortcut: jump) | ddpm (ancestral,
     # respaced when num_steps < T) | ddim (both: ddpm family only) | euler | euler_ancestral | heun (EDM
     # Alg. 1) | edm_stochastic (EDM Alg. 2: s_churn ...) | midpoint | dpm_solver++ (2M) | dpm_solver++_3m |
-    # dpm_solver++_sde (2M SDE) | jump (a few-step family's own jump: meanflow)
+    # dpm_solver++_sde (2M SDE) | jump (a few-step family's own jump: meanflow, shortcut)
     sampling.sampler = "auto"
     sampling.num_steps = 0  # sampler steps; 0 = all diffusion.num_timesteps for the ddpm family, 50 for vp
-    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations), 1 for meanflow. The source documents use ddim with 20.
+    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations), 1 for meanflow and shortcut. The source documents use ddim with 20.
     sampling.spacing = "auto"  # ddpm family: leading | trailing | linspace | uniform | quad | logsnr (auto =
     #   linspace for ddpm, leading for ddim, logsnr otherwise); vp: uniform | logsnr | karras (auto logsnr);
     #   edm: karras | logsnr (auto karras); flow: uniform (auto; with diffusion.flow.shift)

@@ -75,6 +75,8 @@ BAD = {
     "diffusion.meanflow.equal_fraction": (1.5,),
     "diffusion.meanflow.norm_p": (-1.0,),
     "diffusion.meanflow.norm_eps": (0.0,),
+    "diffusion.shortcut.levels": (0,),
+    "diffusion.shortcut.bootstrap_every": (0,),
     "diffusion.num_timesteps": (0,),
     "diffusion.schedule": ("quadratic",),
     "diffusion.beta_start": (0.0,),

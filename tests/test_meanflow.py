@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiff.core import families, meanflow, processes
+from jaxdiff.core import families, meanflow, processes, shortcut
 from jaxdiff.core.family import NETWORK_TIME_SCALE as S
 from jaxdiff.core.sampler import run_sampler
 from jaxdiff.core.sampler_registry import make_sampler
@@ -131,3 +131,38 @@ def test_flow_samplers_run_the_meanflow_velocity_and_chain_samplers_are_refused(
             make_sampler(family, name, 4)
     with pytest.raises(ValueError, match="few-step family"):
         make_sampler(families.flow(), "jump", 4)
+
+
+# ----------------------------------------------------------------------------- shortcut models
+
+def test_two_exact_half_jumps_are_the_exact_jump():
+    """The shortcut target for a jump of ``2d`` built from two exact jumps of ``d`` is the exact average
+    velocity over ``2d`` (the flow map composes), to float32 precision; one exact half jump alone is not."""
+    key = jax.random.PRNGKey(5)
+    x = jax.random.normal(key, (256, *SHAPE))
+    span = jnp.exp2(-jax.random.randint(jax.random.fold_in(key, 1), (256,), 0, 7).astype(jnp.float32))
+    t = jnp.minimum(span * jnp.ceil(jax.random.uniform(jax.random.fold_in(key, 2), (256,)) / span), 1.0)
+    target = shortcut.shortcut_targets(exact_u, x, t, span)
+    np.testing.assert_allclose(target, exact_u(x, t - span, t), atol=2e-5)
+    assert float(jnp.max(jnp.abs(exact_u(x, t - span / 2, t) - exact_u(x, t - span, t)))) > 0.05
+
+
+def test_the_shortcut_loss_is_zero_on_its_bootstrap_rows_at_the_exact_average_velocity():
+    family = shortcut.shortcut(levels=7, bootstrap_every=2)
+    key = jax.random.PRNGKey(6)
+    x0 = MU + STD * jax.random.normal(key, (512, *SHAPE))
+    time, noise = family.draw(jax.random.fold_in(key, 1), x0)
+    t, span = time[:, 0], time[:, 1]
+    boot = span > 0
+    assert int(boot.sum()) == 256 and bool(jnp.all(t[boot] - span[boot] >= -1e-7))
+    assert bool(jnp.all(jnp.isin(span[boot], jnp.exp2(-jnp.arange(7.0)))))
+    _, per_example = family.loss(exact_net, x0, time, noise)
+    assert float(jnp.max(per_example[boot])) < 1e-9 and float(jnp.mean(per_example[~boot])) > 0.01
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_shortcut_jumps_with_the_exact_network_sample_the_data(steps):
+    sampler = make_sampler(shortcut.shortcut(), "jump", steps, clip_x0=False)
+    x_T = jax.random.normal(jax.random.PRNGKey(7), (2048, *SHAPE))
+    out = np.asarray(run_sampler(sampler, exact_net, x_T, jax.random.PRNGKey(8)).samples)
+    np.testing.assert_allclose(out, flow_map(x_T, 0.0, 1.0), atol=1e-5)

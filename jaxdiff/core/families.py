@@ -14,6 +14,8 @@ by name in :data:`FAMILIES` with its defaults. The members:
          (with SD3's shift), velocity target ``eps - x0``, network time ``1000 t``.
   meanflow  MeanFlow (:mod:`jaxdiff.core.meanflow`): the average velocity over ``[r, t]`` on flow
          matching's interpolant, a network of two times, one- and few-step sampling by its ``jump``.
+  shortcut  shortcut models (:mod:`jaxdiff.core.shortcut`): the same network trained on flow matching
+         and on the self-consistency of its own jumps.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 
 from jaxdiff.core import diffusion, processes
 from jaxdiff.core import meanflow as meanflow_lib
+from jaxdiff.core import shortcut as shortcut_lib
 from jaxdiff.core.family import (NETWORK_TIME_SCALE, Family, Grid, batch_of, check_prediction, check_spacing,
                                  check_steps, check_weighting, grid_from_logsnr, interpolant_grid, interpolant_level,
                                  interpolant_sigma_to_input, per_example_mean)
@@ -263,6 +266,11 @@ def _meanflow_from_record(r: Mapping) -> Family:
     return meanflow_lib.meanflow(m["p_mean"], m["p_std"], m["equal_fraction"], m["norm_p"], m["norm_eps"])
 
 
+def _shortcut_from_record(r: Mapping) -> Family:
+    _refuse_fields(r, "shortcut", weighted=False)
+    return shortcut_lib.shortcut(r["shortcut"]["levels"], r["shortcut"]["bootstrap_every"])
+
+
 class FamilySpec(NamedTuple):
     """A family by name (an entry of :data:`FAMILIES`): how it is built and what it chooses by default.
 
@@ -299,6 +307,9 @@ FAMILIES: dict[str, FamilySpec] = {
     "meanflow": FamilySpec(_meanflow_from_record, "jump", 1, "uniform", ("flow",),
                            "the average velocity u(z, r, t) (u(z, t, t): the velocity eps - x0)",
                            meanflow_lib.SPACINGS, False, "t", "MeanFlow (Geng et al. 2025): flow matching in 1-4 jumps"),
+    "shortcut": FamilySpec(_shortcut_from_record, "jump", 1, "uniform", ("flow",),
+                           "the average velocity over a jump (span 0: the velocity eps - x0)", meanflow_lib.SPACINGS,
+                           False, "t", "shortcut models (Frans et al. 2024): self-consistent jumps of 2^-k"),
 }
 
 

@@ -79,6 +79,16 @@ def meanflow(p_mean: float = -0.4, p_std: float = 1.0, equal_fraction: float = 0
         per_example = err / jax.lax.stop_gradient((err + norm_eps) ** norm_p)
         return jnp.mean(per_example), per_example
 
+    return average_velocity_family("meanflow", draw, loss)
+
+
+def average_velocity_family(name: str, draw, loss) -> Family:
+    """A family whose network ``net(z, 1000 t, span=1000 (t - r))`` is the average velocity
+    ``u(z, r, t)`` on the linear interpolant (MeanFlow's; a shortcut model's), with ``draw`` and
+    ``loss`` its own: ``predict`` is the velocity ``u(z, t, t)`` (every flow sampler runs it), ``jump``
+    is ``z_r = z_t - (t - r) u(z_t, r, t)`` (its ``x0_hat``: ``z_t - t u``), the grid flow matching's."""
+    s = NETWORK_TIME_SCALE
+
     def predict(net, x, time, alpha, sigma):
         t_in = batch_of(x, s * time)
         out = net(x, t_in, jnp.zeros_like(t_in))
@@ -91,8 +101,8 @@ def meanflow(p_mean: float = -0.4, p_std: float = 1.0, equal_fraction: float = 0
     def grid(num_steps, spacing="uniform", set_alpha_to_one=True):
         del set_alpha_to_one
         check_steps(num_steps)
-        check_spacing(spacing, SPACINGS, "meanflow")
+        check_spacing(spacing, SPACINGS, name)
         return interpolant_grid(num_steps)
 
-    return Family("meanflow", "flow", draw, loss, predict, grid, SPACINGS, "t", interpolant_level,
+    return Family(name, "flow", draw, loss, predict, grid, SPACINGS, "t", interpolant_level,
                   interpolant_sigma_to_input, jump=jump, two_times=True)

@@ -46,6 +46,8 @@ def check(config) -> None:
     number(mf.equal_fraction, "diffusion.meanflow.equal_fraction", 0.0, 1.0)
     number(mf.norm_p, "diffusion.meanflow.norm_p", 0.0)
     number(mf.norm_eps, "diffusion.meanflow.norm_eps", 0.0, low_open=True)
+    positive(dc.shortcut.levels, "diffusion.shortcut.levels")
+    positive(dc.shortcut.bootstrap_every, "diffusion.shortcut.bootstrap_every")
     positive(dc.num_timesteps, "diffusion.num_timesteps")
     choice(dc.schedule, schedules.SCHEDULES, "diffusion.schedule")
     choice(dc.family, families.FAMILIES, "diffusion.family")
