@@ -15,10 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdiff import data
 from jaxdiff.core import families, meanflow, processes, shortcut
 from jaxdiff.core.family import NETWORK_TIME_SCALE as S
 from jaxdiff.core.sampler import run_sampler
 from jaxdiff.core.sampler_registry import make_sampler
+from jaxdiff.drivers import config_checks, data_config, sampling_config
+from jaxdiff.drivers.experiment import Experiment
+from tests.conftest import tiny_config
 
 MU, STD = 0.3, 0.5
 SHAPE = (2, 2, 1)
@@ -166,3 +170,29 @@ def test_shortcut_jumps_with_the_exact_network_sample_the_data(steps):
     x_T = jax.random.normal(jax.random.PRNGKey(7), (2048, *SHAPE))
     out = np.asarray(run_sampler(sampler, exact_net, x_T, jax.random.PRNGKey(8)).samples)
     np.testing.assert_allclose(out, flow_map(x_T, 0.0, 1.0), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- a network that learns
+
+@pytest.mark.parametrize("family", ["meanflow", "shortcut"])
+def test_a_tiny_two_time_network_learns_and_samples_in_one_and_two_jumps(family):
+    """The command line's pieces on digits: the network gets its span embedding, the loss falls, and
+    ``jump`` samples in 1 and 2 evaluations (finite, the images' shape)."""
+    config = tiny_config(**{"diffusion.family": family, "diffusion.meanflow.norm_p": 0.0,
+                            "diffusion.shortcut.bootstrap_every": 4, "training.learning_rate": 2e-3})
+    config_checks.validate(config)
+    experiment = Experiment(config, channels=1, num_classes=10)
+    assert experiment.model.span_embedding and experiment.apply_fn.span_embedding
+    stream = data.batch_stream(data_config.load_source(config.data), config.seed, 0, config.training.batch_size)
+    state, losses = experiment.init(), []
+    for _ in range(60):
+        state, metrics = experiment.step(state, next(stream))
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
+    for steps in (1, 2):
+        config.sampling.num_steps, config.sampling.sampler = steps, "auto"
+        out = sampling_config.generate_from_config(experiment.apply_fn, state.ema_params, experiment.family,
+                                                   config.sampling, (4, 8, 8, 1), jax.random.PRNGKey(steps),
+                                                   num_classes=experiment.model.num_classes)
+        assert out.metadata["sampler"] == "jump" and np.all(np.isfinite(out.samples))
+        assert out.samples.shape == (4, 8, 8, 1)
