@@ -50,7 +50,7 @@ from jaxdiff.interop.diffusers_autoencoder import write_folder as write_diffuser
 from jaxdiff.interop.diffusers_unet import read_folder as read_diffusers_unet
 from jaxdiff.interop.diffusers_unet import write_folder as write_diffusers_unet
 from jaxdiff.models.autoencoder import AutoencoderKL
-from jaxdiff.models.denoiser import denoiser_apply, init_denoiser
+from jaxdiff.models.denoiser import denoiser_apply, init_denoiser, with_span_params
 from jaxdiff.models.dit import DiT, dit_from_name
 from jaxdiff.models.unet import UNet, count_params
 from jaxdiff.training import posthoc_ema
@@ -77,5 +77,5 @@ __all__ = [
     "read_diffusers_unet", "reconstruct", "repaint", "rescale_zero_terminal_snr", "restoration", "run_sampler",
     "sampler_on_grid", "save_columns", "save_image_folder", "save_image_grid", "save_loss_curve", "save_trajectory",
     "save_trajectory_gif", "sdedit", "slerp", "spaced_timesteps", "to_uint8", "write_diffusers_autoencoder",
-    "write_diffusers_unet", "x0_eps_from_output",
+    "with_span_params", "write_diffusers_unet", "x0_eps_from_output",
 ]

@@ -19,13 +19,15 @@ class Backbone(NamedTuple):
     ``module``: its Flax module class. ``config_block``: the config block of its fields (``model`` or
     ``model.dit``). ``fields``: the fields of that block :attr:`build` reads;
     ``architecture_fields``: those that define the function it computes (a checkpoint's recorded values
-    win over a config's). ``build(fields, out_ch, num_classes, dtype, remat)``: the module from plain
-    field values (a mapping of ``fields``). ``check_architecture(fields)`` and
-    ``check_image_size(image_size, fields)`` raise a one-line ``ValueError`` in the library's terms;
-    ``architecture_check_fields(fields)`` and ``image_size_fields`` are the fields each reads (named
-    when it fails). ``diffusers_export``: ``--mode=export`` writes it as a diffusers ``UNet2DModel``;
-    ``latent``: it can denoise an autoencoder's latents; ``init_from``: ``model.init_from`` sources
-    (diffusers folders, jaxdiff work directories) build it. ``what``: how a message names it."""
+    win over a config's). ``build(fields, out_ch, num_classes, dtype, remat, span_embedding=False)``: the
+    module from plain field values (a mapping of ``fields``), with a second time input ``span`` when
+    ``span_embedding`` (a zero-initialised branch: :mod:`jaxdiff.models.denoiser`).
+    ``check_architecture(fields)`` and ``check_image_size(image_size, fields)`` raise a one-line
+    ``ValueError`` in the library's terms; ``architecture_check_fields(fields)`` and
+    ``image_size_fields`` are the fields each reads (named when it fails). ``diffusers_export``:
+    ``--mode=export`` writes it as a diffusers ``UNet2DModel``; ``latent``: it can denoise an
+    autoencoder's latents; ``init_from``: ``model.init_from`` sources (diffusers folders, jaxdiff work
+    directories) build it. ``what``: how a message names it."""
 
     module: type
     config_block: str
@@ -42,12 +44,14 @@ class Backbone(NamedTuple):
     what: str
 
 
-def _build_unet(f: Mapping, out_ch: int, num_classes: int = 0, dtype=jnp.float32, remat: bool = False) -> unet.UNet:
+def _build_unet(f: Mapping, out_ch: int, num_classes: int = 0, dtype=jnp.float32, remat: bool = False,
+                span_embedding: bool = False) -> unet.UNet:
     return unet.UNet(ch=f["ch"], ch_mult=tuple(f["ch_mult"]), num_res_blocks=f["num_res_blocks"],
                      attn_resolutions=tuple(f["attn_resolutions"]), dropout=f["dropout"], out_ch=out_ch,
                      num_classes=num_classes, num_heads=f["num_heads"], groups=f["groups"], dtype=dtype,
                      remat=remat, downsample_padding=f["downsample_padding"], norm_eps=f["norm_eps"],
-                     head_dim=f["head_dim"], flip_sin_to_cos=f["flip_sin_to_cos"], freq_shift=f["freq_shift"])
+                     head_dim=f["head_dim"], flip_sin_to_cos=f["flip_sin_to_cos"], freq_shift=f["freq_shift"],
+                     span_embedding=span_embedding)
 
 
 def dit_dimensions(f: Mapping) -> tuple[int, int, int]:
@@ -56,11 +60,13 @@ def dit_dimensions(f: Mapping) -> tuple[int, int, int]:
     return dit.DIT_SIZES[f["size"]] if f["size"] else (f["depth"], f["hidden_size"], f["num_heads"])
 
 
-def _build_dit(f: Mapping, out_ch: int, num_classes: int = 0, dtype=jnp.float32, remat: bool = False) -> dit.DiT:
+def _build_dit(f: Mapping, out_ch: int, num_classes: int = 0, dtype=jnp.float32, remat: bool = False,
+               span_embedding: bool = False) -> dit.DiT:
     depth, hidden, heads = dit_dimensions(f)
     return dit.DiT(patch_size=f["patch_size"], hidden_size=hidden, depth=depth, num_heads=heads,
                    mlp_ratio=f["mlp_ratio"], out_ch=out_ch, num_classes=num_classes, learn_sigma=f["learn_sigma"],
-                   dtype=dtype, remat=remat, attention_implementation=f["attention"] or None)
+                   dtype=dtype, remat=remat, attention_implementation=f["attention"] or None,
+                   span_embedding=span_embedding)
 
 
 def _check_dit(f: Mapping) -> None:

@@ -6,6 +6,7 @@ y [B] | None, train=False) -> [B,H,W,out_ch]``) and computes what the official c
 
   tokens = PatchEmbed(x) + pos            conv, kernel = stride = patch p: [B, N = HW/p^2, D], pos fixed
   c = MLP(freq(t)) [+ Embed(y)]           freq: 256 sinusoids [cos, sin]; MLP: Linear, SiLU, Linear
+      [+ MLP_span(freq(span))]            span_embedding only; the MLP's last Linear zero-initialised
   depth x DiTBlock(tokens, c)             adaLN-Zero: SiLU(c) -> Linear(D, 6D) = shift/scale/gate x 2
       h += gate_msa * Attention(modulate(LN(h), shift_msa, scale_msa))
       h += gate_mlp * MLP(modulate(LN(h), shift_mlp, scale_mlp))      MLP: Linear, GELU(tanh), Linear
@@ -28,7 +29,11 @@ checkpoints (epsilon first, then the variance interpolation ``v`` of Nichol & Dh
 trains no variance: the module returns the epsilon half only, ``[B, H, W, out_ch]`` either way (the
 variance columns then get no gradient and stay at their zero init). The positional table is
 recomputed for each input grid (:func:`sincos_pos_embed_2d`), so any ``H, W`` that are multiples of
-``p`` work, not only the trained size.
+``p`` work, not only the trained size. ``span_embedding=True`` (not in the official code) adds a
+second time, the span of the jump (MeanFlow's ``t - r``, a shortcut model's step ``d``), through
+its own MLP ``span_embedder_mlp_0``, ``span_embedder_mlp_2`` added to ``c`` before the label; the
+last Linear starts at zero, so a network trained without it computes the same function once completed
+(:func:`jaxdiff.models.denoiser.with_span_params`). Without it the parameters are the official ones.
 
 **Parameter names** map one-to-one to the official state dict; a torch ``Linear.weight [out, in]``
 is the transposed flax ``kernel [in, out]``, ``bias`` is ``bias``. For diffusers'
@@ -75,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.models import layers
-from jaxdiff.models.unet import timestep_embedding
+from jaxdiff.models.unet import check_span, span_times, timestep_embedding
 
 # DiT size name -> (depth, hidden_size, num_heads), as in the paper's Table 1.
 DIT_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -188,13 +193,14 @@ class DiTBlock(nn.Module):
     mlp_ratio: float = 4.0
     dtype: jnp.dtype = jnp.float32
     attention_implementation: str | None = None
+    jvp: bool = False
 
     @nn.compact
     def __call__(self, x, c):
         d, heads = self.hidden_size, self.num_heads
         b, n, _ = x.shape
         dense = lambda features, name, init=xavier_uniform: layers.Dense(  # noqa: E731
-            features, init, self.dtype, name=name)
+            features, init, self.dtype, self.jvp, name=name)
         mod = dense(6 * d, "adaLN_modulation", zero_init)(nn.silu(c))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
 
@@ -212,7 +218,8 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
-    """Diffusion Transformer. ``__call__(x [B,H,W,C], t [B], y [B] int or None, train) -> [B,H,W,out_ch]``.
+    """Diffusion Transformer. ``__call__(x [B,H,W,C], t [B], y [B] int or None, train, span [B] or None)
+    -> [B,H,W,out_ch]``.
 
     ``H`` and ``W`` must be multiples of ``patch_size`` (:func:`check_image_size`); the input channel
     count is ``x``'s. ``t`` is an integer table index or a float time (the family's network time),
@@ -252,24 +259,36 @@ class DiT(nn.Module):
     """``jax.nn.dot_product_attention``'s ``implementation``: ``None`` lets JAX choose (XLA in JAX
     0.10), ``"cudnn"`` asks for cuDNN's fused flash attention (NVIDIA GPUs, bfloat16 or float16
     ``dtype``), ``"xla"`` forces XLA's."""
+    span_embedding: bool = False
+    """A second time input ``span [B]`` (network-time units; ``None`` means 0, a scalar is broadcast):
+    ``c += span_embedder_mlp_2(SiLU(span_embedder_mlp_0(freq(span))))``, the last Linear
+    zero-initialised. False: the official parameters, and ``span`` must be ``None``."""
+    jvp: bool = False
+    """Layers that ``jax.jvp`` can differentiate (:mod:`jaxdiff.models.layers`; same parameters and values)."""
 
     @nn.compact
-    def __call__(self, x, t, y=None, train: bool = False):
+    def __call__(self, x, t, y=None, train: bool = False, span=None):
         del train  # no dropout in DiT; label dropout is the train step's
         b, h, w, _ = x.shape
         p, d = self.patch_size, self.hidden_size
         check_image_size((h, w), p)
         check_architecture(d, self.num_heads)
+        check_span(self, span)
         dense = lambda features, name, init=xavier_uniform: layers.Dense(  # noqa: E731
-            features, init, self.dtype, name=name)
+            features, init, self.dtype, self.jvp, name=name)
 
         tokens = layers.Conv(d, (p, p), strides=(p, p), padding="VALID", kernel_init=patch_embed_init,
-                             dtype=self.dtype, name="x_embedder")(x)
+                             dtype=self.dtype, jvp=self.jvp, name="x_embedder")(x)
         tokens = tokens.reshape(b, (h // p) * (w // p), d).astype(jnp.float32)
         tokens = tokens + jnp.asarray(sincos_pos_embed_2d(d, (h // p, w // p)))[None]
 
-        c = dense(d, "t_embedder_mlp_0", normal_002)(timestep_frequency_embedding(t))
-        c = dense(d, "t_embedder_mlp_2", normal_002)(nn.silu(c)).astype(jnp.float32)
+        def time_mlp(times, prefix, last_init):
+            emb = dense(d, f"{prefix}_mlp_0", normal_002)(timestep_frequency_embedding(times))
+            return dense(d, f"{prefix}_mlp_2", last_init)(nn.silu(emb)).astype(jnp.float32)
+
+        c = time_mlp(t, "t_embedder", normal_002)
+        if self.span_embedding:  # zero at init: the function of the same parameters without the branch
+            c = c + time_mlp(span_times(t, span), "span_embedder", zero_init)
         if self.num_classes > 0:
             if y is None:
                 y = jnp.full((b,), self.num_classes, jnp.int32)
@@ -278,7 +297,7 @@ class DiT(nn.Module):
         block = nn.remat(DiTBlock) if self.remat else DiTBlock
         for i in range(self.depth):
             tokens = block(d, self.num_heads, self.mlp_ratio, self.dtype, self.attention_implementation,
-                           name=f"blocks_{i}")(tokens, c)
+                           self.jvp, name=f"blocks_{i}")(tokens, c)
 
         channels = self.out_ch * (2 if self.learn_sigma else 1)
         shift, scale = jnp.split(dense(2 * d, "final_layer_adaLN_modulation", zero_init)(nn.silu(c)), 2, axis=-1)

@@ -17,6 +17,12 @@ rounding (``tests/test_layers.py``). They differ in how XLA:CPU is asked to comp
 
 The CPU-specific formulations are chosen with ``lax.platform_dependent``; GPU and TPU run the plain
 ``jnp.sum`` and the values themselves. Measured gains are in ``bench/README.md``.
+
+JAX refuses forward-mode autodiff (``jax.jvp``) of a ``custom_vjp`` function, so each layer has a
+switch ``jvp=False``: ``jvp=True`` computes the same values with the plain formulation
+(``group_norm.fun``, ``add_bias.fun``) and JAX's own derivative rules, which ``jax.jvp`` (MeanFlow's
+and continuous-time consistency's time derivative) and ``jax.grad`` both accept; the parameters are
+the same, the backward pass on CPU is then the slower default one.
 """
 
 from __future__ import annotations
@@ -171,13 +177,15 @@ class GroupNorm(nn.Module):
     epsilon: float = 1e-6
     swish: bool = False
     dtype: Any = jnp.float32
+    jvp: bool = False  # the plain formulation: jax.jvp works (see the module docstring)
 
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return group_norm(x.astype(self.dtype), scale, bias, self.num_groups, self.epsilon, self.swish)
+        norm = group_norm.fun if self.jvp else group_norm
+        return norm(x.astype(self.dtype), scale, bias, self.num_groups, self.epsilon, self.swish)
 
 
 # ------------------------------------------------------------------------------------------ bias
@@ -205,6 +213,12 @@ def _add_bias_bwd(bias, dy):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
+def bias_adder(jvp: bool) -> Callable:
+    """:func:`add_bias`, or with ``jvp`` its plain formulation (``y + bias``, JAX's derivative rules),
+    which ``jax.jvp`` accepts."""
+    return add_bias.fun if jvp else add_bias
+
+
 class Dense(nn.Module):
     """``nn.Dense`` (parameters ``kernel [in, out]`` and ``bias [out]``, computed in ``dtype``) whose
     bias is added by :func:`add_bias`."""
@@ -212,6 +226,7 @@ class Dense(nn.Module):
     features: int
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
+    jvp: bool = False  # the plain formulation: jax.jvp works (see the module docstring)
 
     @nn.compact
     def __call__(self, x):
@@ -219,7 +234,7 @@ class Dense(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
                                 (((x.ndim - 1,), (0,)), ((), ())))
-        return add_bias(y, bias)
+        return bias_adder(self.jvp)(y, bias)
 
 
 class Conv(nn.Module):
@@ -232,6 +247,7 @@ class Conv(nn.Module):
     padding: Any = "SAME"
     kernel_init: Callable = nn.initializers.lecun_normal()
     dtype: Any = jnp.float32
+    jvp: bool = False  # the plain formulation: jax.jvp works (see the module docstring)
 
     @nn.compact
     def __call__(self, x):
@@ -240,7 +256,7 @@ class Conv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         y = jax.lax.conv_general_dilated(x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides),
                                          self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return add_bias(y, bias)
+        return bias_adder(self.jvp)(y, bias)
 
 
 # --------------------------------------------------------------------------------------- dropout

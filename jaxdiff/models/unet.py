@@ -5,11 +5,18 @@ With ``ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), d
 the original ``diffusion_tf/models/unet.py``:
 
   temb = Dense(4ch)(swish(Dense(4ch)(sinusoidal(t, ch))))   [+ Embed(num_classes + 1, 4ch)(y)]
+         [+ Dense(4ch, zero init)(swish(Dense(4ch)(sinusoidal(span, ch))))]   (span_embedding only)
   conv_in -> per level: num_res_blocks x (ResBlock [+ Attention]) then a stride-2 conv (not at the last)
   middle: ResBlock, Attention, ResBlock
   per level, reversed: (num_res_blocks + 1) x (concat skip -> ResBlock [+ Attention]), then
   nearest-neighbour x2 + conv3x3 (not at the first)
   GroupNorm -> swish -> conv3x3 (zero-initialised) to the image channels.
+
+``span_embedding=True`` conditions the network on a second time, the span of the jump it is asked
+to make (MeanFlow's ``t - r``, a shortcut model's step ``d``; network-time units, like ``t``): its
+own MLP ``span_dense0``, ``span_dense1`` on the embedding of ``t``'s kind, whose last layer starts
+at zero, so a fresh span branch adds exactly 0 and a network trained without it computes the same
+function once completed (:func:`jaxdiff.models.denoiser.with_span_params`).
 """
 
 from __future__ import annotations
@@ -65,16 +72,17 @@ class ResBlock(nn.Module):
     groups: int = 32
     norm_eps: float = 1e-6
     dtype: jnp.dtype = jnp.float32
+    jvp: bool = False
 
     @nn.compact
     def __call__(self, x, temb, train: bool):
         conv = lambda ch, k, init, name: layers.Conv(ch, (k, k), kernel_init=init,  # noqa: E731
-                                                    dtype=self.dtype, name=name)
+                                                    dtype=self.dtype, jvp=self.jvp, name=name)
         norm_swish = lambda c, name: layers.GroupNorm(num_groups(c, self.groups), self.norm_eps,  # noqa: E731
-                                                      swish=True, dtype=self.dtype, name=name)
+                                                      swish=True, dtype=self.dtype, jvp=self.jvp, name=name)
         h = conv(self.out_ch, 3, default_init, "conv1")(norm_swish(x.shape[-1], "norm1")(x))
-        h = layers.add_bias(h, nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype,
-                                        name="temb_proj")(nn.swish(temb)))  # + per example [B, C]
+        temb_proj = nn.Dense(self.out_ch, kernel_init=default_init, dtype=self.dtype, name="temb_proj")
+        h = layers.bias_adder(self.jvp)(h, temb_proj(nn.swish(temb)))  # + per example [B, C]
         h = norm_swish(self.out_ch, "norm2")(h)
         h = layers.Dropout(self.dropout, deterministic=not train)(h)
         h = conv(self.out_ch, 3, zero_init, "conv2")(h)
@@ -95,6 +103,7 @@ class AttnBlock(nn.Module):
     norm_eps: float = 1e-6
     head_dim: int = 0
     dtype: jnp.dtype = jnp.float32
+    jvp: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -104,12 +113,13 @@ class AttnBlock(nn.Module):
         elif c % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} does not divide the {c} channels of an attention block")
         num_heads = c // self.head_dim if self.head_dim else self.num_heads
-        h = layers.GroupNorm(num_groups(c, self.groups), self.norm_eps, dtype=self.dtype, name="norm")(x)
+        h = layers.GroupNorm(num_groups(c, self.groups), self.norm_eps, dtype=self.dtype, jvp=self.jvp,
+                             name="norm")(x)
         h = h.reshape(b, hgt * wid, c)
         heads = lambda name: layers.Dense(c, default_init, self.dtype,  # noqa: E731
-                                          name=name)(h).reshape(b, hgt * wid, num_heads, c // num_heads)
+                                          jvp=self.jvp, name=name)(h).reshape(b, hgt * wid, num_heads, c // num_heads)
         out = jax.nn.dot_product_attention(heads("q"), heads("k"), heads("v"))
-        out = layers.Dense(c, zero_init, self.dtype, name="proj_out")(out.reshape(b, hgt * wid, c))
+        out = layers.Dense(c, zero_init, self.dtype, jvp=self.jvp, name="proj_out")(out.reshape(b, hgt * wid, c))
         return x + out.reshape(b, hgt, wid, c)
 
 
@@ -121,6 +131,20 @@ def check_image_size(image_size: int, ch_mult: Sequence[int]) -> None:
         raise ValueError(
             f"image size {image_size} cannot be downsampled {len(ch_mult) - 1} times by the U-Net "
             f"(ch_mult={tuple(ch_mult)}): it must be a positive multiple of {factor} (images are NHWC)")
+
+
+def check_span(module, span) -> None:
+    """Raise a one-line ``ValueError`` when ``span`` is given to a ``module`` built without
+    ``span_embedding``."""
+    if span is not None and not module.span_embedding:
+        raise ValueError(f"span given to a {type(module).__name__} built without span_embedding: build it with "
+                         "span_embedding=True (a second time input) or pass span=None")
+
+
+def span_times(t: jax.Array, span) -> jax.Array:
+    """The span input of a ``span_embedding`` network: ``span`` broadcast to the shape of ``t``, and
+    ``None`` as span 0."""
+    return jnp.zeros_like(t) if span is None else jnp.broadcast_to(jnp.asarray(span), jnp.shape(t))
 
 
 DOWNSAMPLE_PADDINGS = ("same", "symmetric")
@@ -138,13 +162,19 @@ def downsample_pads(padding: str) -> str | tuple:
 
 
 class UNet(nn.Module):
-    """DDPM U-Net. ``__call__(x [B,H,W,C], t [B], y [B] int or None, train) -> [B,H,W,out_ch]``.
+    """DDPM U-Net. ``__call__(x [B,H,W,C], t [B], y [B] int or None, train, span [B] or None) -> [B,H,W,out_ch]``.
 
     ``num_classes > 0`` adds a class embedding with ``num_classes + 1`` rows: row ``num_classes`` is the
     null label used for classifier-free guidance. ``y=None`` on a conditional model means "null".
     The defaults are DDPM's network; ``downsample_padding``, ``norm_eps``, ``head_dim``,
     ``flip_sin_to_cos`` and ``freq_shift`` cover diffusers' ``UNet2DModel`` layouts
     (:mod:`jaxdiff.interop.diffusers_unet`).
+
+    ``span_embedding``: ``temb += span_dense1(swish(span_dense0(sinusoidal(span, ch))))``, the same
+    sinusoids as ``t`` and ``span_dense1`` zero-initialised; ``span=None`` means span 0, a scalar
+    ``span`` is broadcast to ``t``'s shape. Without it (the default) the parameters and the function
+    are DDPM's and ``span`` must be ``None``. ``jvp``: layers that ``jax.jvp`` can differentiate
+    (:mod:`jaxdiff.models.layers`; same parameters and values).
     """
 
     ch: int = 128
@@ -163,24 +193,33 @@ class UNet(nn.Module):
     head_dim: int = 0
     flip_sin_to_cos: bool = False
     freq_shift: float = 1.0
+    span_embedding: bool = False
+    jvp: bool = False
 
     @nn.compact
-    def __call__(self, x, t, y=None, train: bool = False):
+    def __call__(self, x, t, y=None, train: bool = False, span=None):
         for size in x.shape[1:3]:  # height and width
             check_image_size(size, self.ch_mult)
+        check_span(self, span)
         res_block = nn.remat(ResBlock, static_argnums=(3,)) if self.remat else ResBlock
         block = lambda ch, name: res_block(ch, self.dropout, self.groups, self.norm_eps, self.dtype,  # noqa: E731
-                                           name=name)
+                                           self.jvp, name=name)
         attn = lambda name: AttnBlock(self.num_heads, self.groups, self.norm_eps, self.head_dim,  # noqa: E731
-                                      self.dtype, name=name)
+                                      self.dtype, self.jvp, name=name)
         conv3 = lambda ch, name, init=default_init: layers.Conv(ch, (3, 3), kernel_init=init,  # noqa: E731
-                                                                dtype=self.dtype, name=name)
+                                                                dtype=self.dtype, jvp=self.jvp, name=name)
         down_pads = downsample_pads(self.downsample_padding)
 
-        temb = timestep_embedding(t, self.ch, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift)
-        temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype, name="temb_dense0")(temb)
-        temb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype,
-                        name="temb_dense1")(nn.swish(temb))
+        def time_mlp(times, prefix, last_init):
+            emb = timestep_embedding(times, self.ch, flip_sin_to_cos=self.flip_sin_to_cos,
+                                     freq_shift=self.freq_shift)
+            emb = nn.Dense(self.ch * 4, kernel_init=default_init, dtype=self.dtype, name=f"{prefix}_dense0")(emb)
+            return nn.Dense(self.ch * 4, kernel_init=last_init, dtype=self.dtype,
+                            name=f"{prefix}_dense1")(nn.swish(emb))
+
+        temb = time_mlp(t, "temb", default_init)
+        if self.span_embedding:  # zero at init: the function of the same parameters without the branch
+            temb = temb + time_mlp(span_times(t, span), "span", zero_init)
         if self.num_classes > 0:
             if y is None:
                 y = jnp.full((x.shape[0],), self.num_classes, jnp.int32)
@@ -198,7 +237,7 @@ class UNet(nn.Module):
                 hs.append(h)
             if level != levels - 1:
                 hs.append(layers.Conv(hs[-1].shape[-1], (3, 3), strides=(2, 2), padding=down_pads,
-                                      kernel_init=default_init, dtype=self.dtype,
+                                      kernel_init=default_init, dtype=self.dtype, jvp=self.jvp,
                                       name=f"down_{level}_downsample")(hs[-1]))
 
         h = hs[-1]
@@ -218,7 +257,7 @@ class UNet(nn.Module):
         assert not hs
 
         h = layers.GroupNorm(num_groups(h.shape[-1], self.groups), self.norm_eps, swish=True, dtype=self.dtype,
-                             name="norm_out")(h)
+                             jvp=self.jvp, name="norm_out")(h)
         return conv3(self.out_ch, "conv_out", zero_init)(h).astype(jnp.float32)
 
 
