@@ -53,7 +53,8 @@ class Family(NamedTuple):
     A few-step family's network takes a second time, the *span* of a jump (``net(x_in, t_in, span)``,
     the networks' ``span_embedding``): ``two_times`` says so, and ``jump(net, x, t, r) -> (x_r, x0_hat)``
     moves ``x`` from level ``t`` to level ``r < t`` in one evaluation (the ``jump`` sampler of
-    :mod:`jaxdiff.core.sampler_registry`; ``None`` for the other families)."""
+    :mod:`jaxdiff.core.sampler_registry`; ``None`` for the other families); ``needs_jvp``: its loss
+    takes ``jax.jvp`` of the network (MeanFlow's), which is then built with forward-mode layers."""
 
     name: str
     prediction: str
@@ -68,6 +69,7 @@ class Family(NamedTuple):
     tables: DiffusionTables | None = None
     jump: Callable | None = None
     two_times: bool = False
+    needs_jvp: bool = False
 
 
 def batch_of(x, value, dtype=jnp.float32):

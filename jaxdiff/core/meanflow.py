@@ -79,7 +79,7 @@ def meanflow(p_mean: float = -0.4, p_std: float = 1.0, equal_fraction: float = 0
         per_example = err / jax.lax.stop_gradient((err + norm_eps) ** norm_p)
         return jnp.mean(per_example), per_example
 
-    return average_velocity_family("meanflow", draw, loss)
+    return average_velocity_family("meanflow", draw, loss)._replace(needs_jvp=True)
 
 
 def average_velocity_family(name: str, draw, loss) -> Family:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from jaxdiff.core import diffusion, families, schedules
 from jaxdiff.drivers.checks import ConfigError, boolean, choice, number, positive
+from jaxdiff.models.backbones import BACKBONES
 
 TARGET_CHOICES = ("auto", *dict.fromkeys(t for spec in families.FAMILIES.values() for t in spec.targets))
 
@@ -54,6 +55,11 @@ def check(config) -> None:
     choice(dc.target, TARGET_CHOICES, "diffusion.target")
     choice(dc.loss_weighting, diffusion.WEIGHTINGS, "diffusion.loss_weighting")
     try:
-        family_from_config(dc)
+        family = family_from_config(dc)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    backbone = BACKBONES.get(config.model.backbone)
+    if family.two_times and backbone is not None and not backbone.two_times:
+        raise ConfigError(f"diffusion.family={dc.family!r} needs a network of two times (a span input"
+                          f"{' and jax.jvp' if family.needs_jvp else ''}); model.backbone={config.model.backbone!r} "
+                          "has none: use unet or dit")

@@ -17,6 +17,7 @@ inputs in :mod:`jaxdiff.drivers.edit_tasks`.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -24,7 +25,7 @@ import numpy as np
 
 from jaxdiff.common import paths, plotting, preemption
 from jaxdiff.core import editing, operators, restoration, sampler_registry
-from jaxdiff.core.generation import network_time_interval, prior_noise
+from jaxdiff.core.generation import call_network, network_time_interval, prior_noise
 from jaxdiff.core.guidance import guided_denoise_fn
 from jaxdiff.core.sampler import run_sampler
 from jaxdiff.drivers import config_checks, trained_model
@@ -102,8 +103,8 @@ class EditPlan:
         interval = None
         if labels is not None and sc.guidance_scale != 1.0:
             interval = network_time_interval(self.sampler, tuple(sc.guidance_interval) or None)
-        return guided_denoise_fn(lambda x, t, y: ex.apply_fn(params, x, t, y), labels, float(sc.guidance_scale), null,
-                                 interval)
+        return guided_denoise_fn(functools.partial(call_network, ex.apply_fn, params), labels,
+                                 float(sc.guidance_scale), null, interval)
 
     def measure(self, x, key):
         """``(y, shown)``: the measurement ``y = A x + s_y n`` (restore, inpaint by ddnm / dps; the input

@@ -45,7 +45,7 @@ class Experiment:
         self.latent = latent
         self.image_shape = tuple(latent.shape) if latent else (config.data.image_size, config.data.image_size, channels)
         self.family = family_from_config(config.diffusion)
-        self.model = build_model(config, channels, num_classes, span_embedding=self.family.two_times)
+        self.model = build_model(config, channels, num_classes, self.family)
         self.apply_fn = denoiser_apply(self.model)
         self.tables = self.family.tables
         self.tx = optimizer_from_config(config.training)

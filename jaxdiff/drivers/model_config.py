@@ -96,19 +96,26 @@ def check(config) -> None:
 
 
 def model_from_config(model_config, out_ch: int, num_classes: int = 0, dtype=jnp.float32,
-                      span_embedding: bool = False):
+                      span_embedding: bool = False, jvp: bool = False):
     """The network of a ``config.model`` block (its ``backbone``'s module, built from its fields) with
-    ``out_ch`` output channels, conditional on ``num_classes`` labels (0: unconditional), with a second
-    time input when ``span_embedding`` (a few-step family's)."""
+    ``out_ch`` output channels, conditional on ``num_classes`` labels (0: unconditional); with a second
+    time input (``span_embedding``) and forward-mode layers (``jvp``) for a few-step family, which
+    backbones registered with ``two_times`` build."""
     backbone = BACKBONES[model_config.backbone]
+    extra = {"span_embedding": span_embedding, "jvp": jvp} if backbone.two_times else {}
+    if (span_embedding or jvp) and not backbone.two_times:
+        raise ValueError(f"model.backbone={model_config.backbone!r} has no second time input (span) or "
+                         "forward-mode layers, which few-step families need")
     return backbone.build(backbone_fields(model_config, backbone), out_ch, num_classes, dtype, model_config.remat,
-                          span_embedding=span_embedding)
+                          **extra)
 
 
-def build_model(config, channels: int, num_classes: int, span_embedding: bool = False):
+def build_model(config, channels: int, num_classes: int, family=None):
     """The denoiser of ``config.model`` (its ``backbone``) for images (or latents) with ``channels``
-    channels; conditional on ``num_classes`` labels when ``model.class_conditional``; with a second time
-    input (``span_embedding``) for a few-step family."""
+    channels; conditional on ``num_classes`` labels when ``model.class_conditional``; for a few-step
+    ``family`` with its second time input and, when its loss needs ``jax.jvp``, forward-mode layers."""
     return model_from_config(config.model, out_ch=channels,
                              num_classes=num_classes if config.model.class_conditional else 0,
-                             dtype=jnp.dtype(config.training.dtype), span_embedding=span_embedding)
+                             dtype=jnp.dtype(config.training.dtype),
+                             span_embedding=bool(family is not None and family.two_times),
+                             jvp=bool(family is not None and family.needs_jvp))
