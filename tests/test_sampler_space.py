@@ -63,6 +63,7 @@ REFUSED = {
     **{(f, s): "runs the discrete DDPM chain" for f in ("vp", "edm", "flow") for s in ("ddpm", "ddim")},
     **{("ddpm", s): "evaluates between table rows" for s in ("edm_stochastic", "midpoint")},
     ("flow", "edm_stochastic"): "adds noise in sigma",
+    **{(f, "jump"): "needs a few-step family" for f in ("ddpm", "vp", "edm", "flow")},
     ("ddpm, zero terminal SNR", "heun"): "needs alpha > 0",
 }
 SPACING_REFUSALS = {  # (spacing, steps) rules of the ddpm family's spacings, also rows of that table
