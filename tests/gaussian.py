@@ -49,6 +49,20 @@ class GaussianPrior(NamedTuple):
     def posterior_x0(self, x, alpha, sigma):
         return self.posterior(x, alpha, sigma)[0]
 
+    def average_velocity(self, x, r, t):
+        """The exact average velocity ``u(x, r, t)`` over ``[r, t]`` of the linear interpolant
+        ``x_t = (1 - t) x0 + t eps`` (``r``, ``t``: ``[B]``): per eigenvalue ``lam`` of the covariance,
+        ``sigma_t^2 = (1 - t)^2 lam + t^2`` and ``u = -mu + U diag(((t + r) - lam (2 - t - r)) /
+        (sigma_t (sigma_t + sigma_r))) U^T (x - (1 - t) mu)``, which is ``(x - Phi_{t->r}(x)) / (t - r)``
+        without the division, and the velocity at ``r = t``."""
+        lam, u, mu = (jnp.asarray(v, jnp.float32) for v in (*np.linalg.eigh(self.cov), self.mean.reshape(-1)))
+        t = jnp.reshape(jnp.asarray(t, jnp.float32), (-1, 1))
+        r = jnp.reshape(jnp.asarray(r, jnp.float32), (-1, 1))
+        s_t, s_r = jnp.sqrt((1 - t) ** 2 * lam + t ** 2), jnp.sqrt((1 - r) ** 2 * lam + r ** 2)
+        slope = ((t + r) - lam * (2 - t - r)) / (s_t * (s_t + s_r))
+        centred = (x.reshape(x.shape[0], -1) - (1 - t) * mu) @ u
+        return (-mu + (centred * slope) @ u.T).reshape(x.shape)
+
 
 def isotropic(mean, std: float) -> GaussianPrior:
     mean = np.asarray(mean, np.float64)
@@ -69,8 +83,15 @@ def smooth(shape, std: float, length: float, mean=None, seed: int = 0) -> Gaussi
 
 
 def exact_net(family, prior: GaussianPrior, process=None):
-    """``net(x_in, t_in)`` whose output, read by ``family.predict``, is ``prior``'s exact denoiser."""
+    """``net(x_in, t_in)`` whose output, read by ``family.predict``, is ``prior``'s exact denoiser (a
+    few-step family's ``net(x_in, t_in, span)``: the exact average velocity over ``[t - span, t]``)."""
     col = lambda v: v[:, None, None, None]  # noqa: E731
+    if family.two_times:
+        def span_net(x, t_in, span=None):
+            t = t_in / families.NETWORK_TIME_SCALE
+            return prior.average_velocity(x, t if span is None else t - span / families.NETWORK_TIME_SCALE, t)
+
+        return span_net
     if family.name == "edm":
         sigma_data = 0.5
 

@@ -44,7 +44,7 @@ SHAPE = (2, 2, 1)
 HALF = 1024  # samples per half (guided, plain): 4,096 scalars each
 STEPS = 200  # the grid checks
 GAUSSIAN_STEPS = 100  # the Gaussian runs
-GAUSSIAN_KINDS = ("ddpm", "ddpm_v_ztsnr", "vp", "edm", "flow")  # a schedule is its tables: checked in NumPy
+GAUSSIAN_KINDS = ("ddpm", "ddpm_v_ztsnr", "vp", "edm", "flow", "meanflow")  # shortcut: meanflow's samplers  # a schedule is its tables: checked in NumPy
 
 KINDS = {  # config overrides of one diffusion setup each
     "ddpm": {},
@@ -54,15 +54,18 @@ KINDS = {  # config overrides of one diffusion setup each
     "vp_cosine": {"diffusion.family": "vp", "diffusion.schedule": "cosine"},
     "edm": {"diffusion.family": "edm"},
     "flow": {"diffusion.family": "flow", "diffusion.flow.shift": 3.0},
+    "meanflow": {"diffusion.family": "meanflow"},
+    "shortcut": {"diffusion.family": "shortcut"},
 }
 PROCESS = {"vp": processes.vp_linear(), "vp_cosine": processes.vp_cosine(), "flow": processes.linear_interpolant()}
 MAX_NOISE_SPACINGS = ("trailing", "linspace", "logsnr")  # ddpm spacings defined to start at T - 1
 
 # (family, sampler) -> the words of its one-line refusal; README "Refused combinations" has a row each
 REFUSED = {
-    **{(f, s): "runs the discrete DDPM chain" for f in ("vp", "edm", "flow") for s in ("ddpm", "ddim")},
+    **{(f, s): "runs the discrete DDPM chain" for f in ("vp", "edm", "flow", "meanflow", "shortcut")
+       for s in ("ddpm", "ddim")},
     **{("ddpm", s): "evaluates between table rows" for s in ("edm_stochastic", "midpoint")},
-    ("flow", "edm_stochastic"): "adds noise in sigma",
+    **{(f, "edm_stochastic"): "adds noise in sigma" for f in ("flow", "meanflow", "shortcut")},
     **{(f, "jump"): "needs a few-step family" for f in ("ddpm", "vp", "edm", "flow")},
     ("ddpm, zero terminal SNR", "heun"): "needs alpha > 0",
 }
@@ -177,8 +180,8 @@ def class_net(family, kind):
     nets = [gaussian.exact_net(family, gaussian.isotropic(np.full(SHAPE, mu), S), PROCESS.get(kind))
             for mu in (MU_C, MU_U)]
 
-    def apply(x, t, y):
-        return jnp.where((y == 0)[:, None, None, None], nets[0](x, t), nets[1](x, t))
+    def apply(x, t, y, *span):  # span: a few-step family's second time
+        return jnp.where((y == 0)[:, None, None, None], nets[0](x, t, *span), nets[1](x, t, *span))
 
     return apply
 
@@ -188,7 +191,12 @@ def half_guided(apply):
     labels = jnp.zeros((HALF,), jnp.int32)
     guided = guided_denoise_fn(apply, labels, W, null_label=1)
     plain = guided_denoise_fn(apply, labels, 1.0, null_label=1)
-    return lambda x, t: jnp.concatenate([guided(x[:HALF], t[:HALF]), plain(x[HALF:], t[HALF:])])
+    def net(x, t, span=None):
+        first = () if span is None else (span[:HALF],)
+        rest = () if span is None else (span[HALF:],)
+        return jnp.concatenate([guided(x[:HALF], t[:HALF], *first), plain(x[HALF:], t[HALF:], *rest)])
+
+    return net
 
 
 FIRST_ORDER = ("ddpm", "ddim", "euler", "euler_ancestral", "dpm_solver++_sde")
@@ -241,7 +249,7 @@ def test_every_accepted_sampler_samples_the_gaussian_with_and_without_guidance(k
             if not (np.all(np.isfinite(half)) and err[0] < tol_mean and err[1] < tol_var):
                 failures.append((name, spacing, to_one, len(sampler.timesteps), mu, err))
     assert not failures, failures
-    assert len(found) >= {"ddpm": 60, "vp": 24, "edm": 16, "flow": 7}[family.name] // (2 if zero_terminal_snr(family)
+    assert len(found) >= {"ddpm": 60, "vp": 24, "edm": 16, "flow": 7, "meanflow": 8}[family.name] // (2 if zero_terminal_snr(family)
                                                                                        else 1), sorted(found)
 
 
