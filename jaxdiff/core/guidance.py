@@ -50,10 +50,8 @@ def guided_denoise_fn(apply_fn, labels: jax.Array | None, guidance_scale: float,
         return guided
     lo, hi = (float(v) for v in interval)
 
-    def fn(x, t, span=None):
+    def fn(x, t, *span):  # span: () or (span,)
         active = (t[0] > lo) & (t[0] <= hi)
-        if span is None:
-            return jax.lax.cond(active, guided, lambda xx, tt: net(xx, tt, labels), x, t)
-        return jax.lax.cond(active, guided, lambda xx, tt, ss: net(xx, tt, labels, ss), x, t, span)
+        return jax.lax.cond(active, guided, lambda xx, tt, *ss: net(xx, tt, labels, *ss), x, t, *span)
 
     return fn
