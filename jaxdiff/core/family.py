@@ -2,7 +2,9 @@
 of optax's ``GradientTransformation``), and :class:`Grid`, a sampler's noise levels.
 
   ``draw(key, x0) -> (time [B], noise)``           the training randomness of one (global) batch
-  ``loss(net, x0, time, noise) -> (mean, per_ex)``  the weighted regression loss
+                                                   (``draw(key, x0, step)`` for a ``curriculum`` family)
+  ``loss(net, x0, time, noise) -> (mean, per_ex)``  the weighted regression loss (``loss(net, x0, time,
+                                                   noise, teacher)`` for a family that ``needs_teacher``)
   ``predict(net, x, time, alpha, sigma) -> (x0_hat, eps_hat)``   the network as a denoiser
   ``grid(num_steps, spacing, set_alpha_to_one) -> Grid``           a sampler's noise levels
 
@@ -51,10 +53,14 @@ class Family(NamedTuple):
     to map a guidance interval); ``tables`` the discrete tables (ddpm only).
 
     A few-step family's network takes a second time, the *span* of a jump (``net(x_in, t_in, span)``,
-    the networks' ``span_embedding``): ``two_times`` says so, and ``jump(net, x, t, r) -> (x_r, x0_hat)``
-    moves ``x`` from level ``t`` to level ``r < t`` in one evaluation (the ``jump`` sampler of
+    the networks' ``span_embedding``): ``two_times`` says so. ``jump(net, x, t, r, key) -> (x_r, x0_hat)``
+    moves ``x`` from level ``t`` to level ``r < t`` in one evaluation (MeanFlow's average velocity; a
+    consistency model's ``f(x, t)`` re-noised to ``r`` with ``key``: the ``jump`` sampler of
     :mod:`jaxdiff.core.sampler_registry`; ``None`` for the other families); ``needs_jvp``: its loss
-    takes ``jax.jvp`` of the network (MeanFlow's), which is then built with forward-mode layers."""
+    takes ``jax.jvp`` of the network (MeanFlow's, sCM's), which is then built with forward-mode layers;
+    ``curriculum``: its ``draw`` also takes the training step (a schedule that moves with training:
+    iCT's discretisation, ECT's stages, sCM's tangent warm-up); ``needs_teacher``: its ``loss`` also
+    takes a frozen ``teacher(x_in, t_in)`` network (progressive distillation's)."""
 
     name: str
     prediction: str
@@ -70,6 +76,8 @@ class Family(NamedTuple):
     jump: Callable | None = None
     two_times: bool = False
     needs_jvp: bool = False
+    curriculum: bool = False
+    needs_teacher: bool = False
 
 
 def batch_of(x, value, dtype=jnp.float32):

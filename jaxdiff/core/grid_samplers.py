@@ -279,8 +279,8 @@ def dpm_solver_pp_sampler(family: Family, grid: Grid, order: int = 2, eta: float
 
 
 def jump_sampler(family: Family, grid: Grid, clip_x0: bool = False) -> Sampler:
-    """A few-step family's own map from level to level, ``x' = family.jump(net, x, t, t')`` (MeanFlow:
-    ``z_r = z_t - (t - r) u(z_t, r, t)``): one evaluation per step; ``x0_hat`` is the data the jump
+    """A few-step family's own map from level to level, ``x' = family.jump(net, x, t, t', key)`` (MeanFlow:
+    ``z_r = z_t - (t - r) u(z_t, r, t)``; a consistency model: ``f(x, t)`` re-noised to ``t'``): one evaluation per step; ``x0_hat`` is the data the jump
     points at (clipped to [-1, 1] with ``clip_x0``, which leaves the steps as they are)."""
     if family.jump is None:
         raise ValueError(f"sampler 'jump' needs a few-step family (a jump between levels); the {family.name!r} "
@@ -288,7 +288,7 @@ def jump_sampler(family: Family, grid: Grid, clip_x0: bool = False) -> Sampler:
     time = _f32(grid.time)
 
     def step(net, x, i, key, state):
-        x_next, x0 = family.jump(net, x, time[i], time[i + 1])
+        x_next, x0 = family.jump(net, x, time[i], time[i + 1], key)
         return x_next, jnp.clip(x0, -1.0, 1.0) if clip_x0 else x0, state
 
     return _sampler(family, grid, step)

@@ -94,7 +94,8 @@ def average_velocity_family(name: str, draw, loss) -> Family:
         out = net(x, t_in, jnp.zeros_like(t_in))
         return processes.x0_eps_from_prediction("flow", x, out, alpha, sigma)
 
-    def jump(net, x, t, r):
+    def jump(net, x, t, r, key=None):
+        del key  # deterministic
         u = net(x, batch_of(x, s * t), batch_of(x, s * (t - r))).astype(x.dtype)
         return x - (t - r) * u, x - t * u
 

@@ -12,14 +12,16 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """Step, parameters, their EMA, the optimiser state and the power-function EMA profiles that
-    post-hoc EMA snapshots (:mod:`jaxdiff.training.posthoc_ema`; ``()`` when none are tracked), a pytree."""
+    """Step, parameters, their EMA, the optimiser state, the power-function EMA profiles that
+    post-hoc EMA snapshots (:mod:`jaxdiff.training.posthoc_ema`; ``()`` when none are tracked) and, for a
+    family that ``needs_teacher``, the frozen teacher's parameters (``None`` otherwise), a pytree."""
 
     step: jax.Array  # int32 scalar: number of optimizer updates applied so far
     params: Any
     ema_params: Any
     opt_state: Any
     ema_profiles: tuple = ()  # one copy of params per tracked relative std
+    teacher: Any = None  # a frozen network's parameters (progressive distillation's teacher), else None
 
 
 def copy_tree(tree):
@@ -27,13 +29,16 @@ def copy_tree(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-def init_train_state(params, optimizer: optax.GradientTransformation, num_ema_profiles: int = 0) -> TrainState:
+def init_train_state(params, optimizer: optax.GradientTransformation, num_ema_profiles: int = 0,
+                     teacher=None) -> TrainState:
     """The train state at step 0.
 
     Args:
       params: the network's parameters (:func:`jaxdiff.models.denoiser.init_denoiser`).
       optimizer: the optax transformation the step will apply.
       num_ema_profiles: how many power-function EMA profiles the step tracks (its ``ema_stds``).
+      teacher: a frozen teacher's parameters, for a family that ``needs_teacher`` (kept in every
+        checkpoint, so a resumed distillation needs nothing else).
 
     Returns:
       :class:`TrainState` with ``step = 0``, the EMA (and each profile) equal to ``params`` and a fresh
@@ -42,4 +47,5 @@ def init_train_state(params, optimizer: optax.GradientTransformation, num_ema_pr
     """
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=copy_tree(params),
                       opt_state=optimizer.init(params),
-                      ema_profiles=tuple(copy_tree(params) for _ in range(num_ema_profiles)))
+                      ema_profiles=tuple(copy_tree(params) for _ in range(num_ema_profiles)),
+                      teacher=None if teacher is None else copy_tree(teacher))

@@ -152,7 +152,7 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
         if num_classes:
             drop = jax.random.bernoulli(keys["label"], label_dropout, batch["label"].shape)
             labels = jnp.where(drop, num_classes, batch["label"])
-        t, noise = family.draw(keys["loss"], x0)
+        t, noise = family.draw(keys["loss"], x0, state.step) if family.curriculum else family.draw(keys["loss"], x0)
         if "noise" in batch:  # paired noise (rectified flow's reflow): the ODE start of each x0
             noise = jnp.asarray(batch["noise"], jnp.float32)
 
@@ -164,7 +164,17 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
                        else apply_fn(params, x_in, t_in, labels, dropout_key, span=span))
                 return check_denoiser_output(out, x_in)
 
-            return family.loss(net, x0, t, noise)[0]
+            if not family.needs_teacher:
+                return family.loss(net, x0, t, noise)[0]
+            if state.teacher is None:
+                raise ValueError(f"the {family.name!r} family's loss needs a teacher: "
+                                 "init_train_state(..., teacher=teacher_params)")
+            teacher_params = jax.lax.stop_gradient(state.teacher)
+
+            def teacher(x_in, t_in):
+                return check_denoiser_output(apply_fn(teacher_params, x_in, t_in, labels), x_in)
+
+            return family.loss(net, x0, t, noise, teacher)[0]
 
         grad_fn = jax.value_and_grad(loss_fn)
         if k == 1:
@@ -188,6 +198,6 @@ def make_train_step(apply_fn: ApplyFn, family: Family | DiffusionTables, optimiz
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
-        return TrainState(state.step + 1, params, ema, opt_state, profiles), metrics
+        return TrainState(state.step + 1, params, ema, opt_state, profiles, state.teacher), metrics
 
     return step
