@@ -95,7 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ddpm: the discrete T-step chain (DDPM) | vp: continuous-time variance preserving (schedule linear |
     # cosine) | edm: Karras et al. 2022 | flow: flow matching / rectified flow (the SD3 interpolant) |
     # meanflow: MeanFlow's average velocity, 1-4 step sampling (sampler jump; a network of two times) |
-    # shortcut: shortcut models, the same network trained on its own jumps' self-consistency
+    # shortcut: shortcut models, the same network trained on its own jumps' self-consistency |
+    # consistency: consistency models on EDM's network (iCT, ECT) | consistency_flow: the same on a flow network |
+    # scm: continuous-time consistency models on TrigFlow (sCT; needs jax.jvp)
     diffusion.family = "ddpm"
     diffusion.num_timesteps = 1000  # T (ddpm)
     diffusion.schedule = "linear"  # ddpm: linear | cosine | sigmoid_abar | sigmoid_geodiff; vp: linear | cosine
@@ -127,6 +129,21 @@ def get_config() -> ml_collections.ConfigDict:
     diffusion.shortcut = shortcut = ml_collections.ConfigDict()  # family=shortcut (Frans et al. 2024)
     shortcut.levels = 7  # bootstrap jumps of span 2^-k, k < levels (the paper's 128 steps: 7)
     shortcut.bootstrap_every = 8  # one row in this many trains self-consistency, the rest flow matching
+    diffusion.consistency = cm = ml_collections.ConfigDict()  # family=consistency | consistency_flow
+    cm.schedule = "ict"  # ict: a doubling number of Karras levels | ect: sigma_r / sigma_t rises each stage (init_from EDM)
+    cm.double_every = 25_000  # training steps per doubling of levels (ict) or stage (ect); iCT: steps / 8
+    cm.p_mean = -1.1  # noise levels: ln sigma ~ N(p_mean, p_std^2) (ict: discretised)
+    cm.p_std = 2.0
+    cm.huber_c = 0.00054  # pseudo-Huber distance, c = huber_c sqrt(dim) (iCT); 0: the L2 norm (ECT)
+    cm.sigma_min = 0.002  # consistency: f(x, sigma_min) = x; sigma_data is diffusion.edm's
+    cm.sigma_max = 80.0
+    cm.rho = 7.0
+    diffusion.scm = scm = ml_collections.ConfigDict()  # family=scm (Lu & Song 2024, CIFAR-10 values)
+    scm.sigma_data = 0.5
+    scm.p_mean = -1.0  # training times t = arctan(exp(tau) / sigma_data), tau ~ N(p_mean, p_std^2)
+    scm.p_std = 1.4
+    scm.warmup_steps = 10_000  # tangent warm-up: its second term rises linearly over these steps
+    scm.tangent_c = 0.1  # tangent normalisation g / (rms(g) + tangent_c)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 128  # global batch, split over all devices (and processes)
@@ -169,13 +186,13 @@ def get_config() -> ml_collections.ConfigDict:
     parallel.shard_min_size = 16384  # ... only arrays with at least this many elements (others replicated)
 
     config.sampling = sampling = ml_collections.ConfigDict()
-    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler; meanflow, shortcut: jump) | ddpm (ancestral,
+    # auto (ddpm family: ddpm; vp: dpm_solver++; edm: heun; flow: euler; meanflow, shortcut, consistency, consistency_flow, scm: jump) | ddpm (ancestral,
     # respaced when num_steps < T) | ddim (both: ddpm family only) | euler | euler_ancestral | heun (EDM
     # Alg. 1) | edm_stochastic (EDM Alg. 2: s_churn ...) | midpoint | dpm_solver++ (2M) | dpm_solver++_3m |
-    # dpm_solver++_sde (2M SDE) | jump (a few-step family's own jump: meanflow, shortcut)
+    # dpm_solver++_sde (2M SDE) | jump (a few-step family's own jump: meanflow, shortcut, consistency models)
     sampling.sampler = "auto"
     sampling.num_steps = 0  # sampler steps; 0 = all diffusion.num_timesteps for the ddpm family, 50 for vp
-    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations), 1 for meanflow and shortcut. The source documents use ddim with 20.
+    #   and flow, 18 for edm (heun: 2 N - 1 network evaluations), 1 for meanflow, shortcut and the consistency families. The source documents use ddim with 20.
     sampling.spacing = "auto"  # ddpm family: leading | trailing | linspace | uniform | quad | logsnr (auto =
     #   linspace for ddpm, leading for ddim, logsnr otherwise); vp: uniform | logsnr | karras (auto logsnr);
     #   edm: karras | logsnr (auto karras); flow: uniform (auto; with diffusion.flow.shift)

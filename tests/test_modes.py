@@ -17,10 +17,11 @@ from jaxdiff.drivers import config_checks, edit_mode, eval_mode, export_mode, mo
 from jaxdiff.drivers.diffusion_config import family_from_config
 from tests.conftest import FAST_MODES, tiny_config
 
-FAMILIES = ("ddpm", "vp", "edm", "flow", "meanflow", "shortcut")
-# every family with both backbones but shortcut, whose network (MeanFlow's) runs with the DiT under meanflow
+FAMILIES = ("ddpm", "vp", "edm", "flow", "meanflow", "shortcut", "consistency", "consistency_flow", "scm")
+# every family with both backbones but those whose network runs with the DiT under another family:
+# shortcut's (MeanFlow's), the consistency families' (EDM's and flow's); scm's forward-mode DiT is meanflow's
 CASES = [(family, backbone) for family in FAMILIES for backbone in ("unet", "dit")
-         if (family, backbone) != ("shortcut", "dit")]
+         if backbone == "unet" or family not in ("shortcut", "consistency", "consistency_flow", "scm")]
 
 RUN = {  # tiny networks, 2 + 1 training steps, one 3-step sampler for everything (and FAST_MODES' eval and edit)
     "model.ch_mult": (1,), "model.attn_resolutions": (), "model.groups": 4, "model.dit.depth": 1,
@@ -86,8 +87,8 @@ def check_every_mode(config, workdir, exportable: bool, tmp_path):
 @pytest.mark.parametrize("family, backbone", CASES)
 def test_every_mode_runs_for_every_family_and_backbone(family, backbone, classifier_dir, tmp_path):
     config = run_config(classifier_dir, **{"diffusion.family": family, "model.backbone": backbone})
-    # export writes diffusers UNet2DModels, which have no second time input
-    exportable = backbone == "unet" and not family_from_config(config.diffusion).two_times
+    # export writes diffusers UNet2DModels (no second time input) with a jaxdiff.json sampler (no few-step jump)
+    exportable = backbone == "unet" and family_from_config(config.diffusion).jump is None
     check_every_mode(config, str(tmp_path / "run"), exportable, tmp_path)
 
 
@@ -167,3 +168,20 @@ def test_no_request_overwrites_another(edm_run, classifier_dir, tmp_path):
     folders = {os.path.dirname(out["files"]["npz"]) for out in (x2, x4, left, right)}
     assert len(folders) == 4 and all(os.path.exists(os.path.join(workdir, f, "edit.npz")) for f in folders)
     assert "super_resolution2_" in x2["files"]["npz"] and "super_resolution4_" in x4["files"]["npz"]
+
+
+def test_a_few_step_family_starts_from_a_run_of_its_base_family(edm_run, classifier_dir, tmp_path, capsys):
+    """``model.init_from`` of an EDM run starts an ECT consistency model, and of a flow run a MeanFlow
+    model (its span branch added, zero-initialised): the config's family is kept, said in one line."""
+    ect = run_config(classifier_dir, **{"diffusion.family": "consistency", "diffusion.consistency.schedule": "ect",
+                                        "model.init_from": str(edm_run)})
+    train_loop.train(ect, str(tmp_path / "ect"), overrides=("diffusion.family",))
+    assert recorded_config(tmp_path / "ect")["diffusion"]["family"] == "consistency"
+    assert "the edm model starts a diffusion.family='consistency' model" in capsys.readouterr().out
+    flow_dir = tmp_path / "flow"
+    train_loop.train(run_config(classifier_dir, **{"diffusion.family": "flow"}), str(flow_dir), progress=False)
+    mf = run_config(classifier_dir, **{"diffusion.family": "meanflow", "model.init_from": str(flow_dir)})
+    train_loop.train(mf, str(tmp_path / "mf"), progress=False)
+    assert recorded_config(tmp_path / "mf")["diffusion"]["family"] == "meanflow"
+    info = sample_mode.run_sample_mode(mf, str(tmp_path / "mf"))
+    assert info["family"] == "meanflow" and info["sampler"] == "jump"

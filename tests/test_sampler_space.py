@@ -56,16 +56,19 @@ KINDS = {  # config overrides of one diffusion setup each
     "flow": {"diffusion.family": "flow", "diffusion.flow.shift": 3.0},
     "meanflow": {"diffusion.family": "meanflow"},
     "shortcut": {"diffusion.family": "shortcut"},
+    "consistency": {"diffusion.family": "consistency"},
+    "consistency_flow": {"diffusion.family": "consistency_flow"},
+    "scm": {"diffusion.family": "scm"},
 }
 PROCESS = {"vp": processes.vp_linear(), "vp_cosine": processes.vp_cosine(), "flow": processes.linear_interpolant()}
 MAX_NOISE_SPACINGS = ("trailing", "linspace", "logsnr")  # ddpm spacings defined to start at T - 1
 
 # (family, sampler) -> the words of its one-line refusal; README "Refused combinations" has a row each
 REFUSED = {
-    **{(f, s): "runs the discrete DDPM chain" for f in ("vp", "edm", "flow", "meanflow", "shortcut")
-       for s in ("ddpm", "ddim")},
+    **{(f, s): "runs the discrete DDPM chain" for f in ("vp", "edm", "flow", "meanflow", "shortcut", "consistency",
+                                                        "consistency_flow", "scm") for s in ("ddpm", "ddim")},
     **{("ddpm", s): "evaluates between table rows" for s in ("edm_stochastic", "midpoint")},
-    **{(f, "edm_stochastic"): "adds noise in sigma" for f in ("flow", "meanflow", "shortcut")},
+    **{(f, "edm_stochastic"): "adds noise in sigma" for f in ("flow", "meanflow", "shortcut", "consistency_flow")},
     **{(f, "jump"): "needs a few-step family" for f in ("ddpm", "vp", "edm", "flow")},
     ("ddpm, zero terminal SNR", "heun"): "needs alpha > 0",
 }

@@ -27,11 +27,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.core import diffusion, processes
+from jaxdiff.core import consistency as consistency_lib
 from jaxdiff.core import meanflow as meanflow_lib
 from jaxdiff.core import shortcut as shortcut_lib
+from jaxdiff.core import trigflow as trigflow_lib
 from jaxdiff.core.family import (NETWORK_TIME_SCALE, Family, Grid, batch_of, check_prediction, check_spacing,
                                  check_steps, check_weighting, grid_from_logsnr, interpolant_grid, interpolant_level,
-                                 interpolant_sigma_to_input, per_example_mean)
+                                 interpolant_sigma_to_input, per_example_mean, refuse_fields)
 from jaxdiff.core.schedules import DiffusionTables, schedule_tables
 from jaxdiff.core.spacing import SPACINGS, spaced_timesteps
 
@@ -226,16 +228,6 @@ def flow(t_sampling: str = "logit_normal", loc: float = 0.0, scale: float = 1.0,
 
 # --------------------------------------------------------------------------- by name
 
-def _refuse_fields(record: Mapping, family: str, weighted: bool) -> None:
-    """A process record's fields that do not apply to ``family`` (a continuous or own-weighted one)."""
-    if record.get("zero_terminal_snr", False):
-        raise ValueError("diffusion.zero_terminal_snr rescales the discrete ddpm tables; it does not apply to "
-                         f"diffusion.family={family!r}")
-    if not weighted and record.get("loss_weighting", "none") != "none":
-        raise ValueError(f"diffusion.loss_weighting={record['loss_weighting']!r} is for ddpm and vp; "
-                         f"diffusion.family={family!r} has its own weighting (use none)")
-
-
 def _ddpm_from_record(r: Mapping) -> Family:
     tables = schedule_tables(r["schedule"], r["num_timesteps"], r["beta_start"], r["beta_end"],
                              scale_betas_to_t=r.get("scale_betas_to_t", False),
@@ -244,31 +236,20 @@ def _ddpm_from_record(r: Mapping) -> Family:
 
 
 def _vp_from_record(r: Mapping) -> Family:
-    _refuse_fields(r, "vp", weighted=True)
+    refuse_fields(r, "vp", weighted=True)
     return vp(r["schedule"], r["target"], r.get("loss_weighting", "none"), r.get("min_snr_gamma", 5.0))
 
 
 def _edm_from_record(r: Mapping) -> Family:
-    _refuse_fields(r, "edm", weighted=False)
+    refuse_fields(r, "edm", weighted=False)
     e = r["edm"]
     return edm(e["sigma_data"], e["p_mean"], e["p_std"], e["sigma_min"], e["sigma_max"], e["rho"])
 
 
 def _flow_from_record(r: Mapping) -> Family:
-    _refuse_fields(r, "flow", weighted=False)
+    refuse_fields(r, "flow", weighted=False)
     f = r["flow"]
     return flow(f["t_sampling"], f["loc"], f["scale"], f["shift"])
-
-
-def _meanflow_from_record(r: Mapping) -> Family:
-    _refuse_fields(r, "meanflow", weighted=False)
-    m = r["meanflow"]
-    return meanflow_lib.meanflow(m["p_mean"], m["p_std"], m["equal_fraction"], m["norm_p"], m["norm_eps"])
-
-
-def _shortcut_from_record(r: Mapping) -> Family:
-    _refuse_fields(r, "shortcut", weighted=False)
-    return shortcut_lib.shortcut(r["shortcut"]["levels"], r["shortcut"]["bootstrap_every"])
 
 
 class FamilySpec(NamedTuple):
@@ -281,7 +262,9 @@ class FamilySpec(NamedTuple):
     of the chain), ``spacing`` (``spacing=auto``, unless the sampler has its own), ``targets`` (the
     network targets it trains; ``target=auto`` is the first) and ``trains`` (what that is, for
     messages), ``spacings`` (the grids it accepts), ``weighted`` (takes ``loss_weighting``; else it
-    has its own weighting), ``time_name`` (what its time is called in pictures) and ``summary``."""
+    has its own weighting), ``time_name`` (what its time is called in pictures), ``summary`` and
+    ``starts_from``: the families whose trained networks start one of it (``model.init_from``: a flow
+    model starts MeanFlow, shortcut and flow consistency models; an EDM model a consistency model)."""
 
     from_record: Callable[[Mapping], Family]
     sampler: str
@@ -293,6 +276,7 @@ class FamilySpec(NamedTuple):
     weighted: bool
     time_name: str
     summary: str
+    starts_from: tuple = ()
 
 
 FAMILIES: dict[str, FamilySpec] = {
@@ -304,12 +288,22 @@ FAMILIES: dict[str, FamilySpec] = {
                       False, "sigma", "Karras et al. 2022: x = x0 + sigma n, preconditioned"),
     "flow": FamilySpec(_flow_from_record, "euler", 50, "uniform", ("flow",), "the velocity eps - x0",
                        FLOW_SPACINGS, False, "t", "flow matching on the linear interpolant (rectified flow)"),
-    "meanflow": FamilySpec(_meanflow_from_record, "jump", 1, "uniform", ("flow",),
+    "meanflow": FamilySpec(meanflow_lib.from_record, "jump", 1, "uniform", ("flow",),
                            "the average velocity u(z, r, t) (u(z, t, t): the velocity eps - x0)",
-                           meanflow_lib.SPACINGS, False, "t", "MeanFlow (Geng et al. 2025): flow matching in 1-4 jumps"),
-    "shortcut": FamilySpec(_shortcut_from_record, "jump", 1, "uniform", ("flow",),
+                           meanflow_lib.SPACINGS, False, "t", "MeanFlow (Geng et al. 2025): flow matching in 1-4 jumps",
+                           ("flow",)),
+    "shortcut": FamilySpec(shortcut_lib.from_record, "jump", 1, "uniform", ("flow",),
                            "the average velocity over a jump (span 0: the velocity eps - x0)", meanflow_lib.SPACINGS,
-                           False, "t", "shortcut models (Frans et al. 2024): self-consistent jumps of 2^-k"),
+                           False, "t", "shortcut models (Frans et al. 2024): self-consistent jumps of 2^-k", ("flow",)),
+    "consistency": FamilySpec(consistency_lib.from_record, "jump", 1, "karras", ("edm",),
+                              "EDM's F with the consistency boundary condition", ("karras",), False, "sigma",
+                              "consistency models on EDM's network (iCT, ECT): 1-4 steps", ("edm",)),
+    "consistency_flow": FamilySpec(consistency_lib.flow_from_record, "jump", 1, "uniform", ("flow",),
+                                   "the velocity of f = x_t - t v", ("uniform",), False, "t",
+                                   "consistency models on a flow-matching network (iCT, ECT): 1-4 steps",
+                                   ("flow",)),
+    "scm": FamilySpec(trigflow_lib.from_record, "jump", 1, "uniform", ("trigflow",), "TrigFlow's F (dx/dt = sd F)",
+                      ("uniform",), False, "t", "continuous-time consistency models on TrigFlow (sCT): 1-4 steps"),
 }
 
 

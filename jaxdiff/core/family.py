@@ -111,6 +111,16 @@ def grid_from_logsnr(process, logsnr):
     return Grid(time, alpha, sigma, float(sigma[0]))
 
 
+def refuse_fields(record, family: str, weighted: bool) -> None:
+    """A process record's fields that do not apply to ``family`` (a continuous or own-weighted one)."""
+    if record.get("zero_terminal_snr", False):
+        raise ValueError("diffusion.zero_terminal_snr rescales the discrete ddpm tables; it does not apply to "
+                         f"diffusion.family={family!r}")
+    if not weighted and record.get("loss_weighting", "none") != "none":
+        raise ValueError(f"diffusion.loss_weighting={record['loss_weighting']!r} is for ddpm and vp; "
+                         f"diffusion.family={family!r} has its own weighting (use none)")
+
+
 def check_spacing(spacing, spacings, family):
     if spacing not in spacings:
         raise ValueError(f"spacing={spacing!r} does not fit the {family!r} family; choose one "

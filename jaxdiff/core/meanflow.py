@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.core import processes
-from jaxdiff.core.family import (NETWORK_TIME_SCALE, Family, batch_of, check_spacing, check_steps, interpolant_grid,
+from jaxdiff.core.family import (refuse_fields, NETWORK_TIME_SCALE, Family, batch_of, check_spacing, check_steps, interpolant_grid,
                                  interpolant_level, interpolant_sigma_to_input)
 
 SPACINGS = ("uniform",)
@@ -107,3 +107,10 @@ def average_velocity_family(name: str, draw, loss) -> Family:
 
     return Family(name, "flow", draw, loss, predict, grid, SPACINGS, "t", interpolant_level,
                   interpolant_sigma_to_input, jump=jump, two_times=True)
+
+
+def from_record(r) -> Family:
+    """The meanflow family of a process record (``diffusion.meanflow``)."""
+    refuse_fields(r, "meanflow", weighted=False)
+    m = r["meanflow"]
+    return meanflow(m["p_mean"], m["p_std"], m["equal_fraction"], m["norm_p"], m["norm_eps"])

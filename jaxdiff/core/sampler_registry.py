@@ -102,7 +102,8 @@ NEEDS = {  # requirement -> (does the family meet it, why a sampler is refused)
     "continuous": (lambda f: f.level is not None,
                    "evaluates between table rows; it needs a continuous-time family (vp, edm, flow)"),
     "jump": (lambda f: f.jump is not None,
-             "jumps between levels with a second time input; it needs a few-step family (meanflow, shortcut)"),
+             "jumps between levels in one evaluation; it needs a few-step family (meanflow, shortcut, consistency, "
+             "consistency_flow, scm)"),
     "sigma_noise": (lambda f: f.ode_space == "sigma",
                     "adds noise in sigma; it does not fit the {family!r} family (use heun, midpoint or "
                     "euler_ancestral)"),

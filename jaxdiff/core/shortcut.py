@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiff.core import processes
-from jaxdiff.core.family import NETWORK_TIME_SCALE, Family, per_example_mean
+from jaxdiff.core.family import refuse_fields, NETWORK_TIME_SCALE, Family, per_example_mean
 from jaxdiff.core.meanflow import average_velocity_family
 
 
@@ -75,3 +75,9 @@ def shortcut(levels: int = 7, bootstrap_every: int = 8) -> Family:
         return jnp.mean(per_example), per_example
 
     return average_velocity_family("shortcut", draw, loss)
+
+
+def from_record(r) -> Family:
+    """The shortcut family of a process record (``diffusion.shortcut``)."""
+    refuse_fields(r, "shortcut", weighted=False)
+    return shortcut(r["shortcut"]["levels"], r["shortcut"]["bootstrap_every"])

@@ -4,7 +4,7 @@ describes. The block is a process record (:class:`~jaxdiff.core.families.FamilyS
 
 from __future__ import annotations
 
-from jaxdiff.core import diffusion, families, schedules
+from jaxdiff.core import consistency, diffusion, families, schedules
 from jaxdiff.drivers.checks import ConfigError, boolean, choice, number, positive
 from jaxdiff.models.backbones import BACKBONES
 
@@ -49,6 +49,19 @@ def check(config) -> None:
     number(mf.norm_eps, "diffusion.meanflow.norm_eps", 0.0, low_open=True)
     positive(dc.shortcut.levels, "diffusion.shortcut.levels")
     positive(dc.shortcut.bootstrap_every, "diffusion.shortcut.bootstrap_every")
+    cm = dc.consistency
+    choice(cm.schedule, consistency.SCHEDULES, "diffusion.consistency.schedule")
+    positive(cm.double_every, "diffusion.consistency.double_every")
+    number(cm.p_mean, "diffusion.consistency.p_mean")
+    number(cm.huber_c, "diffusion.consistency.huber_c", 0.0)
+    for field in ("p_std", "sigma_min", "rho"):
+        number(cm[field], f"diffusion.consistency.{field}", 0.0, low_open=True)
+    number(cm.sigma_max, "diffusion.consistency.sigma_max", cm.sigma_min, low_open=True)
+    scm = dc.scm
+    number(scm.p_mean, "diffusion.scm.p_mean")
+    for field in ("sigma_data", "p_std", "tangent_c"):
+        number(scm[field], f"diffusion.scm.{field}", 0.0, low_open=True)
+    positive(scm.warmup_steps, "diffusion.scm.warmup_steps", allow_zero=True)
     positive(dc.num_timesteps, "diffusion.num_timesteps")
     choice(dc.schedule, schedules.SCHEDULES, "diffusion.schedule")
     choice(dc.family, families.FAMILIES, "diffusion.family")
@@ -59,7 +72,8 @@ def check(config) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     backbone = BACKBONES.get(config.model.backbone)
-    if family.two_times and backbone is not None and not backbone.two_times:
-        raise ConfigError(f"diffusion.family={dc.family!r} needs a network of two times (a span input"
-                          f"{' and jax.jvp' if family.needs_jvp else ''}); model.backbone={config.model.backbone!r} "
-                          "has none: use unet or dit")
+    if (family.two_times or family.needs_jvp) and backbone is not None and not backbone.two_times:
+        needs = " and ".join(n for n, f in (("a second time input (span)", family.two_times),
+                                            ("jax.jvp (forward-mode layers)", family.needs_jvp)) if f)
+        raise ConfigError(f"diffusion.family={dc.family!r} needs a network with {needs}; "
+                          f"model.backbone={config.model.backbone!r} has none: use unet or dit")

@@ -64,10 +64,11 @@ def run_export(config, workdir, log=print, overrides=()) -> str:
     out = opened.workdir / export_name(cfg.sampling, opened.step, opened.source.path if opened.source else "")
     unet, size = experiment.model, cfg.data.image_size
     backbone = BACKBONES[cfg.model.backbone]
-    if not backbone.diffusers_export or experiment.latent is not None or experiment.family.two_times:
+    if not backbone.diffusers_export or experiment.latent is not None or experiment.family.jump is not None:
         what = (backbone.what if not backbone.diffusers_export else "a latent diffusion model"
                 if experiment.latent is not None else f"a {experiment.family.name} model, whose network takes a "
-                "second time input (UNet2DModel has none)")
+                "second time input (UNet2DModel has none)" if experiment.family.two_times else
+                f"a {experiment.family.name} model, whose few-step sampler jaxdiff.json cannot describe")
         raise ValueError("--mode=export writes pixel-space U-Nets (diffusers UNet2DModel); this model is " + what)
     # what cannot be written fails here, before any work
     diffusers_unet.config_from_unet(unet, size)

@@ -18,6 +18,7 @@ import jax
 import ml_collections
 
 from jaxdiff.common import parallel
+from jaxdiff.core import families
 from jaxdiff.drivers.checks import ConfigError
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.interop import diffusers_scheduler, diffusers_unet
@@ -32,7 +33,7 @@ from jaxdiff.training import checkpoint
 ARCHITECTURE = (*dict.fromkeys(n for b in BACKBONES.values() if b.init_from for n in b.architecture_fields),
                 "class_conditional")
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
-           "target", "edm", "flow")  # diffusion.meanflow is how a MeanFlow model is trained, not what it computes
+           "target", "edm", "flow", "consistency", "scm")  # diffusion.meanflow, .shortcut: how it is trained
 # Every backbone's architecture fields (BACKBONES: under model, or a block of its own such as model.dit).
 _BACKBONE_FIELDS = tuple(dict.fromkeys(f"{b.config_block}.{n}" for b in BACKBONES.values()
                                        for n in b.architecture_fields))
@@ -242,7 +243,9 @@ def configure(config, source: ModelSource | None, recorded: dict | None, log=pri
     """A copy of ``config`` computing the function the run is about: with ``recorded`` (the config of
     the work directory's checkpoint) its :data:`DEFINING` fields, else with ``source`` (the network of
     ``model.init_from``, at the start of a run) its architecture and process when it has one; a new
-    model's ``downsample_padding=auto`` is ``same``. Each replaced field is said in one ``log`` line;
+    model's ``downsample_padding=auto`` is ``same``. A source of a family that starts the config's
+    (:attr:`~jaxdiff.core.families.FamilySpec.starts_from`: a flow model, MeanFlow) keeps the config's
+    family and takes the rest. Each replaced field is said in one ``log`` line;
     one set by a ``--config`` flag (``overrides``) is a :class:`ConfigError` (:func:`take_values`), as is
     a source built for another image size than ``data.image_size``."""
     out = config
@@ -253,7 +256,12 @@ def configure(config, source: ModelSource | None, recorded: dict | None, log=pri
             raise ConfigError(f"data.image_size={config.data.image_size} but model.init_from={source.path!r} "
                               f"was built for {source.image_size}x{source.image_size} images")
         what = "diffusers folder" if source.kind == "diffusers" else "work directory"
-        out = take_values(out, source_values(source), f"model.init_from's {what}", overrides, log)
+        values = source_values(source)
+        family, base = config.diffusion.family, values.get("diffusion.family")
+        if base is not None and base != family and base in families.family_spec(family).starts_from:
+            del values["diffusion.family"]  # a few-step family started from the network of its base family
+            log(f"model.init_from: the {base} model starts a diffusion.family={family!r} model")
+        out = take_values(out, values, f"model.init_from's {what}", overrides, log)
         log(f"model.init_from: the network of the {what} {source.path}"
             + ("" if source.diffusion is not None else "; it has neither jaxdiff.json nor scheduler_config.json: "
                "the config's diffusion settings are assumed"))

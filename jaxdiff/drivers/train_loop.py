@@ -36,6 +36,7 @@ from jaxdiff.drivers.data_config import load_source
 from jaxdiff.drivers.sampling_config import parse_labels
 from jaxdiff.drivers.experiment import Experiment
 from jaxdiff.drivers.progress import GuardedBar
+from jaxdiff.models.denoiser import has_span_branch, with_span_params
 from jaxdiff.training import checkpoint
 from jaxdiff.training.state import TrainState
 
@@ -121,6 +122,8 @@ def resume_or_init(experiment: Experiment, mngr, log=print, init: model_source.M
             return state
         weights = init.load_params(True)
         log(f"starting from the weights of {init.path}")
+        if experiment.family.two_times and not has_span_branch(weights):  # a one-time network starts a few-step one
+            weights = with_span_params(weights, jax.device_get(state.params))
         # two copies: the step donates both
         return state.replace(params=model_source.place(weights, experiment),
                              ema_params=model_source.place(weights, experiment),

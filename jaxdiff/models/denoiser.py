@@ -77,6 +77,11 @@ def init_denoiser(module, key: jax.Array, image_shape: tuple[int, int, int]):
     return module.init({"params": key}, x, t, y)["params"]
 
 
+def has_span_branch(params: Mapping) -> bool:
+    """Whether ``params`` hold a span branch (a network built with ``span_embedding``)."""
+    return any(k.startswith(SPAN_PREFIX) for k in params)
+
+
 def with_span_params(params: Mapping, span_params: Mapping) -> dict:
     """The parameters of a network without the span branch, completed into those of its
     ``span_embedding`` twin.
@@ -95,7 +100,7 @@ def with_span_params(params: Mapping, span_params: Mapping) -> dict:
     if not outputs:
         raise ValueError(f"span_params has no span branch ({' or '.join(SPAN_OUTPUT_LAYERS)}): initialise the "
                          "network with span_embedding=True")
-    if any(k.startswith(SPAN_PREFIX) for k in params):
+    if has_span_branch(params):
         raise ValueError("params already have a span branch: with_span_params completes a network without one")
     shared = traverse_util.flatten_dict({k: v for k, v in span_params.items() if k not in branch}, sep="/")
     given = traverse_util.flatten_dict(dict(params), sep="/")
