@@ -4,8 +4,8 @@ The library is five layers, each importing only from the ones below it (``tests/
 keeps it so)::
 
     common      JAX internals, CPU tuning, paths, mesh, preemption, chunks, pictures
-    core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow; the
-                registry), samplers (protocol, DDPM chain, grid samplers, the registry), guidance,
+    core        schedules, diffusion maths, continuous processes, families (ddpm, vp, edm, flow; few-step:
+                meanflow, shortcut, consistency, trigflow (sCM), progressive distillation; the registry), samplers (protocol, DDPM chain, grid samplers, the registry), guidance,
                 generation, likelihood, measurement operators, editing (SDEdit, RePaint, inversion,
                 slerp) and restoration (DDNM, DPS)
     models      layers, the U-Net, DiT, the KL autoencoder,   data         sources, stream, preprocessing
@@ -30,6 +30,11 @@ from jaxdiff.core.diffusion import (TARGETS, diffusion_loss, loss_given_noise, q
 from jaxdiff.core import editing, families, operators, processes, restoration
 from jaxdiff.core.editing import grid_and_sampler, interpolation_path, invert, reconstruct, repaint, sdedit, slerp
 from jaxdiff.core.families import FAMILIES, Family, Grid
+from jaxdiff.core.consistency import consistency, consistency_flow, consistency_loss, ect_levels, ict_levels, pseudo_huber
+from jaxdiff.core.meanflow import average_velocity_target, meanflow
+from jaxdiff.core.progressive import distillation_target, progressive
+from jaxdiff.core.shortcut import shortcut, shortcut_targets
+from jaxdiff.core.trigflow import trigflow, trigflow_tangent
 from jaxdiff.core.generation import generate
 from jaxdiff.core.likelihood import dataset_bpd, make_bpd_fn
 from jaxdiff.core.operators import LinearOperator
@@ -65,17 +70,19 @@ __version__ = "0.7.0"
 __all__ = [
     "ArraySource", "AutoencoderKL", "CheckpointError", "DataError", "DiT", "DiffusionTables", "FAMILIES", "Family",
     "Grid", "LinearOperator", "SAMPLERS", "SCHEDULES", "SampleOutput", "Sampler", "TARGETS", "TrainState", "UNet",
-    "batch_stream", "count_params", "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddnm_family", "ddpm_sampler",
-    "denoiser_apply", "diffusion_loss", "dit_from_name", "dpm_solver_pp_sampler", "dps_sampler", "editing",
+    "average_velocity_target", "batch_stream", "consistency", "consistency_flow", "consistency_loss", "count_params",
+    "cpu_tuning", "dataset_bpd", "ddim_sampler", "ddnm_family", "ddpm_sampler", "denoiser_apply", "diffusion_loss",
+    "distillation_target", "dit_from_name", "dpm_solver_pp_sampler", "dps_sampler", "ect_levels", "editing",
     "edm_preconditioning", "edm_stochastic_sampler", "ema_update", "euler_ancestral_sampler", "families",
-    "frechet_distance", "generate",
-    "grid_and_sampler", "guided_denoise_fn", "heun_sampler", "init_denoiser", "init_train_state",
-    "interpolation_path", "invert", "karras_sigmas", "kid", "learning_rate_schedule", "load_source",
-    "loss_given_noise", "make_autoencoder_train_step", "make_betas", "make_bpd_fn", "make_grid", "make_optimizer",
-    "make_sampler", "make_tables", "make_train_step", "map_chunks", "midpoint_sampler", "operators", "parallel",
-    "paths", "posthoc_ema", "preprocess", "processes", "q_posterior", "q_sample", "read_diffusers_autoencoder",
-    "read_diffusers_unet", "reconstruct", "repaint", "rescale_zero_terminal_snr", "restoration", "run_sampler",
-    "sampler_on_grid", "save_columns", "save_image_folder", "save_image_grid", "save_loss_curve", "save_trajectory",
-    "save_trajectory_gif", "sdedit", "slerp", "spaced_timesteps", "to_uint8", "write_diffusers_autoencoder",
-    "with_span_params", "write_diffusers_unet", "x0_eps_from_output",
+    "frechet_distance", "generate", "grid_and_sampler", "guided_denoise_fn", "heun_sampler", "ict_levels",
+    "init_denoiser", "init_train_state", "interpolation_path", "invert", "karras_sigmas", "kid",
+    "learning_rate_schedule", "load_source", "loss_given_noise", "make_autoencoder_train_step", "make_betas",
+    "make_bpd_fn", "make_grid", "make_optimizer", "make_sampler", "make_tables", "make_train_step", "map_chunks",
+    "meanflow", "midpoint_sampler", "operators", "parallel", "paths", "posthoc_ema", "preprocess", "processes",
+    "progressive", "pseudo_huber", "q_posterior", "q_sample", "read_diffusers_autoencoder", "read_diffusers_unet",
+    "reconstruct", "repaint", "rescale_zero_terminal_snr", "restoration", "run_sampler", "sampler_on_grid",
+    "save_columns", "save_image_folder", "save_image_grid", "save_loss_curve", "save_trajectory",
+    "save_trajectory_gif", "sdedit", "shortcut", "shortcut_targets", "slerp", "spaced_timesteps", "to_uint8",
+    "trigflow", "trigflow_tangent", "with_span_params", "write_diffusers_autoencoder", "write_diffusers_unet",
+    "x0_eps_from_output",
 ]
