@@ -33,14 +33,18 @@ from jaxdiff.training import checkpoint
 ARCHITECTURE = (*dict.fromkeys(n for b in BACKBONES.values() if b.init_from for n in b.architecture_fields),
                 "class_conditional")
 PROCESS = ("family", "num_timesteps", "schedule", "beta_start", "beta_end", "scale_betas_to_t", "zero_terminal_snr",
-           "target", "edm", "flow", "consistency", "scm")  # diffusion.meanflow, .shortcut: how it is trained
+           "target", "edm", "flow")  # what an export's jaxdiff.json records (interop/process_file.FIELDS)
+# The blocks that also define a few-step family's function (its boundary sigma_min, TrigFlow's sigma_data),
+# recorded by checkpoints (an export refuses these families); diffusion.meanflow, .shortcut: how it is trained
+FEW_STEP_PROCESS = ("consistency", "scm")
 # Every backbone's architecture fields (BACKBONES: under model, or a block of its own such as model.dit).
 _BACKBONE_FIELDS = tuple(dict.fromkeys(f"{b.config_block}.{n}" for b in BACKBONES.values()
                                        for n in b.architecture_fields))
 # What defines the function a checkpoint computes: every later run of its work directory (resume,
 # sample, eval, edit, export) takes these from the checkpoint's recorded config (blocks: every field).
 DEFINING = ("model.backbone", *(f for f in _BACKBONE_FIELDS if f.count(".") == 1), "model.class_conditional",
-            *(f for f in _BACKBONE_FIELDS if f.count(".") > 1), *(f"diffusion.{n}" for n in PROCESS),
+            *(f for f in _BACKBONE_FIELDS if f.count(".") > 1),
+            *(f"diffusion.{n}" for n in PROCESS + FEW_STEP_PROCESS),
             "data.image_size", "latent.autoencoder")
 # Fields that checkpoints of older jaxdiff versions predate, with the value those versions trained with.
 PREDATED = {"model.downsample_padding": "symmetric", "model.backbone": backbones.ORIGINAL}
@@ -124,7 +128,8 @@ def with_checkpoint_config(config, recorded: dict) -> ml_collections.ConfigDict:
     """``config`` with the fields a checkpoint's recorded config (``meta["config"]``) has for the
     network, its process and its optimiser (so its train state restores), and the data's image size."""
     out = overlay_recorded(config, recorded, (*(f"model.{n}" for n in ARCHITECTURE),
-                                              *(f"diffusion.{n}" for n in PROCESS), "training", "data.image_size"))
+                                              *(f"diffusion.{n}" for n in PROCESS + FEW_STEP_PROCESS), "training",
+                                              "data.image_size"))
     out.model.downsample_padding = recorded.get("model", {}).get("downsample_padding", "symmetric")
     return out
 
