@@ -34,10 +34,10 @@ Two parameterisations of ``f``, two families:
                     ``t = sigma / (1 + sigma)`` (the same levels and noise; ``f(x, 0) = x``), so a flow
                     run starts one.
 
-Sampling (:func:`consistency_jump`): ``x0_hat = f(x, t)``, then re-noised to the next level, ``x0_hat +
+Sampling (the families' ``jump``): ``x0_hat = f(x, t)``, then re-noised to the next level, ``x0_hat +
 sqrt(r^2 - sigma_min^2) z`` (``(1 - r) x0_hat + r z`` on the interpolant); one step from the prior is
-``f(sigma_max z, sigma_max)``. Left out: consistency distillation (a teacher's ODE step in place of the
-second level's data) and iCT's EMA-free teacher is the one used (``sg(theta)``, no ``mu``).
+``f(sigma_max z, sigma_max)``. The second level's network is iCT's teacher, ``sg(theta)`` (no EMA teacher,
+``mu = 0``). Left out: consistency distillation (a teacher's ODE step in place of the shared noise).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ Left out (said in the README): the adaptive weighting (the learned ``logvar(t)``
 logvar``; issue 36's EDM2 uncertainty head is the same mechanism), consistency *distillation* (``dx/dt``
 from a teacher), and the paper's network changes (adaptive double normalisation, positional time
 embedding): jaxdiff's U-Net and DiT are used as they are, built with forward-mode layers for the JVP.
-Sampling (:func:`trigflow_jump`): ``x0_hat = f(x_t, t)``, re-noised ``cos(r) x0_hat + sin(r) sd z``; one
+Sampling (the family's ``jump``): ``x0_hat = f(x_t, t)``, re-noised ``cos(r) x0_hat + sin(r) sd z``; one
 step is ``f(sd z, t_max) ~ -sd F(z, pi/2)`` from ``x = sd z`` (grids start at ``t_max = arctan(80 / sd)``,
 where ``cos t = 0.006``, so that every sampler's ODE coordinates stay finite).
 """
