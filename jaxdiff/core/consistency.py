@@ -149,10 +149,10 @@ def consistency(schedule: str = "ict", double_every: int = 25_000, *, p_mean: fl
     _check(schedule, double_every, huber_c, sigma_min, sigma_max)
 
     def f(net, x, sigma):
-        c_skip, c_out, c_in, c_noise = (processes.expand_to(c, x) for c in
-                                        boundary_preconditioning(sigma, sigma_data, sigma_min))
-        out = net(c_in * x, jnp.broadcast_to(jnp.reshape(c_noise, (-1,)), (x.shape[0],))).astype(jnp.float32)
-        return c_skip * x + c_out * out
+        c_skip, c_out, c_in, c_noise = boundary_preconditioning(sigma, sigma_data, sigma_min)
+        b = lambda v: processes.expand_to(v, x)  # noqa: E731
+        out = net(b(c_in) * x, batch_of(x, c_noise)).astype(jnp.float32)
+        return b(c_skip) * x + b(c_out) * out
 
     def loss(net, x0, time, noise):
         per_example = consistency_loss(lambda x0_, z, s: f(net, x0_ + processes.expand_to(s, x0_) * z, s),
@@ -195,7 +195,7 @@ def consistency_flow(schedule: str = "ect", double_every: int = 25_000, *, p_mea
 
     def f(net, x, t):
         tt = processes.expand_to(t, x)
-        return x - tt * net(x, s * jnp.broadcast_to(jnp.reshape(t, (-1,)), (x.shape[0],))).astype(jnp.float32)
+        return x - tt * net(x, batch_of(x, s * t)).astype(jnp.float32)
 
     def at_level(net, x0, z, sigma):
         t = sigma / (1.0 + sigma)
